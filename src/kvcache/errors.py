@@ -1,0 +1,35 @@
+"""The exceptions kvcache raises. Callers never see redis-py's own exception types."""
+
+from __future__ import annotations
+
+
+class KVCacheError(Exception):
+    """Base class of every kvcache exception."""
+
+
+class ConfigurationError(KVCacheError, ValueError):
+    """A setting or constructor argument is invalid."""
+
+
+class InvalidKeyError(KVCacheError, TypeError, ValueError):
+    """A key is not str/bytes, is empty, or is too long. Raised before any I/O."""
+
+
+class InvalidTTLError(KVCacheError, TypeError, ValueError):
+    """A TTL is not a positive number of seconds (or None / FOREVER). Raised before any I/O."""
+
+
+class SerializationError(KVCacheError, TypeError, ValueError):
+    """A value cannot be serialized, or a stored payload cannot be read back."""
+
+
+class InvalidValueError(KVCacheError, ValueError):
+    """The stored value does not support the operation (e.g. ``incr`` on a non-integer)."""
+
+
+class StoreError(KVCacheError):
+    """The backing store failed to carry out a command."""
+
+
+class CacheUnavailableError(StoreError):
+    """The backing store cannot be reached (connection refused, timed out, reset, auth failed)."""
