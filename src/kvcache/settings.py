@@ -1,0 +1,95 @@
+"""Configuration from keyword arguments or ``KVCACHE_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, InstanceOf, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .codec import DEFAULT_COMPRESS_THRESHOLD
+from .keys import DEFAULT_MAX_KEY_LENGTH
+from .serializers import Serializer, serializer_named
+from .stores.memory import DEFAULT_MAXSIZE
+
+URL_SCHEMES = ("redis", "rediss", "unix", "memory")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password (and user name) replaced, fit for logs and reprs."""
+    try:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=f"***:***@{host}"))
+    except ValueError:
+        return "<unparseable url>"
+
+
+class KVCacheSettings(BaseSettings):
+    """Every setting can come from the environment, e.g. ``KVCACHE_URL``, ``KVCACHE_NAMESPACE``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KVCACHE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        hide_input_in_errors=True,  # a bad URL must not echo its password in the error
+    )
+
+    url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        repr=False,
+        description="redis://, rediss:// (TLS), unix:// or memory:// (in-process store)",
+    )
+    namespace: str = Field("kvcache", min_length=1, description="key prefix; clear() stays in it")
+    separator: str = ":"
+    default_ttl: float | None = Field(None, gt=0, description="seconds; None = no expiry")
+    connect_timeout: float = Field(0.5, gt=0, le=60, description="seconds per connect attempt")
+    op_timeout: float = Field(0.25, gt=0, le=60, description="seconds per command (socket timeout)")
+    max_connections: int = Field(64, ge=1, description="connection pool size per process")
+    serializer: Literal["json", "pickle"] | InstanceOf[Serializer] = Field(
+        "json", description="json, pickle, or (in code) any Serializer object"
+    )
+    signing_key: SecretStr | None = Field(None, description="HMAC key for signed pickle")
+    compress_threshold: int | None = Field(DEFAULT_COMPRESS_THRESHOLD, ge=0)
+    max_key_length: int = Field(DEFAULT_MAX_KEY_LENGTH, ge=1, le=512 * 1024 * 1024)
+    throw_on_errors: bool = False
+    memory_maxsize: int = Field(DEFAULT_MAXSIZE, ge=1, description="entries in the memory store")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        if scheme not in URL_SCHEMES:
+            raise ValueError(
+                f"URL scheme must be one of {', '.join(s + '://' for s in URL_SCHEMES)}"
+            )
+        return url
+
+    def __repr_args__(self) -> Any:
+        yield "url", redact_url(self.url)
+        yield from super().__repr_args__()
+
+    @property
+    def scheme(self) -> str:
+        return self.url.partition("://")[0].lower()
+
+    def cache_options(self) -> dict[str, Any]:
+        """The facade's keyword arguments (``Cache(store, **options)``)."""
+        key = self.signing_key.get_secret_value() if self.signing_key else None
+        serializer = self.serializer
+        if isinstance(serializer, str):
+            serializer = serializer_named(serializer, key)
+        return {
+            "namespace": self.namespace,
+            "separator": self.separator,
+            "default_ttl": self.default_ttl,
+            "serializer": serializer,
+            "compress_threshold": self.compress_threshold,
+            "max_key_length": self.max_key_length,
+            "throw_on_errors": self.throw_on_errors,
+        }

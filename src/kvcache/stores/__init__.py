@@ -1,0 +1,39 @@
+"""Stores: where a cache keeps its bytes. ``open_store`` picks one from the settings' URL."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import AsyncStore, Store
+from .memory import MemoryStore
+from .redis import AsyncRedisStore, RedisStore
+
+if TYPE_CHECKING:
+    from ..settings import KVCacheSettings
+
+__all__ = [
+    "AsyncRedisStore",
+    "AsyncStore",
+    "MemoryStore",
+    "RedisStore",
+    "Store",
+    "open_async_store",
+    "open_store",
+]
+
+
+def open_store(settings: KVCacheSettings) -> Store:
+    """The sync store the settings' URL names. No I/O: clients connect on first use."""
+    from ..client import sync_client
+
+    if settings.scheme == "memory":
+        return MemoryStore(settings.memory_maxsize)
+    return RedisStore(sync_client(settings))
+
+
+def open_async_store(settings: KVCacheSettings) -> Store | AsyncStore:
+    from ..client import async_client
+
+    if settings.scheme == "memory":
+        return MemoryStore(settings.memory_maxsize)
+    return AsyncRedisStore(async_client(settings))

@@ -1,0 +1,117 @@
+"""An in-process store on cachetools: bounded (LRU), per-entry TTL, thread-safe, never blocks.
+
+It is the store for tests and single-process apps, and (from the resilience layer on) the
+fallback that serves while Redis is away.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import ClassVar
+
+from cachetools import TLRUCache
+
+from ..errors import ConfigurationError, InvalidValueError
+
+DEFAULT_MAXSIZE = 10_000
+
+_Entry = tuple[bytes, float]  # (payload, monotonic expiry time or inf)
+
+
+def _expiry(_key: bytes, entry: _Entry, _now: float) -> float:
+    return entry[1]
+
+
+class MemoryStore:
+    is_async: ClassVar[bool] = False
+
+    def __init__(
+        self, maxsize: int = DEFAULT_MAXSIZE, timer: Callable[[], float] = time.monotonic
+    ) -> None:
+        if not isinstance(maxsize, int) or maxsize < 1:
+            raise ConfigurationError("maxsize must be a positive integer")
+        self._entries: TLRUCache[bytes, _Entry] = TLRUCache(maxsize, _expiry, timer=timer)
+        self._timer = timer
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(maxsize={self._entries.maxsize}, size={len(self._entries)})"
+
+    def _deadline(self, ttl_ms: int | None) -> float:
+        return math.inf if ttl_ms is None else self._timer() + ttl_ms / 1000
+
+    def get(self, key: bytes) -> bytes | None:
+        with self._lock:
+            entry = self._entries.get(key)
+        return None if entry is None else entry[0]
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        with self._lock:
+            entries = [self._entries.get(key) for key in keys]
+        return [None if entry is None else entry[0] for entry in entries]
+
+    def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
+        deadline = self._deadline(ttl_ms)
+        with self._lock:
+            self._entries[key] = (value, deadline)
+
+    def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
+        deadline = self._deadline(ttl_ms)
+        with self._lock:
+            for key, value in items:
+                self._entries[key] = (value, deadline)
+
+    def delete_many(self, keys: Sequence[bytes]) -> int:
+        with self._lock:
+            return sum(self._entries.pop(key, None) is not None for key in set(keys))
+
+    def exists(self, key: bytes) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def incr(self, key: bytes, amount: int, ttl_ms: int | None) -> int:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = (b"0", self._deadline(ttl_ms))
+            try:
+                value = int(entry[0]) + amount
+            except ValueError:
+                raise InvalidValueError("value is not an integer") from None
+            self._entries[key] = (b"%d" % value, entry[1])
+            return value
+
+    def pttl(self, key: bytes) -> int:
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None:
+            return -2
+        if entry[1] == math.inf:
+            return -1
+        return max(0, math.ceil((entry[1] - self._timer()) * 1000))
+
+    def expire(self, key: bytes, ttl_ms: int | None) -> bool:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return False
+            self._entries[key] = (entry[0], self._deadline(ttl_ms))
+            return True
+
+    def scan(self, prefix: bytes) -> Iterator[bytes]:
+        with self._lock:
+            keys = [key for key in self._entries if key.startswith(prefix)]
+        yield from keys
+
+    def clear(self, prefix: bytes) -> int:
+        with self._lock:
+            doomed = [key for key in self._entries if key.startswith(prefix)]
+            for key in doomed:
+                self._entries.pop(key, None)
+        return len(doomed)
+
+    def close(self) -> None:
+        """Nothing to release; the entries stay readable, as with any in-process dict."""
