@@ -1,0 +1,53 @@
+"""kvcache: a Keyv-style cache for Python web apps that stays fast and correct when Redis is not."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .aio import AsyncCache
+from .cache import Cache
+from .errors import (
+    CacheUnavailableError,
+    ConfigurationError,
+    InvalidKeyError,
+    InvalidTTLError,
+    InvalidValueError,
+    KVCacheError,
+    SerializationError,
+    StoreError,
+)
+from .events import ErrorEvent
+from .serializers import JsonSerializer, PickleSerializer, Serializer
+from .settings import KVCacheSettings
+from .stats import Stats
+from .stores import AsyncRedisStore, AsyncStore, MemoryStore, RedisStore, Store
+from .ttl import FOREVER
+
+try:
+    __version__ = version("kvcache")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "FOREVER",
+    "AsyncCache",
+    "AsyncRedisStore",
+    "AsyncStore",
+    "Cache",
+    "CacheUnavailableError",
+    "ConfigurationError",
+    "ErrorEvent",
+    "InvalidKeyError",
+    "InvalidTTLError",
+    "InvalidValueError",
+    "JsonSerializer",
+    "KVCacheError",
+    "KVCacheSettings",
+    "MemoryStore",
+    "PickleSerializer",
+    "RedisStore",
+    "SerializationError",
+    "Serializer",
+    "Stats",
+    "Store",
+    "StoreError",
+    "__version__",
+]
