@@ -1,0 +1,134 @@
+"""``RedisServer``: a private ``redis-server`` process on a free loopback port.
+
+    with RedisServer() as server:
+        cache = Cache.from_url(server.url)
+
+Nothing is persisted (no RDB, no AOF) and the process is stopped on exit, even when the
+test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from types import TracebackType
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+START_TIMEOUT = 10.0  # seconds for the server to answer PING
+
+
+class RedisServerNotFound(RuntimeError):
+    """No ``redis-server`` binary: install it (``apt-get install redis-server``) or set
+    ``KVCACHE_REDIS_SERVER`` to its path."""
+
+
+def find_redis_server() -> str:
+    """The ``redis-server`` binary: ``$KVCACHE_REDIS_SERVER`` if set, else the one on PATH."""
+    explicit = os.environ.get("KVCACHE_REDIS_SERVER")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise RedisServerNotFound(f"KVCACHE_REDIS_SERVER={explicit} is not an executable")
+        return explicit
+    found = shutil.which("redis-server")
+    if not found:
+        raise RedisServerNotFound(RedisServerNotFound.__doc__)
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _ping(port: int, password: str | None) -> bool:
+    client = redis.Redis(
+        port=port, password=password, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        return bool(client.ping())
+    except redis.RedisError:  # not listening yet, or still loading
+        return False
+    finally:
+        client.close()
+
+
+class RedisServer:
+    def __init__(self, *, password: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
+        self.password = password
+        self.extra_args = extra_args
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    def __repr__(self) -> str:  # no password
+        state = "running" if self.running else "stopped"
+        return f"RedisServer(port={self.port}, {state})"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> RedisServer:
+        binary = find_redis_server()
+        self._dir = tempfile.TemporaryDirectory(prefix="kvcache-redis-")
+        for _attempt in range(5):  # the free port may be taken between probe and bind
+            self.port = free_port()
+            args = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+            args += ["--save", "", "--appendonly", "no", "--dir", self._dir.name]
+            if self.password:
+                args += ["--requirepass", self.password]
+            self._process = subprocess.Popen(
+                [*args, *self.extra_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline and self._process.poll() is None:
+                if _ping(self.port, self.password):
+                    return self
+                time.sleep(0.02)
+            self._kill()
+        raise RuntimeError(f"redis-server ({binary}) did not start on a free port")
+
+    def _kill(self) -> None:
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.terminate()
+                try:
+                    self._process.wait(5)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+            self._process = None
+
+    def stop(self) -> None:
+        self._kill()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

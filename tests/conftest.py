@@ -1,0 +1,116 @@
+"""Shared fixtures. Every facade test runs four times: Cache and AsyncCache, each over a
+MemoryStore and over a real redis-server that the tests start on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from kvcache import AsyncCache, Cache, MemoryStore
+from kvcache.testing import RedisServerNotFound, find_redis_server
+
+pytest_plugins = ["kvcache.testing.pytest_plugin"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        find_redis_server()
+    except RedisServerNotFound as exc:  # never skip: the Redis tests are the point
+        pytest.exit(f"kvcache tests need redis-server: {exc}", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One event loop on a background thread, where every AsyncCache under test lives."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+class Blocking:
+    """An AsyncCache seen through blocking calls, so one test body covers both facades."""
+
+    def __init__(self, cache: AsyncCache, loop: asyncio.AbstractEventLoop) -> None:
+        self._cache = cache
+        self._loop = loop
+
+    def _wait(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._cache, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+        return lambda *args, **kwargs: self._wait(attr(*args, **kwargs))
+
+    def __iter__(self) -> Iterator[Any]:
+        async def collect() -> list[Any]:
+            return [key async for key in self._cache]
+
+        return iter(self._wait(collect()))
+
+    def __contains__(self, key: Any) -> bool:
+        return bool(self.has(key))
+
+
+class Harness:
+    """Makes caches of one kind and reaches under them to plant raw payloads."""
+
+    def __init__(self, kind: str, redis_url: str | None, loop: asyncio.AbstractEventLoop) -> None:
+        self.facade, self.backend = kind.split("-")
+        self.redis_url = redis_url
+        self.loop = loop
+        self.memory = MemoryStore()  # shared by this test's caches, as a server would be
+        self._made: list[Any] = []
+
+    def make(self, **options: Any) -> Any:
+        facade: type[Cache] | type[AsyncCache] = Cache if self.facade == "sync" else AsyncCache
+        if self.backend == "redis":
+            assert self.redis_url is not None
+            cache: Any = facade.from_url(self.redis_url, **options)
+        else:
+            cache = facade(self.memory, **options)
+        if isinstance(cache, AsyncCache):
+            cache = Blocking(cache, self.loop)
+        self._made.append(cache)
+        return cache
+
+    def raw_set(self, full_key: bytes, payload: bytes) -> None:
+        if self.backend == "redis":
+            with redis.Redis.from_url(self.redis_url) as client:
+                client.set(full_key, payload)
+        else:
+            self.memory.set(full_key, payload, None)
+
+    def raw_get(self, full_key: bytes) -> bytes | None:
+        if self.backend == "redis":
+            with redis.Redis.from_url(self.redis_url) as client:
+                return client.get(full_key)  # type: ignore[no-any-return]
+        return self.memory.get(full_key)
+
+    def close(self) -> None:
+        for cache in self._made:
+            cache.close()
+
+
+@pytest.fixture(params=["sync-memory", "sync-redis", "async-memory", "async-redis"])
+def harness(request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop) -> Iterator[Harness]:
+    redis_url = request.getfixturevalue("redis_url") if request.param.endswith("redis") else None
+    made = Harness(request.param, redis_url, loop)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def cache(harness: Harness) -> Any:
+    return harness.make(namespace="test")

@@ -1,0 +1,214 @@
+"""What only a real Redis shows: failures, timeouts, server errors, secrets, connections."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import redis
+
+from conftest import Blocking
+from kvcache import (
+    AsyncCache,
+    Cache,
+    CacheUnavailableError,
+    ErrorEvent,
+    KVCacheError,
+    PickleSerializer,
+    SerializationError,
+    StoreError,
+)
+from kvcache.testing import RedisServer
+from kvcache.testing.server import free_port
+
+SECRET = "s3cret-pa55word-never-logged"
+
+
+@pytest.fixture(params=["sync", "async"])
+def open_cache(
+    request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
+) -> Iterator[Callable[..., Any]]:
+    made: list[Any] = []
+
+    def open_cache(url: str, **options: Any) -> Any:
+        if request.param == "sync":
+            cache: Any = Cache.from_url(url, **options)
+        else:
+            cache = Blocking(AsyncCache.from_url(url, **options), loop)
+        made.append(cache)
+        return cache
+
+    yield open_cache
+    for cache in made:
+        cache.close()
+
+
+def every_operation(cache: Any) -> dict[str, Callable[[], Any]]:
+    return {
+        "get": lambda: cache.get("k", "dflt"),
+        "get_many": lambda: cache.get_many(["k", "j"]),
+        "set": lambda: cache.set("k", 1),
+        "set_many": lambda: cache.set_many({"k": 1}),
+        "delete": lambda: cache.delete("k"),
+        "delete_many": lambda: cache.delete_many(["k"]),
+        "has": lambda: cache.has("k"),
+        "incr": lambda: cache.incr("k"),
+        "ttl": lambda: cache.ttl("k"),
+        "touch": lambda: cache.touch("k", 5),
+        "clear": lambda: cache.clear(),
+        "iter": lambda: list(cache),
+    }
+
+
+FAILED_ANSWERS = {
+    "get": "dflt",
+    "get_many": {},
+    "set": False,
+    "set_many": False,
+    "delete": False,
+    "delete_many": 0,
+    "has": False,
+    "incr": None,
+    "ttl": None,
+    "touch": False,
+    "clear": 0,
+    "iter": [],
+}
+
+
+def test_unreachable_redis_never_raises_and_reports_each_failure(open_cache: Any) -> None:
+    cache = open_cache(f"redis://:{SECRET}@127.0.0.1:{free_port()}/0", namespace="n")
+    events: list[ErrorEvent] = []
+    cache.on("error", events.append)
+    for name, call in every_operation(cache).items():
+        started = time.perf_counter()
+        assert call() == FAILED_ANSWERS[name], name
+        assert time.perf_counter() - started < 2.0, name  # refused at once, no retry loop
+    assert len(events) == len(FAILED_ANSWERS)
+    assert all(isinstance(event.error, CacheUnavailableError) for event in events)
+    assert cache.stats.errors == len(FAILED_ANSWERS)
+    assert all(SECRET not in str(event.error) for event in events)
+
+
+def test_throw_on_errors_raises_one_kvcache_type(open_cache: Any) -> None:
+    cache = open_cache(f"redis://127.0.0.1:{free_port()}/0", namespace="n", throw_on_errors=True)
+    for name, call in every_operation(cache).items():
+        with pytest.raises(CacheUnavailableError) as caught:
+            call()
+        assert not isinstance(caught.value, redis.RedisError), name
+        assert isinstance(caught.value, KVCacheError)
+
+
+def test_a_command_is_bounded_by_op_timeout(open_cache: Any, redis_url: str) -> None:
+    cache = open_cache(redis_url, namespace="n", op_timeout=0.1)
+    cache.set("k", "v")
+    events: list[ErrorEvent] = []
+    cache.on("error", events.append)
+    with redis.Redis.from_url(redis_url) as admin:
+        admin.client_pause(1500, all=True)  # the server answers nobody for 1.5 s
+        started = time.perf_counter()
+        assert cache.get("k", "dflt") == "dflt"
+        elapsed = time.perf_counter() - started
+        admin.client_unpause()
+    assert elapsed < 1.0
+    assert [type(event.error) for event in events] == [CacheUnavailableError]
+    assert "Timeout" in str(events[0].error)
+    assert cache.get("k") == "v"  # a fresh connection works again
+
+
+def test_server_errors_are_store_errors_not_outages(open_cache: Any, redis_url: str) -> None:
+    cache = open_cache(redis_url, namespace="n")
+    with redis.Redis.from_url(redis_url) as admin:
+        admin.lpush("n:k", "a list, not a string")
+    events: list[ErrorEvent] = []
+    cache.on("error", events.append)
+    assert cache.get("k", "dflt") == "dflt"
+    assert type(events[0].error) is StoreError
+    assert "WRONGTYPE" in str(events[0].error)
+
+
+def test_wrong_password_is_unavailable_and_never_echoed(
+    open_cache: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with RedisServer(password="the-right-one") as server:
+        url = f"redis://:{SECRET}@127.0.0.1:{server.port}/0"
+        cache = open_cache(url, namespace="n")
+        events: list[ErrorEvent] = []
+        cache.on("error", events.append)
+        assert cache.set("k", 1) is False
+        assert isinstance(events[0].error, CacheUnavailableError)
+        good = open_cache(server.url, namespace="n")
+        assert good.set("k", 1) is True
+        assert good.get("k") == 1
+    shown = [str(events[0].error), repr(events[0].error), repr(cache), caplog.text]
+    assert not [text for text in shown if SECRET in text]
+
+
+def test_signed_pickle_refuses_a_value_planted_in_redis(open_cache: Any, redis_url: str) -> None:
+    serializer = PickleSerializer(b"a-signing-key-of-some-length")
+    cache = open_cache(redis_url, namespace="n", serializer=serializer)
+    cache.set("obj", {"tuple": (1, 2)})
+    assert cache.get("obj") == {"tuple": (1, 2)}
+    with redis.Redis.from_url(redis_url) as admin:
+        admin.set("n:evil", b"\x00" + pickle.dumps(Exploit()))
+    events: list[ErrorEvent] = []
+    cache.on("error", events.append)
+    assert cache.get("evil") is None
+    assert isinstance(events[0].error, SerializationError)  # and Exploit never ran
+
+
+class Exploit:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pytest.fail, ("a planted pickle was loaded",))
+
+
+def test_close_releases_connections(redis_url: str) -> None:
+    def kvcache_clients(admin: redis.Redis) -> int:
+        return sum(client.get("name") == "kvcache" for client in admin.client_list())
+
+    with redis.Redis.from_url(redis_url) as admin:
+        with Cache.from_url(redis_url) as cache:
+            cache.set("k", 1)
+            assert kvcache_clients(admin) == 1
+
+        async def use_async() -> None:
+            async with AsyncCache.from_url(redis_url) as acache:
+                await acache.set("k", 2)
+                assert kvcache_clients(admin) == 1
+
+        asyncio.run(use_async())
+        time.sleep(0.05)
+        assert kvcache_clients(admin) == 0
+
+
+def test_one_key_namespace_clear_leaves_other_databases_and_keys(redis_url: str) -> None:
+    with redis.Redis.from_url(redis_url) as admin:
+        admin.set("unrelated", "x")
+        admin.set("kvcache-not-ours", "x")
+        with Cache.from_url(redis_url) as cache:
+            cache.set("mine", 1)
+            assert cache.clear() == 1
+        assert sorted(admin.keys()) == [b"kvcache-not-ours", b"unrelated"]
+
+
+def test_more_callers_than_connections_wait_for_one_instead_of_failing(redis_url: str) -> None:
+    async def many_tasks() -> int:
+        async with AsyncCache.from_url(redis_url, max_connections=4) as cache:
+            await cache.set("k", 1)
+            results = await asyncio.gather(*(cache.get("k") for _ in range(200)))
+            assert results == [1] * 200
+            return cache.stats.errors
+
+    assert asyncio.run(many_tasks()) == 0
+
+    with Cache.from_url(redis_url, max_connections=2) as cache, ThreadPoolExecutor(16) as pool:
+        cache.set("k", 1)
+        assert list(pool.map(lambda _: cache.get("k"), range(400))) == [1] * 400
+        assert cache.stats.errors == 0

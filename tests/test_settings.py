@@ -1,0 +1,165 @@
+"""Settings from code and KVCACHE_* variables; clear errors; no secret ever shown."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import ValidationError
+
+from kvcache import (
+    AsyncCache,
+    AsyncRedisStore,
+    Cache,
+    ConfigurationError,
+    KVCacheError,
+    KVCacheSettings,
+    MemoryStore,
+    PickleSerializer,
+    RedisStore,
+)
+
+SECRET = "pa55-w0rd-in-url"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("KVCACHE_"):
+            monkeypatch.delenv(name)
+
+
+def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVCACHE_URL", "memory://")
+    monkeypatch.setenv("KVCACHE_NAMESPACE", "app")
+    monkeypatch.setenv("KVCACHE_DEFAULT_TTL", "30")
+    monkeypatch.setenv("KVCACHE_OP_TIMEOUT", "0.1")
+    monkeypatch.setenv("KVCACHE_THROW_ON_ERRORS", "true")
+    settings = KVCacheSettings()
+    assert (settings.url, settings.namespace, settings.default_ttl) == ("memory://", "app", 30)
+    assert settings.op_timeout == 0.1
+    assert settings.throw_on_errors is True
+    cache = Cache.from_settings()
+    assert isinstance(cache.store, MemoryStore)
+    assert cache.namespace == "app"
+    cache.set("k", 1)
+    assert 29 < (cache.ttl("k") or 0) <= 30
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("default_ttl", "-1"),
+        ("op_timeout", "0"),
+        ("connect_timeout", "abc"),
+        ("namespace", ""),
+        ("serializer", "yaml"),
+        ("max_connections", "0"),
+        ("compress_threshold", "-5"),
+        ("url", "http://example.invalid"),
+    ],
+)
+def test_a_bad_setting_is_named_in_the_error(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(f"KVCACHE_{name.upper()}", value)
+    with pytest.raises(ValidationError) as caught:
+        KVCacheSettings()
+    assert {error["loc"][0] for error in caught.value.errors()} == {name}
+
+
+def test_unknown_keyword_is_refused() -> None:
+    with pytest.raises(ValidationError, match="namspace"):
+        Cache.from_url("memory://", namspace="typo")
+
+
+def test_passwords_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"redis://user:{SECRET}@127.0.0.1:6399/2"
+    settings = KVCacheSettings(url=url, signing_key="k" * 20)
+    assert SECRET not in repr(settings)
+    assert "***:***@127.0.0.1:6399/2" in repr(settings)
+    assert "k" * 20 not in repr(settings)
+    cache = Cache.from_settings(settings)
+    assert SECRET not in repr(cache)
+    assert "127.0.0.1:6399/2" in repr(cache)
+    with pytest.raises(ValidationError) as caught:
+        KVCacheSettings(url=f"redis://user:{SECRET}@host:notaport/0", op_timeout=-1)
+    assert SECRET not in str(caught.value)
+    monkeypatch.setenv("KVCACHE_URL", f"ftp://user:{SECRET}@host/")
+    with pytest.raises(ValidationError) as caught:
+        KVCacheSettings()
+    assert SECRET not in str(caught.value)
+
+
+def test_a_malformed_redis_url_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="url") as caught:
+        Cache.from_url(f"redis://user:{SECRET}@host:notaport/0")
+    assert SECRET not in str(caught.value)
+
+
+def test_url_picks_the_store() -> None:
+    assert isinstance(Cache.from_url("redis://127.0.0.1:6379/0").store, RedisStore)
+    assert isinstance(Cache.from_url("rediss://127.0.0.1:6380/0").store, RedisStore)
+    assert isinstance(Cache.from_url("unix:///tmp/redis.sock").store, RedisStore)
+    assert isinstance(Cache.from_url("memory://").store, MemoryStore)
+    assert isinstance(AsyncCache.from_url("redis://127.0.0.1:6379/0").store, AsyncRedisStore)
+    assert isinstance(AsyncCache.from_url("memory://").store, MemoryStore)
+
+
+def test_construction_does_no_io() -> None:
+    # Nothing listens on port 1; building the cache must still succeed at once.
+    Cache.from_url("redis://127.0.0.1:1/0")
+    AsyncCache.from_url("redis://127.0.0.1:1/0")
+
+
+def test_serializer_from_a_name_or_an_object() -> None:
+    signed = KVCacheSettings(url="memory://", serializer="pickle", signing_key="k" * 20)
+    serializer = signed.cache_options()["serializer"]
+    assert isinstance(serializer, PickleSerializer)
+    assert "signed=True" in repr(serializer)
+    mine = PickleSerializer()
+    cache = Cache.from_url("memory://", serializer=mine)
+    cache.set("k", {1, 2})
+    assert cache.get("k") == {1, 2}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"namespace": ""},
+        {"namespace": 5},
+        {"separator": None},
+        {"default_ttl": -1},
+        {"compress_threshold": -1},
+        {"max_key_length": 0},
+        {"serializer": "json"},
+    ],
+    ids=repr,
+)
+def test_bad_constructor_options_raise_configuration_or_ttl_errors(
+    options: dict[str, object],
+) -> None:
+    with pytest.raises(KVCacheError) as caught:
+        Cache(MemoryStore(), **options)  # type: ignore[arg-type]
+    assert isinstance(caught.value, ValueError)
+
+
+def test_memory_store_bounds() -> None:
+    with pytest.raises(ConfigurationError):
+        MemoryStore(0)
+    cache = Cache(MemoryStore(maxsize=3))
+    for i in range(10):
+        cache.set(f"k{i}", i)
+    assert len(list(cache)) == 3
+    assert cache.get("k9") == 9
+
+
+def test_async_cache_from_settings_runs() -> None:
+    async def main() -> object:
+        async with AsyncCache.from_settings(KVCacheSettings(url="memory://")) as cache:
+            await cache.set("k", [1])
+            return await cache.get("k")
+
+    assert asyncio.run(main()) == [1]
