@@ -1,0 +1,165 @@
+"""Healthy-path cost: kvcache vs raw redis-py on the same redis-server, side by side.
+
+    python benchmarks/healthy.py [--rounds 15] [--ops 2000] [--url redis://...]
+
+Each round times every contender once, in a shuffled order, so drift on a shared machine hits
+all of them alike; the table shows the median µs per operation over the rounds and ratios.
+Contenders: raw redis-py on bytes (GET/SET/MGET, no decoding: the target's baseline),
+redis-py + json (what one writes by hand to cache objects), and kvcache (JSON by default).
+Sync and asyncio are measured apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+
+import redis
+import redis.asyncio
+
+from kvcache import AsyncCache, Cache
+from kvcache.testing import RedisServer
+
+VALUE = {"id": 12345, "name": "a typical cached object", "tags": ["a", "b", "c"], "ok": True}
+MANY = 100
+
+
+def timed(ops: int, action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    for _ in range(ops):
+        action()
+    return (time.perf_counter() - started) / ops * 1e6
+
+
+async def atimed(ops: int, action: Callable[[], Awaitable[object]]) -> float:
+    started = time.perf_counter()
+    for _ in range(ops):
+        await action()
+    return (time.perf_counter() - started) / ops * 1e6
+
+
+def sync_contenders(url: str) -> dict[str, dict[str, Callable[[], object]]]:
+    cache = Cache.from_url(url, namespace="bench")
+    raw = redis.Redis.from_url(url)
+    keys = [f"k{i}" for i in range(MANY)]
+    cache.set_many(dict.fromkeys(keys, VALUE))
+    payload = raw.get("bench:k0")
+    raw_keys = [f"bench:{key}" for key in keys]
+    json_keys = [f"json:{key}" for key in keys]
+    raw.mset(dict.fromkeys(json_keys, json.dumps(VALUE)))
+    return {
+        "get": {
+            "kvcache": lambda: cache.get("k0"),
+            "redis-py": lambda: raw.get("bench:k0"),
+            "redis-py+json": lambda: json.loads(raw.get("json:k0")),
+        },
+        "set": {
+            "kvcache": lambda: cache.set("k1", VALUE),
+            "redis-py": lambda: raw.set("bench:k1", payload),
+            "redis-py+json": lambda: raw.set("json:k1", json.dumps(VALUE)),
+        },
+        f"get_many({MANY})": {
+            "kvcache": lambda: cache.get_many(keys),
+            "redis-py": lambda: raw.mget(raw_keys),
+            "redis-py+json": lambda: [json.loads(v) for v in raw.mget(json_keys)],
+        },
+    }
+
+
+async def async_contenders(url: str) -> dict[str, dict[str, Callable[[], Awaitable[object]]]]:
+    cache = AsyncCache.from_url(url, namespace="bench")
+    raw = redis.asyncio.Redis.from_url(url)
+    keys = [f"k{i}" for i in range(MANY)]
+    await cache.set_many(dict.fromkeys(keys, VALUE))
+    payload = await raw.get("bench:k0")
+    raw_keys = [f"bench:{key}" for key in keys]
+    json_keys = [f"json:{key}" for key in keys]
+    await raw.mset(dict.fromkeys(json_keys, json.dumps(VALUE)))
+
+    async def json_get() -> object:
+        return json.loads(await raw.get("json:k0"))
+
+    async def json_mget() -> object:
+        return [json.loads(v) for v in await raw.mget(json_keys)]
+
+    return {
+        "async get": {
+            "kvcache": lambda: cache.get("k0"),
+            "redis-py": lambda: raw.get("bench:k0"),
+            "redis-py+json": json_get,
+        },
+        "async set": {
+            "kvcache": lambda: cache.set("k1", VALUE),
+            "redis-py": lambda: raw.set("bench:k1", payload),
+            "redis-py+json": lambda: raw.set("json:k1", json.dumps(VALUE)),
+        },
+        f"async get_many({MANY})": {
+            "kvcache": lambda: cache.get_many(keys),
+            "redis-py": lambda: raw.mget(raw_keys),
+            "redis-py+json": json_mget,
+        },
+    }
+
+
+def shuffled(names: list[str]) -> list[str]:
+    return random.sample(names, len(names))
+
+
+def measure(url: str, rounds: int, ops: int) -> dict[str, dict[str, float]]:
+    samples: dict[str, dict[str, list[float]]] = {}
+    for operation, contenders in sync_contenders(url).items():
+        for _ in range(rounds):
+            for name in shuffled(list(contenders)):
+                timed(ops // 10, contenders[name])  # warm-up
+                result = timed(ops, contenders[name])
+                samples.setdefault(operation, {}).setdefault(name, []).append(result)
+
+    async def run_async() -> None:
+        for operation, contenders in (await async_contenders(url)).items():
+            for _ in range(rounds):
+                for name in shuffled(list(contenders)):
+                    await atimed(ops // 10, contenders[name])
+                    result = await atimed(ops, contenders[name])
+                    samples.setdefault(operation, {}).setdefault(name, []).append(result)
+
+    asyncio.run(run_async())
+    return {
+        op: {name: statistics.median(values) for name, values in by_name.items()}
+        for op, by_name in samples.items()
+    }
+
+
+def report(medians: dict[str, dict[str, float]]) -> str:
+    head = ("operation", "redis-py µs", "+json µs", "kvcache µs", "vs raw", "vs +json")
+    lines = ["{:<22} {:>12} {:>9} {:>11} {:>7} {:>9}".format(*head), "-" * 76]
+    for operation, by_name in medians.items():
+        raw, by_hand, ours = by_name["redis-py"], by_name["redis-py+json"], by_name["kvcache"]
+        lines.append(
+            f"{operation:<22} {raw:>12.1f} {by_hand:>9.1f} {ours:>11.1f}"
+            f" {ours / raw:>6.2f}x {ours / by_hand:>8.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--ops", type=int, default=2000)
+    parser.add_argument("--url", help="an existing Redis (default: a private redis-server)")
+    args = parser.parse_args()
+    if args.url:
+        medians = measure(args.url, args.rounds, args.ops)
+    else:
+        with RedisServer() as server:
+            medians = measure(server.url, args.rounds, args.ops)
+    print(f"median of {args.rounds} interleaved rounds x {args.ops} ops, one connection each")
+    print(report(medians))
+
+
+if __name__ == "__main__":
+    main()
