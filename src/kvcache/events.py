@@ -23,7 +23,7 @@ class ErrorEvent:
 
 Handler = Callable[[Any], object]
 
-EVENT_NAMES = frozenset({"error", "state"})
+EVENT_NAMES = frozenset({"error"})  # "state" arrives with the resilient adapter
 
 
 class Emitter:

@@ -66,7 +66,7 @@ class CacheBase(Generic[S]):
         return self._ops.stats
 
     def on(self, event: str, handler: Handler) -> None:
-        """Call ``handler(event_object)`` on ``"error"`` (an ``ErrorEvent``) or ``"state"``."""
+        """Call ``handler(event)`` on each ``"error"`` (an ``ErrorEvent``)."""
         self._ops.events.on(event, handler)
 
     def off(self, event: str, handler: Handler) -> None:
