@@ -18,6 +18,7 @@ from kvcache import (
     PickleSerializer,
     RedisStore,
 )
+from kvcache.settings import redact_url
 
 SECRET = "pa55-w0rd-in-url"
 
@@ -77,9 +78,9 @@ def test_unknown_keyword_is_refused() -> None:
 
 def test_passwords_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"redis://user:{SECRET}@127.0.0.1:6399/2"
-    settings = KVCacheSettings(url=url, signing_key="k" * 20)
+    settings = KVCacheSettings(url=url, serializer="pickle", signing_key="k" * 20)
     assert SECRET not in repr(settings)
-    assert "***:***@127.0.0.1:6399/2" in repr(settings)
+    assert "redis://***@127.0.0.1:6399/2" in repr(settings)
     assert "k" * 20 not in repr(settings)
     cache = Cache.from_settings(settings)
     assert SECRET not in repr(cache)
@@ -91,6 +92,39 @@ def test_passwords_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError) as caught:
         KVCacheSettings()
     assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"redis://:{SECRET}@[::1]:6379/2", "redis://***@[::1]:6379/2"),
+        (
+            f"unix:///run/redis.sock?db=1&password={SECRET}",
+            "unix:///run/redis.sock?db=1&password=***",
+        ),
+        (f"redis://h:1/0?Password={SECRET}&username=me", "redis://h:1/0?Password=***&username=***"),
+        (f"redis://u:{SECRET}/with/slash@h/0", "redis://***@h/0"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_every_url_form_of_a_password_is_masked(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert SECRET not in repr(KVCacheSettings(url=url))
+
+
+def test_a_signing_key_without_pickle_is_refused() -> None:
+    with pytest.raises(ValidationError, match="signing_key"):
+        KVCacheSettings(url="memory://", signing_key="k" * 20)
+    with pytest.raises(ValidationError, match="signing_key"):
+        KVCacheSettings(url="memory://", serializer=PickleSerializer(), signing_key="k" * 20)
+
+
+def test_none_in_the_environment_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVCACHE_COMPRESS_THRESHOLD", "none")
+    monkeypatch.setenv("KVCACHE_DEFAULT_TTL", "none")
+    settings = KVCacheSettings()
+    assert settings.compress_threshold is None
+    assert settings.default_ttl is None
 
 
 def test_a_malformed_redis_url_is_a_configuration_error() -> None:
@@ -130,7 +164,10 @@ def test_serializer_from_a_name_or_an_object() -> None:
     [
         {"namespace": ""},
         {"namespace": 5},
+        {"namespace": "app:sessions"},  # would overlap namespace "app"
+        {"namespace": "\ud800"},
         {"separator": None},
+        {"separator": ""},
         {"default_ttl": -1},
         {"compress_threshold": -1},
         {"max_key_length": 0},
@@ -144,6 +181,16 @@ def test_bad_constructor_options_raise_configuration_or_ttl_errors(
     with pytest.raises(KVCacheError) as caught:
         Cache(MemoryStore(), **options)  # type: ignore[arg-type]
     assert isinstance(caught.value, ValueError)
+
+
+def test_a_store_of_the_wrong_kind_is_refused() -> None:
+    async_store = AsyncCache.from_url("redis://127.0.0.1:6379/0").store
+    with pytest.raises(ConfigurationError, match="AsyncCache"):
+        Cache(async_store)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="not a kvcache store"):
+        Cache(object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        PickleSerializer(protocol=99)
 
 
 def test_memory_store_bounds() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -122,3 +123,69 @@ def test_async_get_or_set_accepts_a_plain_factory() -> None:
         return await cache.get_or_set("k", lambda: {"plain": True})
 
     assert asyncio.run(main()) == {"plain": True}
+
+
+def test_a_factory_asking_for_its_own_key_does_not_deadlock(url: str) -> None:
+    with Cache.from_url(url, namespace="sf") as cache, ThreadPoolExecutor(1) as pool:
+        nested = pool.submit(cache.get_or_set, "r", lambda: cache.get_or_set("r", lambda: 1) + 1)
+        assert nested.result(timeout=10) == 2  # a deadlock would time out here
+        assert cache.get("r") == 2
+
+    async def main() -> Any:
+        async with AsyncCache.from_url(url, namespace="sf2") as acache:
+
+            async def outer() -> int:
+                inner = await acache.get_or_set("r", lambda: 1)
+                spawned = await asyncio.ensure_future(acache.get_or_set("r", lambda: 10))
+                return inner + spawned + 1
+
+            return await asyncio.wait_for(acache.get_or_set("r", outer), timeout=10)
+
+    assert asyncio.run(main()) == 3  # the inner calls found their own stored value
+
+
+def test_one_async_cache_serves_several_event_loops_in_turn(url: str) -> None:
+    cache = AsyncCache.from_url(url, namespace="loops")
+
+    async def use(n: int) -> Any:
+        await cache.set(f"k{n}", n)
+        found = await cache.get_or_set("shared", lambda: n), await cache.get(f"k{n}")
+        await cache.close()  # closes this loop's connections; the next loop gets its own
+        return found
+
+    assert asyncio.run(use(1)) == (1, 1)
+    assert asyncio.run(use(2)) == (1, 2)
+    assert asyncio.run(use(3)) == (1, 3)
+    assert cache.stats.errors == 0
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_loop_that_ends_without_close_does_not_break_the_next(url: str) -> None:
+    # redis-py warns about the dead loop's unclosed connections; the cache must still work.
+    cache = AsyncCache.from_url(url, namespace="loops")
+    assert asyncio.run(cache.set("k", 1)) is True
+    assert asyncio.run(cache.get("k")) == 1
+    assert asyncio.run(cache.get("k")) == 1
+    assert cache.stats.errors == 0
+    del cache
+    gc.collect()  # let the dead loops' connections warn inside this test's filters
+
+
+def test_a_flight_left_by_a_closed_loop_does_not_block_later_loops() -> None:
+    cache = AsyncCache(MemoryStore())
+    loop = asyncio.new_event_loop()
+
+    abandoned: list[asyncio.Future[Any]] = []
+
+    async def start_and_abandon() -> None:
+        abandoned.append(asyncio.ensure_future(cache.get_or_set("k", lambda: asyncio.sleep(60))))
+        await asyncio.sleep(0.01)
+
+    loop.run_until_complete(start_and_abandon())
+    loop.close()  # the fill task never finishes
+
+    async def later() -> Any:
+        return await asyncio.wait_for(cache.get_or_set("k", lambda: "fresh"), timeout=5)
+
+    assert asyncio.run(later()) == "fresh"

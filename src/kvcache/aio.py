@@ -21,6 +21,8 @@ T = TypeVar("T")
 class AsyncCache(CacheBase[Store | AsyncStore]):
     """The asyncio twin of ``Cache``. It also accepts a non-blocking sync store (MemoryStore)."""
 
+    _takes_async_store = True
+
     def __init__(self, store: Store | AsyncStore | None = None, **options: Any) -> None:
         super().__init__(store if store is not None else MemoryStore(), **options)
         self._flights = AsyncSingleFlight()
@@ -72,7 +74,7 @@ class AsyncCache(CacheBase[Store | AsyncStore]):
         return await self._run(self._ops.incr(key, amount))
 
     async def decr(self, key: Key, amount: int = 1) -> int | None:
-        return await self.incr(key, -amount)
+        return await self._run(self._ops.decr(key, amount))
 
     async def ttl(self, key: Key) -> float | None:
         return await self._run(self._ops.ttl(key))
@@ -87,10 +89,10 @@ class AsyncCache(CacheBase[Store | AsyncStore]):
         self, key: Key, factory: Callable[[], T | Awaitable[T]], ttl: float | None = None
     ) -> T:
         """Like ``Cache.get_or_set``; ``factory`` may be a plain or an async callable."""
+        self._ops.ttl_ms(ttl)  # bad input fails before any I/O
         value = await self.get(key, MISSING)
         if value is not MISSING:
             return value  # type: ignore[no-any-return]
-        self._ops.ttl_ms(ttl)
 
         async def fill() -> T:
             fresh = factory()

@@ -79,7 +79,7 @@ class Cache(CacheBase[Store]):
         return self._run(self._ops.incr(key, amount))
 
     def decr(self, key: Key, amount: int = 1) -> int | None:
-        return self.incr(key, -amount)
+        return self._run(self._ops.decr(key, amount))
 
     def ttl(self, key: Key) -> float | None:
         """Seconds left; FOREVER when the key does not expire; None when it does not exist."""
@@ -96,10 +96,10 @@ class Cache(CacheBase[Store]):
     def get_or_set(self, key: Key, factory: Callable[[], T], ttl: float | None = None) -> T:
         """The cached value, or ``factory()`` stored with ``ttl``. Concurrent callers in this
         process share one call of ``factory`` per key."""
+        self._ops.ttl_ms(ttl)  # bad input fails before any I/O
         value = self.get(key, MISSING)
         if value is not MISSING:
             return value  # type: ignore[no-any-return]
-        self._ops.ttl_ms(ttl)  # a bad TTL fails before the factory runs
 
         def fill() -> T:
             fresh = factory()

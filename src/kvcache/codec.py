@@ -22,6 +22,7 @@ ZLIB = b"\x01"
 DEFAULT_COMPRESS_THRESHOLD = 1024  # bytes; smaller values rarely shrink enough to pay for zlib
 MAX_DECOMPRESSED = 256 * 1024 * 1024  # refuse zlib bombs planted in Redis
 _INTEGER = re.compile(rb"-?[0-9]+")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # Redis counters (INCRBY) are signed 64-bit
 
 
 class Codec:
@@ -44,9 +45,9 @@ class Codec:
         self._threshold = compress_threshold
 
     def encode(self, value: Any) -> bytes:
-        if type(value) is int:
-            return b"%d" % value
         try:
+            if type(value) is int:
+                return b"%d" % value  # ValueError past sys.get_int_max_str_digits()
             body = self.serializer.dumps(value)
         except Exception as exc:
             raise SerializationError(

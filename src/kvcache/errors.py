@@ -27,6 +27,9 @@ class InvalidValueError(KVCacheError, ValueError):
     """The stored value does not support the operation (e.g. ``incr`` on a non-integer)."""
 
 
+NOT_A_COUNTER = "the stored value is not a 64-bit integer, or the result would overflow"
+
+
 class StoreError(KVCacheError):
     """The backing store failed to carry out a command."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar
 
 from .codec import DEFAULT_COMPRESS_THRESHOLD, Codec
+from .errors import ConfigurationError
 from .events import Handler
 from .keys import DEFAULT_MAX_KEY_LENGTH, KeySpace
 from .ops import Operations
@@ -17,6 +18,8 @@ Self = TypeVar("Self", bound="CacheBase[Any]")
 
 
 class CacheBase(Generic[S]):
+    _takes_async_store = False  # AsyncCache: True (it also takes non-blocking sync stores)
+
     def __init__(
         self,
         store: S,
@@ -29,6 +32,11 @@ class CacheBase(Generic[S]):
         max_key_length: int = DEFAULT_MAX_KEY_LENGTH,
         throw_on_errors: bool = False,
     ) -> None:
+        is_async = getattr(store, "is_async", None)
+        if not isinstance(is_async, bool):
+            raise ConfigurationError(f"{store!r} is not a kvcache store (no is_async flag)")
+        if is_async and not self._takes_async_store:
+            raise ConfigurationError(f"{store!r} is asynchronous: use it with AsyncCache")
         self._store = store
         self._ops = Operations(
             KeySpace(namespace, separator, max_key_length),

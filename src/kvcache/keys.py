@@ -27,13 +27,23 @@ class KeySpace:
         if not isinstance(namespace, str) or not namespace:
             # An empty namespace would make clear() wipe every key in the database.
             raise ConfigurationError("namespace must be a non-empty string")
-        if not isinstance(separator, str):
-            raise ConfigurationError("separator must be a string")
+        if not isinstance(separator, str) or not separator:
+            raise ConfigurationError("separator must be a non-empty string")
+        if separator in namespace:
+            # "app" would then SCAN (and clear) the keys of "app:sessions" as its own.
+            raise ConfigurationError(
+                f"namespace {namespace!r} must not contain the separator {separator!r}: "
+                "it would overlap another namespace's keys"
+            )
         if not isinstance(max_key_length, int) or max_key_length < 1:
             raise ConfigurationError("max_key_length must be a positive integer")
+        try:
+            prefix = (namespace + separator).encode()
+        except UnicodeEncodeError:
+            raise ConfigurationError("namespace and separator must be valid Unicode") from None
         self.namespace = namespace
         self.separator = separator
-        self._prefix = (namespace + separator).encode()
+        self._prefix = prefix
         self._prefix_len = len(self._prefix)
         self._max_length = max_key_length
 

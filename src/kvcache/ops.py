@@ -12,7 +12,7 @@ import logging
 from collections.abc import Generator, Iterable, Mapping
 from typing import Any, TypeVar
 
-from .codec import Codec
+from .codec import INT64_MAX, INT64_MIN, Codec
 from .errors import InvalidKeyError, InvalidValueError, SerializationError, StoreError
 from .events import Emitter, ErrorEvent
 from .keys import Key, KeySpace
@@ -26,6 +26,14 @@ Call = tuple[Any, ...]  # (store method name, *arguments)
 Op = Generator[Call, Any, T]
 
 MISSING: Any = object()  # "no value" where None is a value
+
+
+def check_amount(amount: object) -> int:
+    if type(amount) is not int:
+        raise InvalidValueError(f"amount must be an int, not {type(amount).__name__}")
+    if not INT64_MIN < amount <= INT64_MAX:  # -INT64_MIN would not fit once negated by decr
+        raise InvalidValueError("amount must fit in a signed 64-bit integer")
+    return amount
 
 
 class Operations:
@@ -51,8 +59,8 @@ class Operations:
 
     def build_all(self, keys: Iterable[Key]) -> tuple[list[Key], list[bytes]]:
         """Distinct user keys (first-seen order) and their full keys."""
-        if isinstance(keys, str | bytes):
-            raise InvalidKeyError("expected an iterable of keys, got a single key")
+        if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+            raise InvalidKeyError(f"expected an iterable of keys, not {type(keys).__name__}")
         by_full = {self.keys.build(key): key for key in keys}  # "k" and b"k" are one key
         return list(by_full.values()), list(by_full)
 
@@ -68,12 +76,12 @@ class Operations:
         log.debug("kvcache %s failed: %s", operation, type(error).__name__)
         self.events.emit("error", ErrorEvent(operation, error, key))
 
-    def read(self, raw: bytes | None, key: Key, default: Any) -> Any:
+    def read(self, raw: bytes | None, key: Key, default: Any, operation: str = "get") -> Any:
         if raw is not None:
             try:
                 value = self.codec.decode(raw)
             except SerializationError as exc:  # foreign or corrupt payload: a miss, not a crash
-                self.report("get", exc, key)
+                self.report(operation, exc, key)
             else:
                 self.stats.hits += 1
                 return value
@@ -100,7 +108,7 @@ class Operations:
             return self.failed("get_many", exc, None, {})
         found = {}
         for key, raw in zip(distinct, raws, strict=True):
-            value = self.read(raw, key, MISSING)
+            value = self.read(raw, key, MISSING, "get_many")
             if value is not MISSING:
                 found[key] = value
         return found
@@ -135,12 +143,18 @@ class Operations:
         try:
             removed: int = yield ("delete_many", full)
         except StoreError as exc:
-            return self.failed("delete", exc, None, 0)
-        self.stats.deletes += len(full)
+            return self.failed("delete_many", exc, None, 0)
+        self.stats.deletes += removed
         return removed
 
     def delete(self, key: Key) -> Op[bool]:
-        return (yield from self.delete_many((key,))) > 0
+        full = self.keys.build(key)
+        try:
+            removed: int = yield ("delete_many", [full])
+        except StoreError as exc:
+            return self.failed("delete", exc, key, False)
+        self.stats.deletes += removed
+        return removed > 0
 
     def has(self, key: Key) -> Op[bool]:
         full = self.keys.build(key)
@@ -151,8 +165,12 @@ class Operations:
         return found
 
     def incr(self, key: Key, amount: int) -> Op[int | None]:
-        if type(amount) is not int:
-            raise InvalidValueError(f"amount must be an int, not {type(amount).__name__}")
+        return (yield from self._add(key, check_amount(amount)))
+
+    def decr(self, key: Key, amount: int) -> Op[int | None]:
+        return (yield from self._add(key, -check_amount(amount)))
+
+    def _add(self, key: Key, amount: int) -> Op[int | None]:
         full = self.keys.build(key)
         try:
             value: int = yield ("incr", full, amount, self.ttl_ms(None))

@@ -66,8 +66,8 @@ class PickleSerializer:
             signing_key = signing_key.encode()
         if signing_key is not None and len(signing_key) < 16:
             raise ConfigurationError("signing_key must be at least 16 bytes long")
-        if protocol < 2:
-            raise ConfigurationError("pickle protocol must be 2 or higher")
+        if not 2 <= protocol <= pickle.HIGHEST_PROTOCOL:
+            raise ConfigurationError(f"pickle protocol must be from 2 to {pickle.HIGHEST_PROTOCOL}")
         self._key = signing_key
         self._protocol = protocol
 

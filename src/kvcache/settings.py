@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, InstanceOf, SecretStr, field_validator
+from pydantic import Field, InstanceOf, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .codec import DEFAULT_COMPRESS_THRESHOLD
@@ -17,17 +17,17 @@ URL_SCHEMES = ("redis", "rediss", "unix", "memory")
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password (and user name) replaced, fit for logs and reprs."""
-    try:
-        parts = urlsplit(url)
-        if parts.username is None and parts.password is None:
-            return url
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        return urlunsplit(parts._replace(netloc=f"***:***@{host}"))
-    except ValueError:
-        return "<unparseable url>"
+    """The URL with its credentials masked (user info, and ``password``/``username`` query
+    parameters, as redis-py reads them for ``unix://``), fit for logs and reprs."""
+    head, question, query = url.partition("?")
+    scheme, slashes, rest = head.partition("://")
+    if "@" in rest:  # up to the last "@": a password with a raw "/" or "@" stays hidden too
+        rest = "***@" + rest.rpartition("@")[2]
+    query = _CREDENTIAL_PARAM.sub(r"\1\2=***", query)
+    return scheme + slashes + rest + question + query
+
+
+_CREDENTIAL_PARAM = re.compile(r"(^|&)(password|username)=[^&]*", re.IGNORECASE)
 
 
 class KVCacheSettings(BaseSettings):
@@ -38,6 +38,7 @@ class KVCacheSettings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         hide_input_in_errors=True,  # a bad URL must not echo its password in the error
+        env_parse_none_str="none",  # KVCACHE_COMPRESS_THRESHOLD=none turns compression off
     )
 
     url: str = Field(
@@ -51,6 +52,9 @@ class KVCacheSettings(BaseSettings):
     connect_timeout: float = Field(0.5, gt=0, le=60, description="seconds per connect attempt")
     op_timeout: float = Field(0.25, gt=0, le=60, description="seconds per command (socket timeout)")
     max_connections: int = Field(64, ge=1, description="connection pool size per process")
+    client_name: str | None = Field(
+        None, description="CLIENT SETNAME on each connection (needs that ACL permission)"
+    )
     serializer: Literal["json", "pickle"] | InstanceOf[Serializer] = Field(
         "json", description="json, pickle, or (in code) any Serializer object"
     )
@@ -69,6 +73,12 @@ class KVCacheSettings(BaseSettings):
                 f"URL scheme must be one of {', '.join(s + '://' for s in URL_SCHEMES)}"
             )
         return url
+
+    @model_validator(mode="after")
+    def _signing_key_needs_pickle(self) -> KVCacheSettings:
+        if self.signing_key is not None and self.serializer != "pickle":
+            raise ValueError("signing_key is only used with serializer='pickle'")
+        return self
 
     def __repr_args__(self) -> Any:
         yield "url", redact_url(self.url)

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 @dataclass(slots=True)
 class Stats:
+    """``sets``: values stored; ``deletes``: keys removed (by delete, delete_many, clear)."""
+
     hits: int = 0
     misses: int = 0
     sets: int = 0

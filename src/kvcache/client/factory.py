@@ -30,7 +30,8 @@ def _from_url(client_class: type[C], pool_class: Any, retry: Any, settings: KVCa
             socket_timeout=settings.op_timeout,
             socket_connect_timeout=settings.connect_timeout,
             decode_responses=False,
-            client_name="kvcache",
+            # Off by default: CLIENT SETNAME is refused to least-privilege ACL users.
+            client_name=settings.client_name,
         )
     except ValueError as exc:  # the message could quote the URL, so name only the setting
         raise ConfigurationError(f"url is not a valid Redis URL ({type(exc).__name__})") from None

@@ -36,4 +36,4 @@ def open_async_store(settings: KVCacheSettings) -> Store | AsyncStore:
 
     if settings.scheme == "memory":
         return MemoryStore(settings.memory_maxsize)
-    return AsyncRedisStore(async_client(settings))
+    return AsyncRedisStore(lambda: async_client(settings))

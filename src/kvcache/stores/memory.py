@@ -14,7 +14,8 @@ from typing import ClassVar
 
 from cachetools import TLRUCache
 
-from ..errors import ConfigurationError, InvalidValueError
+from ..codec import INT64_MAX, INT64_MIN
+from ..errors import NOT_A_COUNTER, ConfigurationError, InvalidValueError
 
 DEFAULT_MAXSIZE = 10_000
 
@@ -80,7 +81,9 @@ class MemoryStore:
             try:
                 value = int(entry[0]) + amount
             except ValueError:
-                raise InvalidValueError("value is not an integer") from None
+                raise InvalidValueError(NOT_A_COUNTER) from None
+            if not INT64_MIN <= value <= INT64_MAX:  # as Redis: counters are signed 64-bit
+                raise InvalidValueError(NOT_A_COUNTER)
             self._entries[key] = (b"%d" % value, entry[1])
             return value
 

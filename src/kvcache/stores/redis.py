@@ -7,13 +7,22 @@ a kvcache one here, so nothing above this module knows redis-py's exception type
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import redis
 import redis.asyncio
 
-from ..errors import CacheUnavailableError, InvalidValueError, KVCacheError, StoreError
+from ..errors import (
+    NOT_A_COUNTER,
+    CacheUnavailableError,
+    InvalidValueError,
+    KVCacheError,
+    StoreError,
+)
 from ..keys import scan_pattern
 
 T = TypeVar("T")
@@ -21,14 +30,6 @@ T = TypeVar("T")
 SCAN_COUNT = 1000  # keys per SCAN round trip
 UNLINK_BATCH = 500  # keys per UNLINK, so clear() never sends one huge command
 
-# INCRBY that gives a *new* key the cache's TTL and leaves an existing key's TTL alone,
-# in one atomic round trip (a counter created by incr must not live forever by accident).
-INCR_SCRIPT = """
-local created = redis.call('EXISTS', KEYS[1]) == 0
-local value = redis.call('INCRBY', KEYS[1], ARGV[1])
-if created and tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return value
-"""
 
 _FAILURES = (redis.RedisError, OSError)
 
@@ -38,8 +39,10 @@ def translate(exc: BaseException) -> KVCacheError:
     redis-py's name host:port and the server's reply, not the credentials."""
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
         return CacheUnavailableError(f"{type(exc).__name__}: {exc}")
-    if isinstance(exc, redis.ResponseError) and "not an integer" in str(exc):
-        return InvalidValueError("the stored value is not an integer")
+    if isinstance(exc, redis.ResponseError) and any(
+        reason in str(exc) for reason in ("not an integer", "overflow")
+    ):
+        return InvalidValueError(NOT_A_COUNTER)
     return StoreError(f"{type(exc).__name__}: {exc}")
 
 
@@ -62,6 +65,13 @@ def _batches(keys: Iterator[bytes]) -> Iterator[list[bytes]]:
         yield batch
 
 
+def _queue_incr(pipe: Any, key: bytes, amount: int, ttl_ms: int) -> None:
+    # MULTI / SET NX PX / INCRBY / EXEC: a *new* counter gets the TTL, an existing one keeps
+    # its own, atomically, in one round trip. (Not Lua: it turns replies into doubles, and
+    # counters past 2**53 would come back rounded.)
+    pipe.set(key, b"0", nx=True, px=ttl_ms).incrby(key, amount)
+
+
 def _queue_set_many(pipe: Any, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
     if ttl_ms is None:
         pipe.mset(dict(items))
@@ -75,7 +85,6 @@ class RedisStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self._client: Any = client  # redis-py types replies as Union[Awaitable, Any]
-        self._incr = client.register_script(INCR_SCRIPT)
 
     def __repr__(self) -> str:
         return f"RedisStore({describe(self._client)})"
@@ -108,7 +117,11 @@ class RedisStore:
         return self._call(self._client.exists, key) == 1
 
     def incr(self, key: bytes, amount: int, ttl_ms: int | None) -> int:
-        return self._call(self._incr, keys=[key], args=[amount, ttl_ms or 0])
+        if ttl_ms is None:
+            return self._call(self._client.incrby, key, amount)
+        pipe = self._client.pipeline(transaction=True)
+        _queue_incr(pipe, key, amount, ttl_ms)
+        return self._call(pipe.execute)[1]
 
     def pttl(self, key: bytes) -> int:
         return self._call(self._client.pttl, key)
@@ -137,14 +150,36 @@ class RedisStore:
 
 
 class AsyncRedisStore:
+    """The asyncio store. A redis.asyncio client belongs to the event loop it first ran on,
+    so this store asks ``connect()`` for one client per event loop: an app-wide cache then
+    keeps working under per-test loops, repeated ``asyncio.run`` calls, or one loop a thread."""
+
     is_async: ClassVar[bool] = True
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
-        self._client: Any = client
-        self._incr = client.register_script(INCR_SCRIPT)
+    def __init__(self, connect: Callable[[], redis.asyncio.Redis]) -> None:
+        self._connect = connect
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._current: _LoopClient | None = None  # the last loop's, swapped as one reference
+        self._spare: redis.asyncio.Redis | None = connect()  # for the first loop; no I/O yet
+        self._described = describe(self._spare)
+        self._lock = threading.Lock()  # loops in several threads may meet the store at once
 
     def __repr__(self) -> str:
-        return f"AsyncRedisStore({describe(self._client)})"
+        return f"AsyncRedisStore({self._described})"
+
+    def _here(self) -> _LoopClient:
+        loop = asyncio.get_running_loop()
+        current = self._current
+        if current is None or current.loop is not loop:
+            with self._lock:
+                current = self._clients.get(loop)
+                if current is None:
+                    client, self._spare = self._spare or self._connect(), None
+                    current = self._clients[loop] = _LoopClient(loop, client)
+            self._current = current
+        return current
 
     @staticmethod
     async def _call(pending: Awaitable[T]) -> T:
@@ -154,40 +189,46 @@ class AsyncRedisStore:
             raise translate(exc) from exc
 
     async def get(self, key: bytes) -> bytes | None:
-        return await self._call(self._client.get(key))
+        return await self._call(self._here().client.get(key))
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        return await self._call(self._client.mget(keys))
+        return await self._call(self._here().client.mget(keys))
 
     async def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
-        await self._call(self._client.set(key, value, px=ttl_ms))
+        await self._call(self._here().client.set(key, value, px=ttl_ms))
 
     async def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
-        pipe = self._client.pipeline(transaction=False)
+        pipe = self._here().client.pipeline(transaction=False)
         _queue_set_many(pipe, items, ttl_ms)
         await self._call(pipe.execute())
 
     async def delete_many(self, keys: Sequence[bytes]) -> int:
-        return await self._call(self._client.unlink(*keys)) if keys else 0
+        return await self._call(self._here().client.unlink(*keys)) if keys else 0
 
     async def exists(self, key: bytes) -> bool:
-        return await self._call(self._client.exists(key)) == 1
+        return await self._call(self._here().client.exists(key)) == 1
 
     async def incr(self, key: bytes, amount: int, ttl_ms: int | None) -> int:
-        return await self._call(self._incr(keys=[key], args=[amount, ttl_ms or 0]))
+        client = self._here().client
+        if ttl_ms is None:
+            return await self._call(client.incrby(key, amount))
+        pipe = client.pipeline(transaction=True)
+        _queue_incr(pipe, key, amount, ttl_ms)
+        return (await self._call(pipe.execute()))[1]
 
     async def pttl(self, key: bytes) -> int:
-        return await self._call(self._client.pttl(key))
+        return await self._call(self._here().client.pttl(key))
 
     async def expire(self, key: bytes, ttl_ms: int | None) -> bool:
+        client = self._here().client
         if ttl_ms is not None:
-            return bool(await self._call(self._client.pexpire(key, ttl_ms)))
-        pipe = self._client.pipeline(transaction=False)
+            return bool(await self._call(client.pexpire(key, ttl_ms)))
+        pipe = client.pipeline(transaction=False)
         pipe.persist(key).exists(key)
         return (await self._call(pipe.execute()))[1] == 1
 
     async def scan(self, prefix: bytes) -> AsyncIterator[bytes]:
-        keys = self._client.scan_iter(match=scan_pattern(prefix), count=SCAN_COUNT)
+        keys = self._here().client.scan_iter(match=scan_pattern(prefix), count=SCAN_COUNT)
         while True:
             key = await self._call(anext(keys, None))
             if key is None:
@@ -195,16 +236,30 @@ class AsyncRedisStore:
             yield key
 
     async def clear(self, prefix: bytes) -> int:
+        client = self._here().client
         removed = 0
         batch: list[bytes] = []
         async for key in self.scan(prefix):
             batch.append(key)
             if len(batch) == UNLINK_BATCH:
-                removed += await self._call(self._client.unlink(*batch))
+                removed += await self._call(client.unlink(*batch))
                 batch = []
         if batch:
-            removed += await self._call(self._client.unlink(*batch))
+            removed += await self._call(client.unlink(*batch))
         return removed
 
     async def close(self) -> None:
-        await self._client.aclose()
+        """Close this loop's client; clients of loops that are gone go with their loops."""
+        current = self._clients.pop(asyncio.get_running_loop(), None)
+        if self._current is current:
+            self._current = None
+        if current is not None:
+            await current.client.aclose()
+
+
+class _LoopClient:
+    __slots__ = ("client", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: redis.asyncio.Redis) -> None:
+        self.loop = loop
+        self.client: Any = client

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from types import TracebackType
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
@@ -74,7 +75,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}{self.host}:{self.port}/0"
 
     def __repr__(self) -> str:  # no password
@@ -86,16 +87,23 @@ class RedisServer:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> RedisServer:
+        if self._process is not None:
+            raise RuntimeError(f"{self!r} is already started")
         binary = find_redis_server()
         self._dir = tempfile.TemporaryDirectory(prefix="kvcache-redis-")
+        config = os.path.join(self._dir.name, "redis.conf")
+        with open(config, "w") as file:  # the password goes here, not on the command line (ps)
+            file.write('save ""\nappendonly no\nbind 127.0.0.1\n')
+            file.write(f"dir {self._dir.name}\n")
+            if self.password:
+                escaped = self.password.replace("\\", "\\\\").replace('"', '\\"')
+                file.write(f'requirepass "{escaped}"\n')
         for _attempt in range(5):  # the free port may be taken between probe and bind
             self.port = free_port()
-            args = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-            args += ["--save", "", "--appendonly", "no", "--dir", self._dir.name]
-            if self.password:
-                args += ["--requirepass", self.password]
             self._process = subprocess.Popen(
-                [*args, *self.extra_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                [binary, config, "--port", str(self.port), *self.extra_args],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline and self._process.poll() is None:
@@ -103,6 +111,7 @@ class RedisServer:
                     return self
                 time.sleep(0.02)
             self._kill()
+        self.stop()
         raise RuntimeError(f"redis-server ({binary}) did not start on a free port")
 
     def _kill(self) -> None:
