@@ -20,10 +20,13 @@ from kvcache import (
     CacheUnavailableError,
     ErrorEvent,
     KVCacheError,
+    KVCacheSettings,
     PickleSerializer,
     SerializationError,
     StoreError,
 )
+from kvcache.client import async_client
+from kvcache.stores import AsyncRedisStore
 from kvcache.testing import RedisServer
 from kvcache.testing.server import free_port
 
@@ -207,20 +210,63 @@ def test_one_key_namespace_clear_leaves_other_databases_and_keys(redis_url: str)
         assert sorted(admin.keys()) == [b"kvcache-not-ours", b"unrelated"]
 
 
+def connections_named(admin: redis.Redis, name: str) -> int:
+    return sum(client.get("name") == name for client in admin.client_list())
+
+
 def test_more_callers_than_connections_wait_for_one_instead_of_failing(redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+
     async def many_tasks() -> int:
-        async with AsyncCache.from_url(redis_url, max_connections=4) as cache:
+        async with AsyncCache.from_url(redis_url, max_connections=4, client_name="bound") as cache:
             await cache.set("k", 1)
             results = await asyncio.gather(*(cache.get("k") for _ in range(200)))
             assert results == [1] * 200
+            assert connections_named(admin, "bound") <= 4
             return cache.stats.errors
 
     assert asyncio.run(many_tasks()) == 0
 
-    with Cache.from_url(redis_url, max_connections=2) as cache, ThreadPoolExecutor(16) as pool:
+    with (
+        Cache.from_url(redis_url, max_connections=2, client_name="bound2") as cache,
+        ThreadPoolExecutor(16) as pool,
+    ):
         cache.set("k", 1)
         assert list(pool.map(lambda _: cache.get("k"), range(400))) == [1] * 400
         assert cache.stats.errors == 0
+        assert connections_named(admin, "bound2") <= 2
+    admin.close()
+
+
+def test_waiting_for_a_connection_is_bounded(redis_url: str) -> None:
+    settings = KVCacheSettings(url=redis_url, op_timeout=1.0)
+    store = AsyncRedisStore(lambda: async_client(settings), max_in_flight=1, wait_timeout=0.05)
+    events: list[ErrorEvent] = []
+
+    async def main() -> list[float]:
+        cache = AsyncCache(store, namespace="n")
+        cache.on("error", events.append)
+        await cache.set("k", 1)
+
+        async def timed_get() -> float:
+            started = time.perf_counter()
+            assert await cache.get("k", "dflt") == "dflt"
+            return time.perf_counter() - started
+
+        with redis.Redis.from_url(redis_url) as admin:
+            admin.client_pause(600, all=True)  # the one connection is stuck for 0.6 s
+            holder = asyncio.ensure_future(cache.get("k"))  # takes the only slot
+            await asyncio.sleep(0.05)
+            waited = await timed_get()
+            admin.client_unpause()
+        await holder
+        await cache.close()
+        return [waited]
+
+    (waited,) = asyncio.run(main())
+    assert waited < 0.5  # the slot wait (0.05 s) ended it, not the stuck command
+    assert "no free connection" in str(events[0].error)
+    assert isinstance(events[0].error, CacheUnavailableError)
 
 
 LEAST_PRIVILEGE = "on >app-pass ~app:* +@read +@write +@keyspace +@transaction +ping"

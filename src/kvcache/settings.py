@@ -50,8 +50,12 @@ class KVCacheSettings(BaseSettings):
     separator: str = ":"
     default_ttl: float | None = Field(None, gt=0, description="seconds; None = no expiry")
     connect_timeout: float = Field(0.5, gt=0, le=60, description="seconds per connect attempt")
-    op_timeout: float = Field(0.25, gt=0, le=60, description="seconds per command (socket timeout)")
-    max_connections: int = Field(64, ge=1, description="connection pool size per process")
+    op_timeout: float = Field(
+        0.25, gt=0, le=60, description="seconds per command, and per wait for a connection"
+    )
+    max_connections: int = Field(
+        64, ge=1, description="connections per process (per event loop for AsyncCache)"
+    )
     client_name: str | None = Field(
         None, description="CLIENT SETNAME on each connection (needs that ACL permission)"
     )

@@ -36,4 +36,8 @@ def open_async_store(settings: KVCacheSettings) -> Store | AsyncStore:
 
     if settings.scheme == "memory":
         return MemoryStore(settings.memory_maxsize)
-    return AsyncRedisStore(lambda: async_client(settings))
+    return AsyncRedisStore(
+        lambda: async_client(settings),
+        max_in_flight=settings.max_connections,
+        wait_timeout=settings.op_timeout,
+    )

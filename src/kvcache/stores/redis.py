@@ -28,6 +28,8 @@ from ..keys import scan_pattern
 T = TypeVar("T")
 
 SCAN_COUNT = 1000  # keys per SCAN round trip
+DEFAULT_MAX_IN_FLIGHT = 64  # commands at once (per loop, for AsyncRedisStore)
+DEFAULT_WAIT_TIMEOUT = 0.25  # seconds to wait for a free slot
 UNLINK_BATCH = 500  # keys per UNLINK, so clear() never sends one huge command
 
 
@@ -152,12 +154,23 @@ class RedisStore:
 class AsyncRedisStore:
     """The asyncio store. A redis.asyncio client belongs to the event loop it first ran on,
     so this store asks ``connect()`` for one client per event loop: an app-wide cache then
-    keeps working under per-test loops, repeated ``asyncio.run`` calls, or one loop a thread."""
+    keeps working under per-test loops, repeated ``asyncio.run`` calls, or one loop a thread.
+
+    At most ``max_in_flight`` commands run at once per loop; past that a caller waits for a
+    free slot, at most ``wait_timeout`` seconds, then gets ``CacheUnavailableError``.
+    """
 
     is_async: ClassVar[bool] = True
 
-    def __init__(self, connect: Callable[[], redis.asyncio.Redis]) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], redis.asyncio.Redis],
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> None:
         self._connect = connect
+        self._max_in_flight = max_in_flight
+        self._wait_timeout = wait_timeout
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
             weakref.WeakKeyDictionary()
         )
@@ -177,75 +190,77 @@ class AsyncRedisStore:
                 current = self._clients.get(loop)
                 if current is None:
                     client, self._spare = self._spare or self._connect(), None
-                    current = self._clients[loop] = _LoopClient(loop, client)
+                    current = _LoopClient(loop, client, self._max_in_flight, self._wait_timeout)
+                    self._clients[loop] = current
             self._current = current
         return current
 
-    @staticmethod
-    async def _call(pending: Awaitable[T]) -> T:
-        try:
-            return await pending
-        except _FAILURES as exc:
-            raise translate(exc) from exc
-
     async def get(self, key: bytes) -> bytes | None:
-        return await self._call(self._here().client.get(key))
+        here = self._here()
+        return await here.run(here.client.get, key)
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        return await self._call(self._here().client.mget(keys))
+        here = self._here()
+        return await here.run(here.client.mget, keys)
 
     async def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
-        await self._call(self._here().client.set(key, value, px=ttl_ms))
+        here = self._here()
+        await here.run(here.client.set, key, value, px=ttl_ms)
 
     async def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
-        pipe = self._here().client.pipeline(transaction=False)
+        here = self._here()
+        pipe = here.client.pipeline(transaction=False)
         _queue_set_many(pipe, items, ttl_ms)
-        await self._call(pipe.execute())
+        await here.run(pipe.execute)
 
     async def delete_many(self, keys: Sequence[bytes]) -> int:
-        return await self._call(self._here().client.unlink(*keys)) if keys else 0
+        here = self._here()
+        return await here.run(here.client.unlink, *keys) if keys else 0
 
     async def exists(self, key: bytes) -> bool:
-        return await self._call(self._here().client.exists(key)) == 1
+        here = self._here()
+        return await here.run(here.client.exists, key) == 1
 
     async def incr(self, key: bytes, amount: int, ttl_ms: int | None) -> int:
-        client = self._here().client
+        here = self._here()
         if ttl_ms is None:
-            return await self._call(client.incrby(key, amount))
-        pipe = client.pipeline(transaction=True)
+            return await here.run(here.client.incrby, key, amount)
+        pipe = here.client.pipeline(transaction=True)
         _queue_incr(pipe, key, amount, ttl_ms)
-        return (await self._call(pipe.execute()))[1]
+        return (await here.run(pipe.execute))[1]
 
     async def pttl(self, key: bytes) -> int:
-        return await self._call(self._here().client.pttl(key))
+        here = self._here()
+        return await here.run(here.client.pttl, key)
 
     async def expire(self, key: bytes, ttl_ms: int | None) -> bool:
-        client = self._here().client
+        here = self._here()
         if ttl_ms is not None:
-            return bool(await self._call(client.pexpire(key, ttl_ms)))
-        pipe = client.pipeline(transaction=False)
+            return bool(await here.run(here.client.pexpire, key, ttl_ms))
+        pipe = here.client.pipeline(transaction=False)
         pipe.persist(key).exists(key)
-        return (await self._call(pipe.execute()))[1] == 1
+        return (await here.run(pipe.execute))[1] == 1
 
     async def scan(self, prefix: bytes) -> AsyncIterator[bytes]:
-        keys = self._here().client.scan_iter(match=scan_pattern(prefix), count=SCAN_COUNT)
+        here = self._here()
+        keys = here.client.scan_iter(match=scan_pattern(prefix), count=SCAN_COUNT)
         while True:
-            key = await self._call(anext(keys, None))
+            key = await here.run(anext, keys, None)
             if key is None:
                 return
             yield key
 
     async def clear(self, prefix: bytes) -> int:
-        client = self._here().client
+        here = self._here()
         removed = 0
         batch: list[bytes] = []
         async for key in self.scan(prefix):
             batch.append(key)
             if len(batch) == UNLINK_BATCH:
-                removed += await self._call(client.unlink(*batch))
+                removed += await here.run(here.client.unlink, *batch)
                 batch = []
         if batch:
-            removed += await self._call(client.unlink(*batch))
+            removed += await here.run(here.client.unlink, *batch)
         return removed
 
     async def close(self) -> None:
@@ -258,8 +273,35 @@ class AsyncRedisStore:
 
 
 class _LoopClient:
-    __slots__ = ("client", "loop")
+    """One event loop's client, and the slots that bound its commands in flight."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, client: redis.asyncio.Redis) -> None:
+    __slots__ = ("_slots", "_wait", "client", "loop")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: redis.asyncio.Redis,
+        max_in_flight: int,
+        wait_timeout: float,
+    ) -> None:
         self.loop = loop
         self.client: Any = client
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._wait = wait_timeout
+
+    async def run(self, command: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        if self._slots.locked():  # every slot busy: wait for one, bounded
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self._wait)
+            except asyncio.TimeoutError:
+                raise CacheUnavailableError(
+                    f"no free connection within {self._wait}s (max_connections reached)"
+                ) from None
+        else:
+            await self._slots.acquire()  # free: returns at once
+        try:
+            return await command(*args, **kwargs)
+        except _FAILURES as exc:
+            raise translate(exc) from exc
+        finally:
+            self._slots.release()
