@@ -28,7 +28,11 @@ def open_store(settings: KVCacheSettings) -> Store:
 
     if settings.scheme == "memory":
         return MemoryStore(settings.memory_maxsize)
-    return RedisStore(sync_client(settings))
+    return RedisStore(
+        sync_client(settings),
+        max_in_flight=settings.max_connections,
+        wait_timeout=settings.op_timeout,
+    )
 
 
 def open_async_store(settings: KVCacheSettings) -> Store | AsyncStore:

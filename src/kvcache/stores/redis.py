@@ -48,6 +48,10 @@ def translate(exc: BaseException) -> KVCacheError:
     return StoreError(f"{type(exc).__name__}: {exc}")
 
 
+def no_free_connection(waited: float) -> CacheUnavailableError:
+    return CacheUnavailableError(f"no free connection within {waited}s (max_connections busy)")
+
+
 def describe(client: redis.Redis | redis.asyncio.Redis) -> str:
     """Where a client connects, for reprs: address and db, never credentials."""
     where = client.connection_pool.connection_kwargs
@@ -83,20 +87,33 @@ def _queue_set_many(pipe: Any, items: Sequence[tuple[bytes, bytes]], ttl_ms: int
 
 
 class RedisStore:
+    """The sync store. At most ``max_in_flight`` commands run at once; past that a caller
+    waits for a free slot, at most ``wait_timeout`` seconds, then gets CacheUnavailableError."""
+
     is_async: ClassVar[bool] = False
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> None:
         self._client: Any = client  # redis-py types replies as Union[Awaitable, Any]
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._wait = wait_timeout
 
     def __repr__(self) -> str:
         return f"RedisStore({describe(self._client)})"
 
-    @staticmethod
-    def _call(command: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _call(self, command: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if not self._slots.acquire(timeout=self._wait):
+            raise no_free_connection(self._wait)
         try:
             return command(*args, **kwargs)
         except _FAILURES as exc:
             raise translate(exc) from exc
+        finally:
+            self._slots.release()
 
     def get(self, key: bytes) -> bytes | None:
         return self._call(self._client.get, key)
@@ -155,10 +172,7 @@ class AsyncRedisStore:
     """The asyncio store. A redis.asyncio client belongs to the event loop it first ran on,
     so this store asks ``connect()`` for one client per event loop: an app-wide cache then
     keeps working under per-test loops, repeated ``asyncio.run`` calls, or one loop a thread.
-
-    At most ``max_in_flight`` commands run at once per loop; past that a caller waits for a
-    free slot, at most ``wait_timeout`` seconds, then gets ``CacheUnavailableError``.
-    """
+    Commands in flight are bounded per loop, as in ``RedisStore``."""
 
     is_async: ClassVar[bool] = True
 
@@ -294,9 +308,7 @@ class _LoopClient:
             try:
                 await asyncio.wait_for(self._slots.acquire(), self._wait)
             except asyncio.TimeoutError:
-                raise CacheUnavailableError(
-                    f"no free connection within {self._wait}s (max_connections reached)"
-                ) from None
+                raise no_free_connection(self._wait) from None
         else:
             await self._slots.acquire()  # free: returns at once
         try:
