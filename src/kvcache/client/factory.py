@@ -18,8 +18,8 @@ C = TypeVar("C", redis.Redis, redis.asyncio.Redis)
 
 def _from_url(client_class: type[C], retry: Any, settings: KVCacheSettings) -> C:
     """A client on a plain, unbounded pool: the store bounds the commands in flight itself
-    (a semaphore costs about 1 µs a command; redis.asyncio's BlockingConnectionPool costs ~24 µs
-    of CPU per command, the sync one ~4 µs). ``retry`` is zero retries: redis-py 8 would
+    (well under 1 µs a command; redis.asyncio's BlockingConnectionPool costs ~24 µs of CPU per
+    command, the sync one ~4 µs). ``retry`` is zero retries: redis-py 8 would
     otherwise retry a failed command 10 times with backoff, turning one dead socket into
     seconds."""
     try:

@@ -8,6 +8,7 @@ a kvcache one here, so nothing above this module knows redis-py's exception type
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -99,21 +100,27 @@ class RedisStore:
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
     ) -> None:
         self._client: Any = client  # redis-py types replies as Union[Awaitable, Any]
-        self._slots = threading.BoundedSemaphore(max_in_flight)
+        # A queue of tokens as the semaphore: SimpleQueue is C code (0.25 µs a get/put pair),
+        # threading.BoundedSemaphore is Python over a Condition (1.7 µs).
+        self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(max_in_flight):
+            self._slots.put(None)
         self._wait = wait_timeout
 
     def __repr__(self) -> str:
         return f"RedisStore({describe(self._client)})"
 
     def _call(self, command: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if not self._slots.acquire(timeout=self._wait):
-            raise no_free_connection(self._wait)
+        try:
+            self._slots.get(timeout=self._wait)
+        except queue.Empty:
+            raise no_free_connection(self._wait) from None
         try:
             return command(*args, **kwargs)
         except _FAILURES as exc:
             raise translate(exc) from exc
         finally:
-            self._slots.release()
+            self._slots.put(None)
 
     def get(self, key: bytes) -> bytes | None:
         return self._call(self._client.get, key)
