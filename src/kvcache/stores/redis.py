@@ -1,7 +1,7 @@
 """Plain Redis stores on redis-py: ``RedisStore`` (sync) and ``AsyncRedisStore`` (asyncio).
 
 The two classes are thin shells around the same commands; what they share (error mapping,
-the INCR script, batching) lives once at module level. Every redis-py exception is mapped to
+the INCR transaction, batching) lives once at module level. Every redis-py exception is mapped to
 a kvcache one here, so nothing above this module knows redis-py's exception types.
 """
 
@@ -29,7 +29,7 @@ from ..keys import scan_pattern
 T = TypeVar("T")
 
 SCAN_COUNT = 1000  # keys per SCAN round trip
-DEFAULT_MAX_IN_FLIGHT = 64  # commands at once (per loop, for AsyncRedisStore)
+DEFAULT_MAX_IN_FLIGHT = 64  # commands at once (per event loop for AsyncRedisStore)
 DEFAULT_WAIT_TIMEOUT = 0.25  # seconds to wait for a free slot
 UNLINK_BATCH = 500  # keys per UNLINK, so clear() never sends one huge command
 
