@@ -46,8 +46,7 @@ class Operations:
     ) -> None:
         self.keys = keys
         self.codec = codec
-        self.default_ttl = check_ttl(default_ttl, "default_ttl")
-        self._default_ttl_ms = to_millis(self.default_ttl)
+        self._default_ttl_ms = to_millis(check_ttl(default_ttl, "default_ttl"))
         self.throw_on_errors = bool(throw_on_errors)
         self.stats = Stats()
         self.events = Emitter()
