@@ -22,6 +22,7 @@ async def fetch_report() -> list[int]:
 
 async def main() -> None:
     async with AsyncCache.from_settings() as cache:
+        print("state:", (await cache.connect(timeout=2)).value)  # bounded wait for Redis
         await cache.delete("report")
         started = time.perf_counter()
         results = await asyncio.gather(

@@ -24,6 +24,9 @@ def report(event: ErrorEvent) -> None:
 def main() -> None:
     with Cache.from_settings() as cache:
         cache.on("error", report)
+        # Construction never blocks; at startup, wait (bounded) for Redis. If it does not
+        # answer, the cache serves from memory and reconnects by itself in the background.
+        print("state:", cache.connect(timeout=2).value)
         for attempt in (1, 2):
             started = time.perf_counter()
             profile = cache.get_or_set("profile:7", lambda: fetch_profile(7), ttl=60)

@@ -82,6 +82,8 @@ class Harness:
             cache = facade(self.memory, **options)
         if isinstance(cache, AsyncCache):
             cache = Blocking(cache, self.loop)
+        if self.backend == "redis":  # construction never waits: wait for READY here
+            cache.connect(timeout=5, raise_on_failure=True)
         self._made.append(cache)
         return cache
 

@@ -29,7 +29,11 @@ def test_demo_on_a_private_redis_server() -> None:
     assert "RedisStore(127.0.0.1:" in out
     assert "get_many(['a', 'b', 'missing'])" in out
     assert "{'a': 1, 'b': [2, 3]}" in out
-    assert "Stats: {'hits': 4, 'misses': 2, 'sets': 4, 'deletes': 5, 'errors': 0}" in out
+    assert "state=ready" in out
+    assert (
+        "Stats: {'hits': 4, 'misses': 2, 'fallback_hits': 0, 'fallback_misses': 0, "
+        "'sets': 4, 'deletes': 5, 'errors': 0}"
+    ) in out
     assert "Stopped the private redis-server" in out
 
 

@@ -33,12 +33,14 @@ def test_basic(url: str) -> None:
     out = run("basic.py", url)
     assert "attempt 1: {'id': 7, 'name': 'user 7'}" in out
     assert "attempt 2: {'id': 7, 'name': 'user 7'}" in out
-    assert "'hits': 1, 'misses': 1, 'sets': 1" in out
+    assert "state: ready" in out
+    assert "'hits': 1, 'misses': 1, 'fallback_hits': 0, 'fallback_misses': 0, 'sets': 1" in out
     assert "'errors': 0" in out
     assert "cache error" not in out
 
 
 def test_async_basic(url: str) -> None:
     out = run("async_basic.py", url)
+    assert "state: ready" in out
     assert "100 concurrent requests, 1 computation" in out
     assert "'errors': 0" in out

@@ -21,8 +21,11 @@ from kvcache import (
     ErrorEvent,
     KVCacheError,
     KVCacheSettings,
+    NoFreeConnectionError,
     PickleSerializer,
     SerializationError,
+    State,
+    StateChange,
     StoreError,
 )
 from kvcache.client import async_client
@@ -39,12 +42,15 @@ def open_cache(
 ) -> Iterator[Callable[..., Any]]:
     made: list[Any] = []
 
-    def open_cache(url: str, **options: Any) -> Any:
+    def open_cache(url: str, *, connect: bool = True, **options: Any) -> Any:
+        """A cache on ``url``; with ``connect``, READY before it is handed out."""
         if request.param == "sync":
             cache: Any = Cache.from_url(url, **options)
         else:
             cache = Blocking(AsyncCache.from_url(url, **options), loop)
         made.append(cache)
+        if connect:
+            cache.connect(timeout=5, raise_on_failure=True)
         return cache
 
     yield open_cache
@@ -85,14 +91,15 @@ FAILED_ANSWERS = {
 }
 
 
-def test_unreachable_redis_never_raises_and_reports_each_failure(open_cache: Any) -> None:
-    cache = open_cache(f"redis://:{SECRET}@127.0.0.1:{free_port()}/0", namespace="n")
+def test_without_fallback_unreachable_redis_fails_each_call_fast(open_cache: Any) -> None:
+    url = f"redis://:{SECRET}@127.0.0.1:{free_port()}/0"
+    cache = open_cache(url, connect=False, namespace="n", fallback="none")
     events: list[ErrorEvent] = []
     cache.on("error", events.append)
     for name, call in every_operation(cache).items():
         started = time.perf_counter()
         assert call() == FAILED_ANSWERS[name], name
-        assert time.perf_counter() - started < 0.5, name  # refused at once: no retry loop
+        assert time.perf_counter() - started < 0.5, name  # no I/O, no retry loop
     assert [event.operation for event in events] == list(FAILED_ANSWERS)
     assert [event.key for event in events][:2] == ["k", None]  # one key, or many
     assert all(isinstance(event.error, CacheUnavailableError) for event in events)
@@ -100,8 +107,22 @@ def test_unreachable_redis_never_raises_and_reports_each_failure(open_cache: Any
     assert all(SECRET not in str(event.error) for event in events)
 
 
-def test_get_or_set_serves_the_factory_while_redis_is_unreachable(open_cache: Any) -> None:
-    cache = open_cache(f"redis://127.0.0.1:{free_port()}/0", namespace="n")
+def test_get_or_set_is_served_by_the_fallback_while_redis_is_unreachable(
+    open_cache: Any,
+) -> None:
+    cache = open_cache(f"redis://127.0.0.1:{free_port()}/0", connect=False, namespace="n")
+    calls: list[int] = []
+    assert cache.get_or_set("k", lambda: calls.append(1) or len(calls)) == 1
+    assert cache.get_or_set("k", lambda: calls.append(1) or len(calls)) == 1  # from memory
+    assert calls == [1]
+    assert cache.stats.fallback_misses == 1
+    assert cache.stats.fallback_hits == 1
+    assert cache.stats.errors == 0  # nothing was sent: no Redis command failed
+
+
+def test_without_fallback_get_or_set_runs_the_factory_each_time(open_cache: Any) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    cache = open_cache(url, connect=False, namespace="n", fallback="none")
     calls: list[int] = []
     assert cache.get_or_set("k", lambda: calls.append(1) or len(calls)) == 1
     assert cache.get_or_set("k", lambda: calls.append(1) or len(calls)) == 2
@@ -109,7 +130,8 @@ def test_get_or_set_serves_the_factory_while_redis_is_unreachable(open_cache: An
 
 
 def test_throw_on_errors_raises_one_kvcache_type(open_cache: Any) -> None:
-    cache = open_cache(f"redis://127.0.0.1:{free_port()}/0", namespace="n", throw_on_errors=True)
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    cache = open_cache(url, connect=False, namespace="n", throw_on_errors=True)
     for name, call in every_operation(cache).items():
         with pytest.raises(CacheUnavailableError) as caught:
             call()
@@ -120,18 +142,21 @@ def test_throw_on_errors_raises_one_kvcache_type(open_cache: Any) -> None:
 def test_a_command_is_bounded_by_op_timeout(open_cache: Any, redis_url: str) -> None:
     cache = open_cache(redis_url, namespace="n", op_timeout=0.1)
     cache.set("k", "v")
-    events: list[ErrorEvent] = []
-    cache.on("error", events.append)
+    changes: list[StateChange] = []
+    cache.on("state", changes.append)
     with redis.Redis.from_url(redis_url) as admin:
         admin.client_pause(1500, all=True)  # the server answers nobody for 1.5 s
         started = time.perf_counter()
-        assert cache.get("k", "dflt") == "dflt"
+        assert cache.get("k", "dflt") == "dflt"  # timed out: the (empty) fallback answers
         elapsed = time.perf_counter() - started
         admin.client_unpause()
     assert elapsed < 1.0
-    assert [type(event.error) for event in events] == [CacheUnavailableError]
-    assert "Timeout" in str(events[0].error)
-    assert cache.get("k") == "v"  # a fresh connection works again
+    assert [(c.previous, c.current) for c in changes] == [(State.READY, State.DEGRADED)]
+    assert isinstance(changes[0].error, CacheUnavailableError)
+    assert "Timeout" in str(changes[0].error)
+    assert cache.stats.errors == 1
+    assert cache.connect(timeout=5) is State.READY  # the prober saw it back
+    assert cache.get("k") == "v"  # and fresh connections work again
 
 
 def test_server_errors_are_store_errors_not_outages(open_cache: Any, redis_url: str) -> None:
@@ -151,7 +176,11 @@ def test_wrong_password_is_unavailable_and_never_echoed(
     caplog.set_level(logging.DEBUG)
     with RedisServer(password="the-right-one") as server:
         url = f"redis://:{SECRET}@127.0.0.1:{server.port}/0"
-        cache = open_cache(url, namespace="n")
+        cache = open_cache(url, connect=False, namespace="n", fallback="none")
+        changes: list[StateChange] = []
+        cache.on("connect_error", changes.append)
+        assert cache.connect(timeout=1.5) is State.DEGRADED  # the first connect gave up
+        assert cache.health().last_error == "AuthenticationError"
         events: list[ErrorEvent] = []
         cache.on("error", events.append)
         assert cache.set("k", 1) is False
@@ -159,7 +188,10 @@ def test_wrong_password_is_unavailable_and_never_echoed(
         good = open_cache(server.url, namespace="n")
         assert good.set("k", 1) is True
         assert good.get("k") == 1
+    assert len(changes) == 1
     shown = [str(events[0].error), repr(events[0].error), repr(cache), caplog.text]
+    shown += [str(changes[0].error), repr(changes[0]), repr(cache.health())]
+    assert "AuthenticationError" in caplog.text
     assert not [text for text in shown if SECRET in text]
 
 
@@ -187,11 +219,13 @@ def test_close_releases_connections(redis_url: str) -> None:
 
     with redis.Redis.from_url(redis_url) as admin:
         with Cache.from_url(redis_url, client_name="kvcache-test") as cache:
+            cache.connect(raise_on_failure=True)
             cache.set("k", 1)
             assert kvcache_clients(admin) == 1
 
         async def use_async() -> None:
             async with AsyncCache.from_url(redis_url, client_name="kvcache-test") as acache:
+                await acache.connect(raise_on_failure=True)
                 await acache.set("k", 2)
                 assert kvcache_clients(admin) == 1
 
@@ -219,6 +253,7 @@ def test_more_callers_than_connections_wait_for_one_instead_of_failing(redis_url
 
     async def many_tasks() -> int:
         async with AsyncCache.from_url(redis_url, max_connections=4, client_name="bound") as cache:
+            await cache.connect(raise_on_failure=True)
             await cache.set("k", 1)
             results = await asyncio.gather(*(cache.get("k") for _ in range(200)))
             assert results == [1] * 200
@@ -231,6 +266,7 @@ def test_more_callers_than_connections_wait_for_one_instead_of_failing(redis_url
         Cache.from_url(redis_url, max_connections=2, client_name="bound2") as cache,
         ThreadPoolExecutor(16) as pool,
     ):
+        cache.connect(raise_on_failure=True)
         cache.set("k", 1)
         assert list(pool.map(lambda _: cache.get("k"), range(400))) == [1] * 400
         assert cache.stats.errors == 0
@@ -245,6 +281,7 @@ def test_waiting_for_a_connection_is_bounded(redis_url: str) -> None:
 
     async def main() -> list[float]:
         cache = AsyncCache(store, namespace="n")
+        await cache.connect(raise_on_failure=True)
         cache.on("error", events.append)
         await cache.set("k", 1)
 
@@ -260,13 +297,16 @@ def test_waiting_for_a_connection_is_bounded(redis_url: str) -> None:
             waited = await timed_get()
             admin.client_unpause()
         await holder
+        state = cache.state
         await cache.close()
-        return [waited]
+        return [waited, state]
 
-    (waited,) = asyncio.run(main())
+    waited, state = asyncio.run(main())
     assert waited < 0.5  # the slot wait (0.05 s) ended it, not the stuck command
     assert "no free connection" in str(events[0].error)
+    assert isinstance(events[0].error, NoFreeConnectionError)
     assert isinstance(events[0].error, CacheUnavailableError)
+    assert state is State.READY  # local overload is not an outage: the breaker stayed shut
 
 
 LEAST_PRIVILEGE = "on >app-pass ~app:* +@read +@write +@keyspace +@transaction +ping"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kvcache import AsyncCache, Cache, MemoryStore
+from kvcache import AsyncCache, Cache, CacheClosedError, MemoryStore
 
 CALLERS = 16
 
@@ -144,19 +144,29 @@ def test_a_factory_asking_for_its_own_key_does_not_deadlock(url: str) -> None:
     assert asyncio.run(main()) == 3  # the inner calls found their own stored value
 
 
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_one_async_cache_serves_several_event_loops_in_turn(url: str) -> None:
     cache = AsyncCache.from_url(url, namespace="loops")
 
     async def use(n: int) -> Any:
+        await cache.connect(timeout=5, raise_on_failure=True)
         await cache.set(f"k{n}", n)
-        found = await cache.get_or_set("shared", lambda: n), await cache.get(f"k{n}")
-        await cache.close()  # closes this loop's connections; the next loop gets its own
-        return found
+        return await cache.get_or_set("shared", lambda: n), await cache.get(f"k{n}")
 
     assert asyncio.run(use(1)) == (1, 1)
     assert asyncio.run(use(2)) == (1, 2)
     assert asyncio.run(use(3)) == (1, 3)
     assert cache.stats.errors == 0
+    assert cache.stats.fallback_hits + cache.stats.fallback_misses == 0
+
+    async def close_then_use() -> None:
+        await cache.close()  # terminal: a closed cache refuses calls instead of reconnecting
+        with pytest.raises(CacheClosedError):
+            await cache.get("k1")
+
+    asyncio.run(close_then_use())
+    gc.collect()  # let the earlier loops' connections warn inside this test's filters
 
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")

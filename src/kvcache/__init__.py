@@ -2,21 +2,25 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .adapter import Health
 from .aio import AsyncCache
 from .cache import Cache
 from .errors import (
+    CacheClosedError,
     CacheUnavailableError,
     ConfigurationError,
     InvalidKeyError,
     InvalidTTLError,
     InvalidValueError,
     KVCacheError,
+    NoFreeConnectionError,
     SerializationError,
     StoreError,
 )
 from .events import ErrorEvent
 from .serializers import JsonSerializer, PickleSerializer, Serializer
 from .settings import KVCacheSettings
+from .state import Policy, State, StateChange
 from .stats import Stats
 from .stores import AsyncRedisStore, AsyncStore, MemoryStore, RedisStore, Store
 from .ttl import FOREVER
@@ -32,9 +36,11 @@ __all__ = [
     "AsyncRedisStore",
     "AsyncStore",
     "Cache",
+    "CacheClosedError",
     "CacheUnavailableError",
     "ConfigurationError",
     "ErrorEvent",
+    "Health",
     "InvalidKeyError",
     "InvalidTTLError",
     "InvalidValueError",
@@ -42,10 +48,14 @@ __all__ = [
     "KVCacheError",
     "KVCacheSettings",
     "MemoryStore",
+    "NoFreeConnectionError",
     "PickleSerializer",
+    "Policy",
     "RedisStore",
     "SerializationError",
     "Serializer",
+    "State",
+    "StateChange",
     "Stats",
     "Store",
     "StoreError",

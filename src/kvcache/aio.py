@@ -7,83 +7,81 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .errors import KVCacheError, StoreError
+from .drivers import arun
+from .errors import CacheUnavailableError, StoreError
 from .facade import CacheBase
 from .keys import Key
-from .ops import MISSING, Op
+from .ops import MISSING
 from .settings import KVCacheSettings
 from .singleflight import AsyncSingleFlight
+from .state import State
 from .stores import AsyncStore, MemoryStore, Store, open_async_store
+from .supervisor import READY_OR_CLOSED, TaskSupervisor
 
 T = TypeVar("T")
 
 
 class AsyncCache(CacheBase[Store | AsyncStore]):
-    """The asyncio twin of ``Cache``. It also accepts a non-blocking sync store (MemoryStore)."""
+    """The asyncio twin of ``Cache``. It also accepts a non-blocking sync store (MemoryStore).
+
+    Construction does no I/O and needs no event loop: the first connect starts with the
+    first call (served by the fallback meanwhile) or with ``await cache.connect()``."""
 
     _takes_async_store = True
 
     def __init__(self, store: Store | AsyncStore | None = None, **options: Any) -> None:
         super().__init__(store if store is not None else MemoryStore(), **options)
         self._flights = AsyncSingleFlight()
+        self._prober = self._adapter.supervisor = TaskSupervisor(self._adapter)
 
     @classmethod
     def _open_store(cls, settings: KVCacheSettings) -> Store | AsyncStore:
         return open_async_store(settings)
 
-    async def _run(self, op: Op[T]) -> T:
-        """Drive one operation, awaiting each store call when the store is asynchronous."""
-        store = self._store
-        awaits = store.is_async
-        try:
-            call = next(op)
-            while True:
-                try:
-                    result = getattr(store, call[0])(*call[1:])
-                    if awaits:
-                        result = await result
-                except KVCacheError as exc:
-                    call = op.throw(exc)
-                else:
-                    call = op.send(result)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+    async def connect(self, timeout: float = 5.0, *, raise_on_failure: bool = False) -> State:
+        """Wait until Redis is READY, at most ``timeout`` seconds; answers the state then.
+        With ``raise_on_failure`` a state other than READY raises CacheUnavailableError."""
+        self._prober.ensure_probing()
+        state = await self._prober.wait_for(READY_OR_CLOSED, timeout)
+        if raise_on_failure and state is not State.READY:
+            raise CacheUnavailableError(self._not_ready(timeout))
+        return state
 
     async def get(self, key: Key, default: Any = None) -> Any:
-        return await self._run(self._ops.get(key, default))
+        return await arun(self._ops.get(key, default))
 
     async def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
-        return await self._run(self._ops.get_many(keys))
+        return await arun(self._ops.get_many(keys))
 
     async def set(self, key: Key, value: Any, ttl: float | None = None) -> bool:
-        return await self._run(self._ops.set(key, value, ttl))
+        return await arun(self._ops.set(key, value, ttl))
 
     async def set_many(self, mapping: Mapping[Key, Any], ttl: float | None = None) -> bool:
-        return await self._run(self._ops.set_many(mapping, ttl))
+        return await arun(self._ops.set_many(mapping, ttl))
 
     async def delete(self, key: Key) -> bool:
-        return await self._run(self._ops.delete(key))
+        return await arun(self._ops.delete(key))
 
     async def delete_many(self, keys: Iterable[Key]) -> int:
-        return await self._run(self._ops.delete_many(keys))
+        return await arun(self._ops.delete_many(keys))
 
     async def has(self, key: Key) -> bool:
-        return await self._run(self._ops.has(key))
+        return await arun(self._ops.has(key))
 
     async def incr(self, key: Key, amount: int = 1) -> int | None:
-        return await self._run(self._ops.incr(key, amount))
+        return await arun(self._ops.incr(key, amount))
 
     async def decr(self, key: Key, amount: int = 1) -> int | None:
-        return await self._run(self._ops.decr(key, amount))
+        return await arun(self._ops.decr(key, amount))
 
     async def ttl(self, key: Key) -> float | None:
-        return await self._run(self._ops.ttl(key))
+        return await arun(self._ops.ttl(key))
 
     async def touch(self, key: Key, ttl: float | None = None) -> bool:
-        return await self._run(self._ops.touch(key, ttl))
+        return await arun(self._ops.touch(key, ttl))
 
     async def clear(self) -> int:
-        return await self._run(self._ops.clear())
+        return await arun(self._ops.clear())
 
     async def get_or_set(
         self, key: Key, factory: Callable[[], T | Awaitable[T]], ttl: float | None = None
@@ -106,7 +104,7 @@ class AsyncCache(CacheBase[Store | AsyncStore]):
     async def __aiter__(self) -> AsyncIterator[Key]:
         keys = self._ops.keys
         try:
-            found = self._store.scan(keys.prefix)
+            found = self._adapter.scan_store().scan(keys.prefix)
             if isinstance(found, AsyncIterator):
                 async for full in found:
                     yield keys.strip(full)
@@ -114,9 +112,13 @@ class AsyncCache(CacheBase[Store | AsyncStore]):
                 for full in found:
                     yield keys.strip(full)
         except StoreError as exc:
+            self._adapter.trips(exc)
             self._ops.failed("iter", exc, None, None)
 
     async def close(self) -> None:
+        """Stop probing and close this event loop's connections (those of other loops go
+        with their loops); the cache is CLOSED for good."""
+        self._adapter.close()
         closed = self._store.close()
         if inspect.isawaitable(closed):
             await closed

@@ -6,13 +6,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .errors import KVCacheError, StoreError
+from .drivers import run
+from .errors import CacheUnavailableError, StoreError
 from .facade import CacheBase
 from .keys import Key
-from .ops import MISSING, Op
+from .ops import MISSING
 from .settings import KVCacheSettings
 from .singleflight import SingleFlight
+from .state import State
 from .stores import MemoryStore, Store, open_store
+from .supervisor import READY_OR_CLOSED, ThreadSupervisor
 
 T = TypeVar("T")
 
@@ -20,78 +23,77 @@ T = TypeVar("T")
 class Cache(CacheBase[Store]):
     """A namespaced key-value cache over a ``Store`` (Redis, memory, …).
 
-    Store failures never reach the caller unless ``throw_on_errors=True``: reads answer the
-    default, writes answer False, and an ``error`` event is emitted. Bad input (keys, TTLs,
-    unserializable values) always raises a ``kvcache`` exception before any I/O.
+    Construction does no I/O: a Redis cache starts in STARTING and connects in the
+    background; until then (and whenever Redis is away) calls are served by the in-memory
+    fallback at once. ``connect()`` waits for READY. Store failures never reach the caller
+    unless ``throw_on_errors=True``: reads answer the default, writes answer False, and an
+    ``error`` event is emitted. Bad input (keys, TTLs, unserializable values) always raises
+    a ``kvcache`` exception before any I/O.
     """
 
     def __init__(self, store: Store | None = None, **options: Any) -> None:
         super().__init__(store if store is not None else MemoryStore(), **options)
         self._flights = SingleFlight()
+        self._prober = self._adapter.supervisor = ThreadSupervisor(self._adapter)
+        self._prober.ensure_probing()  # the first connect starts now, in the background
 
     @classmethod
     def _open_store(cls, settings: KVCacheSettings) -> Store:
         return open_store(settings)
 
-    def _run(self, op: Op[T]) -> T:
-        """Drive one operation: carry out each store call it yields, send back the result."""
-        store = self._store
-        try:
-            call = next(op)
-            while True:
-                try:
-                    result = getattr(store, call[0])(*call[1:])
-                except KVCacheError as exc:
-                    call = op.throw(exc)
-                else:
-                    call = op.send(result)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+    def connect(self, timeout: float = 5.0, *, raise_on_failure: bool = False) -> State:
+        """Wait until Redis is READY, at most ``timeout`` seconds; answers the state then.
+        With ``raise_on_failure`` a state other than READY raises CacheUnavailableError."""
+        self._prober.ensure_probing()
+        state = self._prober.wait_for(READY_OR_CLOSED, timeout)
+        if raise_on_failure and state is not State.READY:
+            raise CacheUnavailableError(self._not_ready(timeout))
+        return state
 
     def get(self, key: Key, default: Any = None) -> Any:
-        return self._run(self._ops.get(key, default))
+        return run(self._ops.get(key, default))
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
         """The found keys and their values; missing keys are left out."""
-        return self._run(self._ops.get_many(keys))
+        return run(self._ops.get_many(keys))
 
     def set(self, key: Key, value: Any, ttl: float | None = None) -> bool:
         """Store ``value``; ``ttl`` in seconds (None: the default TTL, FOREVER: no expiry)."""
-        return self._run(self._ops.set(key, value, ttl))
+        return run(self._ops.set(key, value, ttl))
 
     def set_many(self, mapping: Mapping[Key, Any], ttl: float | None = None) -> bool:
-        return self._run(self._ops.set_many(mapping, ttl))
+        return run(self._ops.set_many(mapping, ttl))
 
     def delete(self, key: Key) -> bool:
         """True when the key existed."""
-        return self._run(self._ops.delete(key))
+        return run(self._ops.delete(key))
 
     def delete_many(self, keys: Iterable[Key]) -> int:
         """How many of the keys existed."""
-        return self._run(self._ops.delete_many(keys))
+        return run(self._ops.delete_many(keys))
 
     def has(self, key: Key) -> bool:
-        return self._run(self._ops.has(key))
+        return run(self._ops.has(key))
 
     def incr(self, key: Key, amount: int = 1) -> int | None:
         """Add to an integer value (a missing key starts at 0 and gets the default TTL).
         Answers None when the store failed; raises InvalidValueError on a non-integer."""
-        return self._run(self._ops.incr(key, amount))
+        return run(self._ops.incr(key, amount))
 
     def decr(self, key: Key, amount: int = 1) -> int | None:
-        return self._run(self._ops.decr(key, amount))
+        return run(self._ops.decr(key, amount))
 
     def ttl(self, key: Key) -> float | None:
         """Seconds left; FOREVER when the key does not expire; None when it does not exist."""
-        return self._run(self._ops.ttl(key))
+        return run(self._ops.ttl(key))
 
     def touch(self, key: Key, ttl: float | None = None) -> bool:
         """Reset the key's expiry (None: the default TTL); False when it does not exist."""
-        return self._run(self._ops.touch(key, ttl))
+        return run(self._ops.touch(key, ttl))
 
     def clear(self) -> int:
         """Remove every key of this namespace (SCAN + UNLINK, never FLUSHDB); how many."""
-        return self._run(self._ops.clear())
+        return run(self._ops.clear())
 
     def get_or_set(self, key: Key, factory: Callable[[], T], ttl: float | None = None) -> T:
         """The cached value, or ``factory()`` stored with ``ttl``. Concurrent callers in this
@@ -109,18 +111,22 @@ class Cache(CacheBase[Store]):
         return self._flights.run(self._ops.keys.build(key), fill)
 
     def __iter__(self) -> Iterator[Key]:
-        """This namespace's keys (SCAN), in no particular order."""
+        """This namespace's keys (SCAN), in no particular order; the fallback's while Redis
+        is away."""
         keys = self._ops.keys
         try:
-            for full in self._store.scan(keys.prefix):
+            for full in self._adapter.scan_store().scan(keys.prefix):
                 yield keys.strip(full)
         except StoreError as exc:
+            self._adapter.trips(exc)
             self._ops.failed("iter", exc, None, None)
 
     def __contains__(self, key: Key) -> bool:
         return self.has(key)
 
     def close(self) -> None:
+        """Stop probing and release the connections; the cache is CLOSED for good."""
+        self._adapter.close()
         self._store.close()
 
     def __enter__(self) -> Cache:

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from . import __version__
 from .cache import Cache
 from .settings import redact_url
+from .state import State
 from .testing import RedisServer, RedisServerNotFound
 
 
@@ -45,7 +46,10 @@ def _timed(label: str, action: object) -> None:
 
 def demo(url: str | None = None) -> int:
     with _demo_cache(url) as cache:
+        state = cache.connect(timeout=2)  # construction never blocks; wait for Redis here
         print(f"Cache: {cache!r}")
+        if state is not State.READY:
+            print(f"  Redis is not answering ({state.value}): serving from memory meanwhile")
 
         def slow_lookup() -> dict[str, object]:
             time.sleep(0.2)  # an expensive call: a database query, an HTTP API

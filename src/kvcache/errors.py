@@ -36,3 +36,12 @@ class StoreError(KVCacheError):
 
 class CacheUnavailableError(StoreError):
     """The backing store cannot be reached (connection refused, timed out, reset, auth failed)."""
+
+
+class NoFreeConnectionError(CacheUnavailableError):
+    """Every connection was busy for ``op_timeout``: local overload, not an outage, so it
+    fails the one call and never opens the breaker."""
+
+
+class CacheClosedError(KVCacheError, RuntimeError):
+    """The cache was closed; a closed cache cannot be used again."""

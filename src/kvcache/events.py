@@ -23,7 +23,9 @@ class ErrorEvent:
 
 Handler = Callable[[Any], object]
 
-EVENT_NAMES = frozenset({"error"})  # "state" arrives with the resilient adapter
+# "error": an ErrorEvent, per failed call; "state": a StateChange, per transition;
+# "connect_error": the StateChange STARTING -> DEGRADED, once, when the first connect fails.
+EVENT_NAMES = frozenset({"error", "state", "connect_error"})
 
 
 class Emitter:

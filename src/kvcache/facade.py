@@ -1,20 +1,27 @@
-"""What ``Cache`` and ``AsyncCache`` share: construction, settings, events, stats."""
+"""What ``Cache`` and ``AsyncCache`` share: construction, settings, state, events, stats."""
 
 from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
+from .adapter import Adapter, Health
 from .codec import DEFAULT_COMPRESS_THRESHOLD, Codec
 from .errors import ConfigurationError
-from .events import Handler
+from .events import Emitter, Handler
+from .journal import Journal, Overflow
 from .keys import DEFAULT_MAX_KEY_LENGTH, KeySpace
 from .ops import Operations
 from .serializers import Serializer
 from .settings import KVCacheSettings
+from .state import Policy, State
 from .stats import Stats
+from .stores import MemoryStore
+from .stores.memory import DEFAULT_FALLBACK_MAXSIZE, DEFAULT_FALLBACK_TTL
 
 S = TypeVar("S")
 Self = TypeVar("Self", bound="CacheBase[Any]")
+
+DEFAULT_FALLBACK: Any = object()  # "an in-memory fallback with the default bounds"
 
 
 class CacheBase(Generic[S]):
@@ -31,18 +38,36 @@ class CacheBase(Generic[S]):
         compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD,
         max_key_length: int = DEFAULT_MAX_KEY_LENGTH,
         throw_on_errors: bool = False,
+        fallback: Any = DEFAULT_FALLBACK,
+        non_blocking: bool = True,
+        policy: Policy | None = None,
+        journal_size: int = 10_000,
+        journal_overflow: Overflow = "clear",
     ) -> None:
         is_async = getattr(store, "is_async", None)
         if not isinstance(is_async, bool):
             raise ConfigurationError(f"{store!r} is not a kvcache store (no is_async flag)")
         if is_async and not self._takes_async_store:
             raise ConfigurationError(f"{store!r} is asynchronous: use it with AsyncCache")
+        if fallback is DEFAULT_FALLBACK:
+            fallback = MemoryStore(DEFAULT_FALLBACK_MAXSIZE, max_ttl=DEFAULT_FALLBACK_TTL)
+        elif fallback is not None and getattr(fallback, "is_async", None) is not False:
+            raise ConfigurationError("fallback must be a non-blocking sync store (MemoryStore)")
         self._store = store
+        keys = KeySpace(namespace, separator, max_key_length)
+        self._adapter = adapter = Adapter(
+            store,
+            fallback,
+            keys=keys,
+            stats=Stats(),
+            events=Emitter(),
+            policy=policy,
+            journal=Journal(journal_size, journal_overflow),
+            throw_on_errors=throw_on_errors,
+            non_blocking=non_blocking,
+        )
         self._ops = Operations(
-            KeySpace(namespace, separator, max_key_length),
-            Codec(serializer, compress_threshold),
-            default_ttl,
-            throw_on_errors,
+            keys, Codec(serializer, compress_threshold), adapter, default_ttl, throw_on_errors
         )
 
     @classmethod
@@ -73,12 +98,30 @@ class CacheBase(Generic[S]):
     def stats(self) -> Stats:
         return self._ops.stats
 
+    @property
+    def state(self) -> State:
+        """STARTING, READY, DEGRADED or CLOSED (see ``kvcache.State``)."""
+        return self._adapter.machine.state
+
+    def health(self) -> Health:
+        """The state, for how long, the last failure, the probe schedule, the journal."""
+        return self._adapter.health()
+
+    def _not_ready(self, waited: float) -> str:
+        health = self.health()
+        reason = f"; last error: {health.last_error}" if health.last_error else ""
+        return f"{self!r} is not ready after {waited} s{reason}"
+
     def on(self, event: str, handler: Handler) -> None:
-        """Call ``handler(event)`` on each ``"error"`` (an ``ErrorEvent``)."""
+        """Call ``handler(event)`` on each ``"error"`` (an ``ErrorEvent``), ``"state"`` (a
+        ``StateChange``) or ``"connect_error"`` (the first connect failed; once)."""
         self._ops.events.on(event, handler)
 
     def off(self, event: str, handler: Handler) -> None:
         self._ops.events.off(event, handler)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(namespace={self.namespace!r}, store={self._store!r})"
+        return (
+            f"{type(self).__name__}(namespace={self.namespace!r}, store={self._store!r}, "
+            f"state={self.state.value})"
+        )

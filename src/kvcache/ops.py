@@ -1,9 +1,10 @@
 """The cache operations, written once for the sync and the async facade. Pure, no I/O.
 
-Each operation is a generator: it validates and encodes, then ``yield``s one store call as
-``(method_name, *args)`` and receives its result (or a ``KVCacheError`` thrown in), then
-decodes and counts. ``Cache`` runs these generators against a sync store, ``AsyncCache``
-awaits the calls on an async one. The drivers are the only code the two facades do not share.
+Each operation is a generator: it validates and encodes, then hands one store call to the
+adapter (``yield from self.adapter.call(...)``), which routes it to Redis or the fallback and
+yields ``(store, method, *args)`` for a driver (``drivers.py``) to carry out; the result (or
+a ``KVCacheError`` thrown in) comes back, and the operation decodes and counts. ``Cache``
+and ``AsyncCache`` differ only in the driver that runs these generators.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from collections.abc import Generator, Iterable, Mapping
 from typing import Any, TypeVar
 
+from .adapter import ALL_KEYS, Adapter
 from .codec import INT64_MAX, INT64_MIN, Codec
 from .errors import InvalidKeyError, InvalidValueError, SerializationError, StoreError
 from .events import Emitter, ErrorEvent
@@ -22,7 +24,7 @@ from .ttl import check_ttl, from_pttl, to_millis
 log = logging.getLogger("kvcache")
 
 T = TypeVar("T")
-Call = tuple[Any, ...]  # (store method name, *arguments)
+Call = tuple[Any, ...]  # (store, method name, *arguments)
 Op = Generator[Call, Any, T]
 
 MISSING: Any = object()  # "no value" where None is a value
@@ -41,15 +43,17 @@ class Operations:
         self,
         keys: KeySpace,
         codec: Codec,
+        adapter: Adapter,
         default_ttl: float | None = None,
         throw_on_errors: bool = False,
     ) -> None:
         self.keys = keys
         self.codec = codec
+        self.adapter = adapter
         self._default_ttl_ms = to_millis(check_ttl(default_ttl, "default_ttl"))
         self.throw_on_errors = bool(throw_on_errors)
-        self.stats = Stats()
-        self.events = Emitter()
+        self.stats: Stats = adapter.stats
+        self.events: Emitter = adapter.events
 
     # -- rules ---------------------------------------------------------------------------
 
@@ -75,16 +79,26 @@ class Operations:
         log.debug("kvcache %s failed: %s", operation, type(error).__name__)
         self.events.emit("error", ErrorEvent(operation, error, key))
 
-    def read(self, raw: bytes | None, key: Key, default: Any, operation: str = "get") -> Any:
+    def read(
+        self, raw: bytes | None, key: Key, default: Any, offline: bool, operation: str = "get"
+    ) -> Any:
+        """Decode and count: a hit or a miss, in Redis or (``offline``) in the fallback."""
+        stats = self.stats
         if raw is not None:
             try:
                 value = self.codec.decode(raw)
             except SerializationError as exc:  # foreign or corrupt payload: a miss, not a crash
                 self.report(operation, exc, key)
             else:
-                self.stats.hits += 1
+                if offline:
+                    stats.fallback_hits += 1
+                else:
+                    stats.hits += 1
                 return value
-        self.stats.misses += 1
+        if offline:
+            stats.fallback_misses += 1
+        else:
+            stats.misses += 1
         return default
 
     # -- operations ----------------------------------------------------------------------
@@ -92,22 +106,22 @@ class Operations:
     def get(self, key: Key, default: Any) -> Op[Any]:
         full = self.keys.build(key)
         try:
-            raw = yield ("get", full)
+            raw, offline = yield from self.adapter.call("get", full)
         except StoreError as exc:
             return self.failed("get", exc, key, default)
-        return self.read(raw, key, default)
+        return self.read(raw, key, default, offline)
 
     def get_many(self, keys: Iterable[Key]) -> Op[dict[Key, Any]]:
         distinct, full = self.build_all(keys)
         if not full:
             return {}
         try:
-            raws = yield ("get_many", full)
+            raws, offline = yield from self.adapter.call("get_many", full)
         except StoreError as exc:
             return self.failed("get_many", exc, None, {})
         found = {}
         for key, raw in zip(distinct, raws, strict=True):
-            value = self.read(raw, key, MISSING, "get_many")
+            value = self.read(raw, key, MISSING, offline, "get_many")
             if value is not MISSING:
                 found[key] = value
         return found
@@ -115,7 +129,7 @@ class Operations:
     def set(self, key: Key, value: Any, ttl: float | None) -> Op[bool]:
         full, payload, ttl_ms = self.keys.build(key), self.codec.encode(value), self.ttl_ms(ttl)
         try:
-            yield ("set", full, payload, ttl_ms)
+            yield from self.adapter.call("set", full, payload, ttl_ms, writes=(full,))
         except StoreError as exc:
             return self.failed("set", exc, key, False)
         self.stats.sets += 1
@@ -129,7 +143,9 @@ class Operations:
         if not items:
             return True
         try:
-            yield ("set_many", items, ttl_ms)
+            yield from self.adapter.call(
+                "set_many", items, ttl_ms, writes=[full for full, _ in items]
+            )
         except StoreError as exc:
             return self.failed("set_many", exc, None, False)
         self.stats.sets += len(items)
@@ -139,8 +155,9 @@ class Operations:
         _, full = self.build_all(keys)
         if not full:
             return 0
+        removed: int
         try:
-            removed: int = yield ("delete_many", full)
+            removed, _ = yield from self.adapter.call("delete_many", full, writes=full)
         except StoreError as exc:
             return self.failed("delete_many", exc, None, 0)
         self.stats.deletes += removed
@@ -148,8 +165,9 @@ class Operations:
 
     def delete(self, key: Key) -> Op[bool]:
         full = self.keys.build(key)
+        removed: int
         try:
-            removed: int = yield ("delete_many", [full])
+            removed, _ = yield from self.adapter.call("delete_many", [full], writes=(full,))
         except StoreError as exc:
             return self.failed("delete", exc, key, False)
         self.stats.deletes += removed
@@ -157,8 +175,9 @@ class Operations:
 
     def has(self, key: Key) -> Op[bool]:
         full = self.keys.build(key)
+        found: bool
         try:
-            found: bool = yield ("exists", full)
+            found, _ = yield from self.adapter.call("exists", full)
         except StoreError as exc:
             return self.failed("has", exc, key, False)
         return found
@@ -171,8 +190,11 @@ class Operations:
 
     def _add(self, key: Key, amount: int) -> Op[int | None]:
         full = self.keys.build(key)
+        value: int
         try:
-            value: int = yield ("incr", full, amount, self.ttl_ms(None))
+            value, _ = yield from self.adapter.call(
+                "incr", full, amount, self.ttl_ms(None), writes=(full,)
+            )
         except StoreError as exc:
             return self.failed("incr", exc, key, None)
         return value
@@ -180,22 +202,25 @@ class Operations:
     def ttl(self, key: Key) -> Op[float | None]:
         full = self.keys.build(key)
         try:
-            pttl = yield ("pttl", full)
+            pttl, _ = yield from self.adapter.call("pttl", full)
         except StoreError as exc:
             return self.failed("ttl", exc, key, None)
         return from_pttl(pttl)
 
     def touch(self, key: Key, ttl: float | None) -> Op[bool]:
         full, ttl_ms = self.keys.build(key), self.ttl_ms(ttl)
+        touched: bool
         try:
-            touched: bool = yield ("expire", full, ttl_ms)
+            # Not journaled: a TTL changed in the fallback leaves nothing stale in Redis.
+            touched, _ = yield from self.adapter.call("expire", full, ttl_ms)
         except StoreError as exc:
             return self.failed("touch", exc, key, False)
         return touched
 
     def clear(self) -> Op[int]:
+        removed: int
         try:
-            removed: int = yield ("clear", self.keys.prefix)
+            removed, _ = yield from self.adapter.call("clear", self.keys.prefix, writes=ALL_KEYS)
         except StoreError as exc:
             return self.failed("clear", exc, None, 0)
         self.stats.deletes += removed

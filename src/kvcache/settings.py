@@ -11,7 +11,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .codec import DEFAULT_COMPRESS_THRESHOLD
 from .keys import DEFAULT_MAX_KEY_LENGTH
 from .serializers import Serializer, serializer_named
-from .stores.memory import DEFAULT_MAXSIZE
+from .state import Policy
+from .stores.memory import (
+    DEFAULT_FALLBACK_MAXSIZE,
+    DEFAULT_FALLBACK_TTL,
+    DEFAULT_MAXSIZE,
+    MemoryStore,
+)
 
 URL_SCHEMES = ("redis", "rediss", "unix", "memory")
 
@@ -67,6 +73,27 @@ class KVCacheSettings(BaseSettings):
     max_key_length: int = Field(DEFAULT_MAX_KEY_LENGTH, ge=1, le=512 * 1024 * 1024)
     throw_on_errors: bool = False
     memory_maxsize: int = Field(DEFAULT_MAXSIZE, ge=1, description="entries in the memory store")
+    non_blocking: bool = Field(
+        True, description="while STARTING, serve calls from the fallback instead of waiting"
+    )
+    connect_attempts: int = Field(
+        3, ge=1, le=100, description="probes in the first-connect phase before DEGRADED"
+    )
+    retry_base: float = Field(0.05, gt=0, le=60, description="seconds: first probe delay")
+    retry_max: float = Field(
+        0.5, gt=0, le=300, description="seconds: longest probe delay (bounds recovery time)"
+    )
+    fallback: Literal["memory", "none"] = Field(
+        "memory", description="what serves while Redis is away; none: calls fail fast"
+    )
+    fallback_maxsize: int = Field(DEFAULT_FALLBACK_MAXSIZE, ge=1, description="fallback entries")
+    fallback_ttl: float = Field(
+        DEFAULT_FALLBACK_TTL, gt=0, description="seconds: TTL cap of outage-era entries"
+    )
+    journal_size: int = Field(10_000, ge=0, description="keys remembered for deletion on recovery")
+    journal_overflow: Literal["clear", "ignore"] = Field(
+        "clear", description="past journal_size: clear the namespace on recovery, or not"
+    )
 
     @field_validator("url")
     @classmethod
@@ -79,9 +106,11 @@ class KVCacheSettings(BaseSettings):
         return url
 
     @model_validator(mode="after")
-    def _signing_key_needs_pickle(self) -> KVCacheSettings:
+    def _consistent(self) -> KVCacheSettings:
         if self.signing_key is not None and self.serializer != "pickle":
             raise ValueError("signing_key is only used with serializer='pickle'")
+        if self.retry_base > self.retry_max:
+            raise ValueError("retry_base must not exceed retry_max")
         return self
 
     def __repr_args__(self) -> Any:
@@ -106,4 +135,13 @@ class KVCacheSettings(BaseSettings):
             "compress_threshold": self.compress_threshold,
             "max_key_length": self.max_key_length,
             "throw_on_errors": self.throw_on_errors,
+            "fallback": (
+                MemoryStore(self.fallback_maxsize, max_ttl=self.fallback_ttl)
+                if self.fallback == "memory"
+                else None
+            ),
+            "non_blocking": self.non_blocking,
+            "policy": Policy(self.connect_attempts, self.retry_base, self.retry_max),
+            "journal_size": self.journal_size,
+            "journal_overflow": self.journal_overflow,
         }

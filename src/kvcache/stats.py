@@ -6,15 +6,25 @@ contention between threads an increment can very rarely be lost (``+=`` is not a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 
 @dataclass(slots=True)
 class Stats:
-    """``sets``: values stored; ``deletes``: keys removed (by delete, delete_many, clear)."""
+    """Misses and failures are told apart:
+
+    - ``hits`` / ``misses``: reads Redis answered (found / not found);
+    - ``fallback_hits`` / ``fallback_misses``: reads the in-memory fallback answered while
+      Redis was away (STARTING or DEGRADED);
+    - ``errors``: calls that failed (a store error, a Redis command that opened the breaker,
+      an unreadable payload);
+    - ``sets``: values stored; ``deletes``: keys removed (by delete, delete_many, clear).
+    """
 
     hits: int = 0
     misses: int = 0
+    fallback_hits: int = 0
+    fallback_misses: int = 0
     sets: int = 0
     deletes: int = 0
     errors: int = 0
@@ -23,4 +33,5 @@ class Stats:
         return asdict(self)
 
     def reset(self) -> None:
-        self.hits = self.misses = self.sets = self.deletes = self.errors = 0
+        for field in fields(self):
+            setattr(self, field.name, 0)

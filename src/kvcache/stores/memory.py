@@ -1,7 +1,7 @@
 """An in-process store on cachetools: bounded (LRU), per-entry TTL, thread-safe, never blocks.
 
-It is the store for tests and single-process apps, and (from the resilience layer on) the
-fallback that serves while Redis is away.
+It is the store for tests and single-process apps, and the fallback that serves while Redis
+is away; as a fallback its TTLs are capped (``max_ttl``) so outage-era data ages out.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from typing import ClassVar
 
 from cachetools import TLRUCache
 
+from .. import forksafe
 from ..codec import INT64_MAX, INT64_MIN
 from ..errors import NOT_A_COUNTER, ConfigurationError, InvalidValueError
 
 DEFAULT_MAXSIZE = 10_000
+DEFAULT_FALLBACK_MAXSIZE = 10_000  # entries the fallback holds while Redis is away
+DEFAULT_FALLBACK_TTL = 60.0  # seconds: the longest an outage-era entry lives
 
 _Entry = tuple[bytes, float]  # (payload, monotonic expiry time or inf)
 
@@ -30,19 +33,32 @@ class MemoryStore:
     is_async: ClassVar[bool] = False
 
     def __init__(
-        self, maxsize: int = DEFAULT_MAXSIZE, timer: Callable[[], float] = time.monotonic
+        self,
+        maxsize: int = DEFAULT_MAXSIZE,
+        timer: Callable[[], float] = time.monotonic,
+        *,
+        max_ttl: float | None = None,
     ) -> None:
         if not isinstance(maxsize, int) or maxsize < 1:
             raise ConfigurationError("maxsize must be a positive integer")
+        if max_ttl is not None and not max_ttl > 0:
+            raise ConfigurationError("max_ttl must be > 0 seconds, or None")
         self._entries: TLRUCache[bytes, _Entry] = TLRUCache(maxsize, _expiry, timer=timer)
         self._timer = timer
+        self._max_ttl = math.inf if max_ttl is None else float(max_ttl)
         self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held it at fork time
 
     def __repr__(self) -> str:
-        return f"MemoryStore(maxsize={self._entries.maxsize}, size={len(self._entries)})"
+        cap = "" if self._max_ttl == math.inf else f", max_ttl={self._max_ttl:g}"
+        return f"MemoryStore(maxsize={self._entries.maxsize}, size={len(self._entries)}{cap})"
 
     def _deadline(self, ttl_ms: int | None) -> float:
-        return math.inf if ttl_ms is None else self._timer() + ttl_ms / 1000
+        ttl = math.inf if ttl_ms is None else ttl_ms / 1000
+        return self._timer() + min(ttl, self._max_ttl)
 
     def get(self, key: bytes) -> bytes | None:
         with self._lock:

@@ -17,11 +17,13 @@ from typing import Any, ClassVar, TypeVar
 import redis
 import redis.asyncio
 
+from .. import forksafe
 from ..errors import (
     NOT_A_COUNTER,
     CacheUnavailableError,
     InvalidValueError,
     KVCacheError,
+    NoFreeConnectionError,
     StoreError,
 )
 from ..keys import scan_pattern
@@ -34,13 +36,13 @@ DEFAULT_WAIT_TIMEOUT = 0.25  # seconds to wait for a free slot
 UNLINK_BATCH = 500  # keys per UNLINK, so clear() never sends one huge command
 
 
-_FAILURES = (redis.RedisError, OSError)
+_FAILURES = (redis.RedisError, OSError, asyncio.TimeoutError)  # the last: Python 3.10
 
 
 def translate(exc: BaseException) -> KVCacheError:
     """The kvcache exception for a redis-py (or socket) failure. Messages never hold secrets:
     redis-py's name host:port and the server's reply, not the credentials."""
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError | asyncio.TimeoutError):
         return CacheUnavailableError(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, redis.ResponseError) and any(
         reason in str(exc) for reason in ("not an integer", "overflow")
@@ -49,8 +51,22 @@ def translate(exc: BaseException) -> KVCacheError:
     return StoreError(f"{type(exc).__name__}: {exc}")
 
 
-def no_free_connection(waited: float) -> CacheUnavailableError:
-    return CacheUnavailableError(f"no free connection within {waited}s (max_connections busy)")
+def no_free_connection(waited: float) -> NoFreeConnectionError:
+    return NoFreeConnectionError(f"no free connection within {waited}s (max_connections busy)")
+
+
+def probe_connection(pool: Any) -> Any:
+    """A fresh connection outside the pool, for a probe: it proves that a *new* connection
+    can connect and authenticate (a pooled one may predate the outage), and every step of
+    its handshake waits at most the connect timeout."""
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["socket_timeout"] = probe_step_timeout(pool)
+    return pool.connection_class(**kwargs)
+
+
+def probe_step_timeout(pool: Any) -> float:
+    kwargs = pool.connection_kwargs
+    return float(kwargs.get("socket_connect_timeout") or kwargs.get("socket_timeout") or 1.0)
 
 
 def describe(client: redis.Redis | redis.asyncio.Redis) -> str:
@@ -100,12 +116,44 @@ class RedisStore:
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
     ) -> None:
         self._client: Any = client  # redis-py types replies as Union[Awaitable, Any]
+        self._max_in_flight = max_in_flight
+        self._wait = wait_timeout
+        self._slots = self._new_slots()
+        forksafe.register(self)
+
+    def _new_slots(self) -> queue.SimpleQueue[None]:
         # A queue of tokens as the semaphore: SimpleQueue is C code (0.25 µs a get/put pair),
         # threading.BoundedSemaphore is Python over a Condition (1.7 µs).
-        self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
-        for _ in range(max_in_flight):
-            self._slots.put(None)
-        self._wait = wait_timeout
+        slots: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(self._max_in_flight):
+            slots.put(None)
+        return slots
+
+    def after_fork(self) -> None:
+        # Tokens held by the parent's other threads would never come back in the child.
+        # (redis-py's pool notices the new pid and drops the parent's connections itself.)
+        self._slots = self._new_slots()
+
+    @property
+    def probe_timeout(self) -> float:
+        """The longest a realistic failed probe takes: a connect, then one handshake read."""
+        return 2 * probe_step_timeout(self._client.connection_pool)
+
+    def ping(self) -> None:
+        """Connect + AUTH + PING on a fresh connection (the adapter's probe)."""
+        connection = probe_connection(self._client.connection_pool)
+        try:
+            connection.connect()
+            connection.send_command("PING")
+            connection.read_response()
+        except _FAILURES as exc:
+            raise translate(exc) from exc
+        finally:
+            connection.disconnect()
+
+    def reset(self) -> None:
+        """Close the idle pooled connections: after an outage they may be half dead."""
+        self._client.connection_pool.disconnect(inuse_connections=False)
 
     def __repr__(self) -> str:
         return f"RedisStore({describe(self._client)})"
@@ -137,7 +185,12 @@ class RedisStore:
         self._call(pipe.execute)
 
     def delete_many(self, keys: Sequence[bytes]) -> int:
-        return self._call(self._client.unlink, *keys) if keys else 0
+        if len(keys) <= UNLINK_BATCH:
+            return self._call(self._client.unlink, *keys) if keys else 0
+        pipe = self._client.pipeline(transaction=False)  # many keys: batches, one round trip
+        for batch in _batches(iter(keys)):
+            pipe.unlink(*batch)
+        return sum(self._call(pipe.execute))
 
     def exists(self, key: bytes) -> bool:
         return self._call(self._client.exists, key) == 1
@@ -198,7 +251,36 @@ class AsyncRedisStore:
         self._current: _LoopClient | None = None  # the last loop's, swapped as one reference
         self._spare: redis.asyncio.Redis | None = connect()  # for the first loop; no I/O yet
         self._described = describe(self._spare)
+        self._probe_timeout = 2 * probe_step_timeout(self._spare.connection_pool)
         self._lock = threading.Lock()  # loops in several threads may meet the store at once
+        forksafe.register(self)
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    @property
+    def probe_timeout(self) -> float:
+        return self._probe_timeout
+
+    async def ping(self) -> None:
+        """Connect + AUTH + PING on a fresh connection, all within ``probe_timeout``."""
+        connection = probe_connection(self._here().client.connection_pool)
+        try:
+            await asyncio.wait_for(self._ping_on(connection), self._probe_timeout)
+        except _FAILURES as exc:
+            raise translate(exc) from exc
+        finally:
+            await connection.disconnect()
+
+    @staticmethod
+    async def _ping_on(connection: Any) -> None:
+        await connection.connect()
+        await connection.send_command("PING")
+        await connection.read_response()
+
+    async def reset(self) -> None:
+        """Close this loop's idle pooled connections: after an outage they may be half dead."""
+        await self._here().client.connection_pool.disconnect(inuse_connections=False)
 
     def __repr__(self) -> str:
         return f"AsyncRedisStore({self._described})"
@@ -236,7 +318,12 @@ class AsyncRedisStore:
 
     async def delete_many(self, keys: Sequence[bytes]) -> int:
         here = self._here()
-        return await here.run(here.client.unlink, *keys) if keys else 0
+        if len(keys) <= UNLINK_BATCH:
+            return await here.run(here.client.unlink, *keys) if keys else 0
+        pipe = here.client.pipeline(transaction=False)
+        for batch in _batches(iter(keys)):
+            pipe.unlink(*batch)
+        return sum(await here.run(pipe.execute))
 
     async def exists(self, key: bytes) -> bool:
         here = self._here()

@@ -1,0 +1,295 @@
+"""The resilient adapter: routes every store call to Redis or to the in-memory fallback,
+opens the breaker, journals writes that bypass Redis, and recovers. Pure: it performs no
+I/O itself. Like the operations in ``ops.py`` it is written as generators that ``yield``
+store calls ``(store, method, *args)``; the sync and async shells (``drivers.py``,
+``supervisor.py``) carry them out. So the whole policy exists once for both.
+
+Contracts (see docs/architecture.md):
+- READY: the call goes to Redis. A failure to reach Redis (refused, reset, timed out, auth)
+  opens the breaker at once (READY -> DEGRADED) and the same call is served by the fallback.
+- STARTING / DEGRADED: no call touches the network; the fallback serves at once (or, with
+  ``throw_on_errors`` or no fallback, the call fails at once with CacheUnavailableError).
+  Nothing is queued for later. Every write's keys go into the journal.
+- A prober (the shell's thread or task) probes on a backoff; on success the journaled keys
+  are deleted in Redis, then READY, then the fallback is emptied.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Protocol
+
+from . import forksafe, telemetry
+from .errors import CacheClosedError, CacheUnavailableError, NoFreeConnectionError, StoreError
+from .events import Emitter
+from .journal import Journal
+from .keys import KeySpace
+from .state import Policy, State, StateChange, StateMachine
+from .stats import Stats
+
+log = logging.getLogger("kvcache")
+
+Call = tuple[Any, ...]  # (store, method name, *arguments)
+Routed = Generator[Call, Any, tuple[Any, bool]]  # returns (result, served offline?)
+
+ALL_KEYS: Final[Sequence[bytes]] = (b"*",)
+"""``writes`` of clear(): the whole namespace changed (compared by identity)."""
+
+
+class Supervisor(Protocol):
+    """The shell that runs the prober (a thread, or an asyncio task) and lets callers wait."""
+
+    is_async: ClassVar[bool]
+
+    def ensure_probing(self) -> None:
+        """Start the prober unless one is running (idempotent, cheap, never blocks)."""
+
+    def changed(self, change: StateChange) -> None:
+        """A transition happened: wake whoever waits for a state."""
+
+    def wait_for(self, states: frozenset[State], timeout: float) -> Any:
+        """Block (or be awaited) until the state is one of ``states``, at most ``timeout``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What ``cache.health()`` answers."""
+
+    state: State
+    seconds_in_state: float
+    last_error: str | None  # the class of the last failure, e.g. "TimeoutError"
+    probes: int  # probes since the last READY
+    failed_probes: int  # of which failed in a row
+    next_probe_in: float | None  # seconds; None when no probe is scheduled
+    journal_keys: int  # keys to delete in Redis on recovery
+    journal_overflowed: bool  # the namespace will be cleared on recovery instead
+    fallback: str | None  # repr of the fallback store
+
+
+def _reason(error: BaseException | None) -> str:
+    return "" if error is None else f" ({error})"
+
+
+class Adapter:
+    def __init__(
+        self,
+        primary: Any,
+        fallback: Any | None,
+        *,
+        keys: KeySpace,
+        stats: Stats,
+        events: Emitter,
+        policy: Policy | None = None,
+        journal: Journal | None = None,
+        throw_on_errors: bool = False,
+        non_blocking: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] | None = None,
+    ) -> None:
+        self.primary = primary
+        # A store that can be probed can fail and come back: it gets the breaker. One that
+        # cannot (MemoryStore, a custom store) is always READY and its errors pass through.
+        self.probeable = callable(getattr(primary, "ping", None))
+        self.fallback = fallback if self.probeable else None
+        self.namespace = keys.namespace
+        self.prefix = keys.prefix
+        self.stats = stats
+        self.events = events
+        self.journal = journal if journal is not None else Journal()
+        self.throw_on_errors = throw_on_errors
+        self.non_blocking = non_blocking
+        initial = State.STARTING if self.probeable else State.READY
+        machine_args = (clock,) if jitter is None else (clock, jitter)
+        self.machine = StateMachine(policy or Policy(), *machine_args, initial=initial)
+        self.supervisor: Supervisor | None = None  # attached by the facade's shell
+        forksafe.register(self)
+
+    def after_fork(self) -> None:
+        self.machine.after_fork()
+        self.journal.after_fork()
+
+    @property
+    def first_connect_timeout(self) -> float:
+        """The longest the first-connect phase can last (what blocking callers may wait)."""
+        return self.machine.first_connect_bound(getattr(self.primary, "probe_timeout", 1.0))
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def call(self, method: str, *args: Any, writes: Sequence[bytes] | None = None) -> Routed:
+        """Carry out ``primary.method(*args)``, or the fallback's; returns (result, offline).
+        ``writes``: the keys the call changes (journaled when it bypasses Redis)."""
+        machine = self.machine
+        if machine.state is not State.READY and not self.non_blocking:
+            yield from self._wait_for_first_connect()
+        failure: CacheUnavailableError | None = None
+        if machine.state is State.READY:
+            try:
+                return (yield (self.primary, method, *args)), False
+            except CacheUnavailableError as exc:
+                if not self.trips(exc):
+                    raise
+                failure = exc
+        return (yield from self._offline(method, args, writes, failure))
+
+    def _wait_for_first_connect(self) -> Generator[Call, Any, None]:
+        if self.machine.state is State.STARTING:
+            assert self.supervisor is not None
+            self.supervisor.ensure_probing()
+            settled = frozenset({State.READY, State.DEGRADED, State.CLOSED})
+            yield (self.supervisor, "wait_for", settled, self.first_connect_timeout)
+
+    def _offline(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        writes: Sequence[bytes] | None,
+        failure: CacheUnavailableError | None,
+    ) -> Routed:
+        machine = self.machine
+        if machine.state is State.CLOSED:
+            raise CacheClosedError("the cache is closed")
+        assert self.supervisor is not None
+        self.supervisor.ensure_probing()
+        if writes is not None and not machine.unless_ready(lambda: self._journal(writes)):
+            # Recovery finished since we looked: Redis takes the write after all.
+            return (yield (self.primary, method, *args)), False
+        if self.fallback is None or self.throw_on_errors:
+            raise failure or CacheUnavailableError(
+                f"Redis is unavailable ({machine.state.value}{_reason(machine.last_error)}); "
+                "the call was not sent"
+            )
+        if failure is not None:
+            self.stats.errors += 1  # Redis failed this call; the fallback answers it
+        return (yield (self.fallback, method, *args)), True
+
+    def _journal(self, writes: Sequence[bytes]) -> None:
+        if writes is ALL_KEYS:
+            self.journal.add_all()
+        else:
+            self.journal.add(writes)
+
+    def trips(self, error: StoreError) -> bool:
+        """A Redis call failed: open the breaker if this failure means an outage. Local
+        overload (no free connection) and stores that cannot be probed never trip it."""
+        if not isinstance(error, CacheUnavailableError) or isinstance(error, NoFreeConnectionError):
+            return False
+        if not self.probeable:
+            return False
+        change = self.machine.command_failed(error)
+        if change is not None:
+            self.publish(change)
+        return True
+
+    def scan_store(self) -> Any:
+        """The store to iterate this namespace's keys in."""
+        state = self.machine.state
+        if state is State.READY:
+            return self.primary
+        if state is State.CLOSED:
+            raise CacheClosedError("the cache is closed")
+        assert self.supervisor is not None
+        self.supervisor.ensure_probing()
+        if self.fallback is None or self.throw_on_errors:
+            raise CacheUnavailableError(f"Redis is unavailable ({state.value})")
+        return self.fallback
+
+    # -- the prober's side -----------------------------------------------------------------
+
+    def probe(self) -> Generator[Call, Any, None]:
+        """One probe, if one is due: connect + AUTH + PING on a fresh connection; on success
+        delete the journaled keys in Redis, turn READY, and empty the fallback."""
+        machine = self.machine
+        if not machine.probe_started():
+            return
+        deleted = 0
+        try:
+            yield (self.primary, "ping")
+            yield (self.primary, "reset")  # pooled connections from before the outage go
+            while True:
+                keys, clear_all = self.journal.take()
+                try:
+                    if clear_all:
+                        deleted += yield (self.primary, "clear", self.prefix)
+                    elif keys:
+                        deleted += yield (self.primary, "delete_many", keys)
+                except BaseException:
+                    self.journal.restore(keys, clear_all)
+                    raise
+                # READY only with nothing left to apply, checked under the state lock that
+                # every journal write also takes: no write can slip between.
+                change = machine.recovered(self.journal.pending)
+                if change is not None or machine.state is State.CLOSED:
+                    break
+        except StoreError as exc:
+            change = machine.probe_failed(exc)
+        except BaseException:  # cancelled (task, loop gone): let the next prober try
+            machine.probe_abandoned()
+            raise
+        if change is None:
+            return
+        self.publish(change, deleted)
+        if change.current is State.READY:
+            self.journal.settled()
+            if self.fallback is not None:
+                yield (self.fallback, "clear", self.prefix)
+
+    def close(self) -> None:
+        change = self.machine.close()
+        if change is not None:
+            self.publish(change)
+
+    # -- observability ---------------------------------------------------------------------
+
+    def publish(self, change: StateChange, deleted: int = 0) -> None:
+        """One log line, one telemetry signal, one event per transition; never per call."""
+        where = repr(self.primary)
+        if change.current is State.DEGRADED:
+            if change.first_connect_failed:
+                log.warning(
+                    "kvcache: cannot connect to %s%s; serving from memory, probing quietly",
+                    where,
+                    _reason(change.error),
+                )
+            else:
+                log.warning(
+                    "kvcache: lost %s%s; serving from memory until it answers",
+                    where,
+                    _reason(change.error),
+                )
+        elif change.current is State.READY:
+            log.info(
+                "kvcache: %s is ready (after %.3f s %s; %d journaled keys deleted)",
+                where,
+                change.duration,
+                change.previous.value,
+                deleted,
+            )
+        else:
+            log.debug("kvcache: %s %s", where, change.current.value)
+        telemetry.state_changed(self.namespace, change)
+        self.events.emit("state", change)
+        if change.first_connect_failed:
+            self.events.emit("connect_error", change)
+        if self.supervisor is not None:
+            self.supervisor.changed(change)
+
+    def health(self) -> Health:
+        machine = self.machine
+        error = machine.last_error
+        wait = machine.seconds_to_probe()
+        return Health(
+            state=machine.state,
+            seconds_in_state=max(0.0, machine.elapsed()),
+            # The redis-py class behind our CacheUnavailableError says most: TimeoutError...
+            last_error=None if error is None else type(error.__cause__ or error).__name__,
+            probes=machine.probes,
+            failed_probes=machine.failures,
+            next_probe_in=None if wait is None or math.isinf(wait) else wait,
+            journal_keys=len(self.journal),
+            journal_overflowed=self.journal.overflowed,
+            fallback=None if self.fallback is None else repr(self.fallback),
+        )

@@ -1,0 +1,47 @@
+"""The two drivers: the only code that carries out the calls the pure core yields.
+
+Operations (``ops.py``) and the adapter (``adapter.py``) are generators that ``yield`` calls
+``(target, method, *args)`` and get each result sent back (or a ``KVCacheError`` thrown in).
+``run`` performs them on sync targets; ``arun`` also awaits the targets that are async.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, TypeVar
+
+from .errors import KVCacheError
+
+T = TypeVar("T")
+Op = Generator[tuple[Any, ...], Any, T]
+
+
+def run(op: Op[T]) -> T:
+    try:
+        call = next(op)
+        while True:
+            try:
+                result = getattr(call[0], call[1])(*call[2:])
+            except KVCacheError as exc:
+                call = op.throw(exc)
+            else:
+                call = op.send(result)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def arun(op: Op[T]) -> T:
+    try:
+        call = next(op)
+        while True:
+            try:
+                target = call[0]
+                result = getattr(target, call[1])(*call[2:])
+                if target.is_async:
+                    result = await result
+            except KVCacheError as exc:
+                call = op.throw(exc)
+            else:
+                call = op.send(result)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]

@@ -1,0 +1,150 @@
+"""The shells that run the adapter's prober: a daemon thread for ``Cache``, an asyncio task
+for ``AsyncCache``. They decide nothing: when to probe and what a probe does come from the
+pure core (``state.py``, ``adapter.py``). They only sleep, run the probe, and wake waiters.
+
+A prober lives only while the cache is STARTING or DEGRADED, and ends once READY. If it dies
+(a forked child, an event loop that closed), the next call that finds Redis away starts one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import ClassVar
+
+from . import forksafe
+from .adapter import Adapter
+from .drivers import arun, run
+from .state import State, StateChange
+
+READY_OR_CLOSED = frozenset({State.READY, State.CLOSED})
+
+
+class ThreadSupervisor:
+    is_async: ClassVar[bool] = False
+
+    def __init__(self, adapter: Adapter) -> None:
+        self._adapter = adapter
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._changed = threading.Condition()
+        forksafe.register(self)
+
+    def after_fork(self) -> None:
+        # The parent's prober thread does not exist here; its locks may be held forever.
+        self._thread = None
+        self._start_lock = threading.Lock()
+        self._changed = threading.Condition()
+
+    def ensure_probing(self) -> None:
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return
+        with self._start_lock:
+            thread = self._thread
+            if (thread is not None and thread.is_alive()) or self._idle():
+                return
+            self._thread = threading.Thread(
+                target=self._probe_loop,
+                name=f"kvcache-prober-{self._adapter.namespace}",
+                daemon=True,  # never holds up interpreter exit
+            )
+            self._thread.start()
+
+    def _idle(self) -> bool:
+        return self._adapter.machine.state in READY_OR_CLOSED
+
+    def _probe_loop(self) -> None:
+        machine = self._adapter.machine
+        while (wait := machine.seconds_to_probe()) is not None:
+            with self._changed:  # close() wakes it
+                if self._changed.wait_for(self._idle, timeout=wait):
+                    return
+            run(self._adapter.probe())
+
+    def changed(self, change: StateChange) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, states: frozenset[State], timeout: float) -> State:
+        machine = self._adapter.machine
+        with self._changed:
+            self._changed.wait_for(lambda: machine.state in states, timeout=max(0.0, timeout))
+        return machine.state
+
+
+class TaskSupervisor:
+    """The asyncio shell. The prober task runs on the loop of the call that needed it; an
+    ``AsyncCache`` used from several loops (one per thread, or per test) still has one."""
+
+    is_async: ClassVar[bool] = True
+
+    def __init__(self, adapter: Adapter) -> None:
+        self._adapter = adapter
+        self._task: asyncio.Task[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._lock = threading.Lock()  # waiters may sit on loops in other threads
+        forksafe.register(self)
+
+    def after_fork(self) -> None:
+        self._task = None
+        self._waiters = []
+        self._lock = threading.Lock()
+
+    def ensure_probing(self) -> None:
+        task = self._task
+        if task is not None and not task.done() and not task.get_loop().is_closed():
+            return
+        if self._adapter.machine.state in READY_OR_CLOSED:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside any loop: the next call in a loop starts it
+            return
+        self._task = loop.create_task(self._probe_loop(), name="kvcache-prober")
+
+    async def _probe_loop(self) -> None:
+        machine = self._adapter.machine
+        while (wait := machine.seconds_to_probe()) is not None:
+            if wait > 0:
+                await self.wait_for(READY_OR_CLOSED, wait)  # close() wakes it
+            if machine.state in READY_OR_CLOSED:
+                return
+            await arun(self._adapter.probe())
+
+    def changed(self, change: StateChange) -> None:
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            loop = waiter.get_loop()
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, waiter)
+
+    async def wait_for(self, states: frozenset[State], timeout: float) -> State:
+        machine = self._adapter.machine
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout
+        while machine.state not in states:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            waiter = loop.create_future()
+            with self._lock:
+                self._waiters.append(waiter)
+            if machine.state in states:  # changed before we were listed
+                break
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                break
+            finally:
+                with self._lock:  # a waiter left behind would pile up while DEGRADED
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+        return machine.state
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
