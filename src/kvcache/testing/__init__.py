@@ -1,5 +1,6 @@
 """Real Redis servers for tests: yours and ours. No mocks, no fakeredis."""
 
+from .chaos import ChaosProxy
 from .server import RedisServer, RedisServerNotFound, find_redis_server
 
-__all__ = ["RedisServer", "RedisServerNotFound", "find_redis_server"]
+__all__ = ["ChaosProxy", "RedisServer", "RedisServerNotFound", "find_redis_server"]

@@ -1,7 +1,8 @@
 """Opt-in pytest fixtures. Enable with ``pytest_plugins = ["kvcache.testing.pytest_plugin"]``.
 
 ``redis_server`` is one private ``redis-server`` per test session; ``redis_url`` is its URL
-with a database flushed before each test.
+with a database flushed before each test. ``chaos_proxy`` is a fresh ``ChaosProxy`` in front of
+that server for each test, so a test can break the network without breaking the server.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from .chaos import ChaosProxy
 from .server import RedisServer
 
 
@@ -25,3 +27,9 @@ def redis_url(redis_server: RedisServer) -> str:
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushall()
     return redis_server.url
+
+
+@pytest.fixture
+def chaos_proxy(redis_server: RedisServer) -> Iterator[ChaosProxy]:
+    with ChaosProxy(redis_server.host, redis_server.port, password=redis_server.password) as proxy:
+        yield proxy

@@ -1,0 +1,495 @@
+"""``ChaosProxy``: a TCP proxy in front of a real server that fails on command, for outage tests.
+
+    with ChaosProxy(server.host, server.port) as proxy:
+        cache = Cache.from_url(proxy.url)
+        proxy.blackhole()  # a partition: commands time out
+        proxy.up()         # healed: pending bytes are delivered
+
+Real sockets fail the way production does (refused connects, resets, silent partitions), which
+a mock cannot. One selector thread owns every socket, so a mode switch never races a pump; the
+switching call returns once the new mode is in force.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from types import TracebackType
+from urllib.parse import quote
+
+SWITCH_TIMEOUT = 5.0  # seconds a mode switch or stop() waits for the proxy thread
+REBIND_TIMEOUT = 1.0  # seconds to get the port back after refuse()
+CHUNK = 65536
+MAX_PENDING = 1 << 20  # bytes buffered per direction before reading that side pauses
+
+_WAKE = object()
+_LISTEN = object()
+
+
+class _Link:
+    """One proxied connection. Queues hold ``(due, bytes)``: nothing is sent before ``due``."""
+
+    def __init__(self, client: socket.socket) -> None:
+        self.client = client
+        self.upstream: socket.socket | None = None
+        self.connected = False
+        self.closed = False
+        self.to_upstream: deque[tuple[float, bytes]] = deque()
+        self.to_client: deque[tuple[float, bytes]] = deque()
+        self.pending = {"client": 0, "upstream": 0}  # queued bytes, keyed by reading side
+        self.eof = {"client": False, "upstream": False}  # that side sent FIN
+        self.shut = {"client": False, "upstream": False}  # we sent FIN to that side
+
+
+def _abort(sock: socket.socket) -> None:
+    """Close with a TCP RST instead of a FIN."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle: honest timings
+
+
+class ChaosProxy:
+    def __init__(
+        self, upstream_host: str, upstream_port: int, *, password: str | None = None
+    ) -> None:
+        self.upstream_host = upstream_host
+        self.upstream_port = upstream_port
+        self.password = password
+        self._port = 0
+        self._cond = threading.Condition()
+        self._mode = "up"
+        self._delay = 0.0
+        self._requested = 0  # generation of the last mode switch asked for ...
+        self._applied = 0  # ... and of the last one in force
+        self._error: OSError | None = None
+        self._stopping = False
+        self._accepted = 0
+        self._active = 0
+        self._thread: threading.Thread | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._listener: socket.socket | None = None
+        self._upstream_addr: tuple[socket.AddressFamily, tuple[str, int]] | None = None
+        self._selector: selectors.BaseSelector  # these belong to the proxy thread
+        self._links: list[_Link] = []
+        self._running = False
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    @property
+    def mode(self) -> str:
+        with self._cond:
+            return self._mode
+
+    @property
+    def accepted(self) -> int:
+        """Connections accepted since start (or ``reset_counters()``): spots reconnect storms."""
+        with self._cond:
+            return self._accepted
+
+    @property
+    def active(self) -> int:
+        """Client connections open now, including those a blackhole holds."""
+        with self._cond:
+            return self._active
+
+    def reset_counters(self) -> None:
+        with self._cond:
+            self._accepted = 0
+
+    def __repr__(self) -> str:  # no password
+        return (
+            f"ChaosProxy(port={self.port}, mode={self.mode!r}, "
+            f"upstream={self.upstream_host}:{self.upstream_port})"
+        )
+
+    # -- modes -------------------------------------------------------------------------------
+
+    def up(self) -> None:
+        """Forward bytes both ways; connections a blackhole held are connected upstream."""
+        self._switch("up")
+
+    def refuse(self) -> None:
+        """Close every connection and the listener: connects get ECONNREFUSED until the next
+        switch re-opens the same port."""
+        self._switch("refuse")
+
+    def blackhole(self) -> None:
+        """A partition: connects are accepted and held, nothing is forwarded or closed, so
+        clients time out. Bytes stay pending until ``up()``."""
+        self._switch("blackhole")
+
+    def reset(self) -> None:
+        """RST every open connection, and every new one as soon as it is accepted."""
+        self._switch("reset")
+
+    def latency(self, ms: float) -> None:
+        """Forward, but hold each server->client chunk for ``ms``: a round trip takes ``ms``
+        longer."""
+        if ms < 0:
+            raise ValueError(f"latency must be >= 0 ms, not {ms}")
+        self._switch("latency", ms / 1000)
+
+    def _switch(self, mode: str, delay: float = 0.0) -> None:
+        with self._cond:
+            self._mode, self._delay = mode, delay
+            self._requested += 1
+            if self._thread is None:  # not started: start() applies it
+                return
+        self._wait_applied()
+
+    def _wait_applied(self) -> None:
+        self._wake()
+        with self._cond:
+            generation = self._requested
+            done = self._cond.wait_for(
+                lambda: self._applied >= generation or not self._running, SWITCH_TIMEOUT
+            )
+            error, self._error = self._error, None
+            died = self._applied < generation and not self._stopping
+        if error is not None:
+            raise RuntimeError(f"{self!r} could not re-open its port") from error
+        if not done or died:
+            raise RuntimeError(f"{self!r} did not switch mode: its thread is stuck or dead")
+
+    def _wake(self) -> None:
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):  # full: a wake-up is pending; closed: stopped
+                self._wake_w.send(b"\0")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> ChaosProxy:
+        if self._thread is not None:
+            raise RuntimeError(f"{self!r} is already started")
+        family, _, _, _, address = socket.getaddrinfo(
+            self.upstream_host, self.upstream_port, type=socket.SOCK_STREAM
+        )[0]
+        self._upstream_addr = (family, (str(address[0]), int(address[1])))
+        self._listener = self._bind(0)
+        self._port = int(self._listener.getsockname()[1])
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._links = []
+        with self._cond:
+            self._stopping = False
+            self._running = True
+            self._accepted = self._active = 0
+            self._requested += 1  # apply the current mode (it may be set before start)
+            self._thread = threading.Thread(
+                target=self._run, name=f"kvcache-chaos-{self._port}", daemon=True
+            )
+            self._thread.start()
+        self._wait_applied()
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            thread, self._stopping = self._thread, True
+        if thread is None:
+            return
+        self._wake()
+        thread.join(SWITCH_TIMEOUT)
+        with self._cond:
+            self._thread = None
+        if self._wake_w is not None:
+            self._wake_w.close()
+            self._wake_w = None
+
+    def __enter__(self) -> ChaosProxy:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- the proxy thread: owns the listener and every connection ----------------------------
+
+    def _bind(self, port: int) -> socket.socket:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.host, port))
+            listener.listen(128)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        return listener
+
+    def _run(self) -> None:
+        assert self._wake_r is not None
+        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        try:
+            while True:
+                with self._cond:
+                    mode, delay, generation = self._mode, self._delay, self._requested
+                    stopping = self._stopping
+                if stopping:
+                    break
+                if generation != self._applied:
+                    error = self._apply(mode)
+                    with self._cond:
+                        self._applied, self._error = generation, error
+                        self._cond.notify_all()
+                timeout = self._arm(mode)
+                for key, events in self._selector.select(timeout):
+                    self._dispatch(key.data, events, mode, delay)
+        finally:
+            for link in list(self._links):
+                self._close(link)
+            self._close_listener()
+            self._selector.close()
+            self._wake_r.close()
+            with self._cond:
+                self._running = False
+                self._cond.notify_all()
+
+    def _apply(self, mode: str) -> OSError | None:
+        if mode == "refuse":
+            for link in list(self._links):
+                self._close(link)
+            self._close_listener()
+            return None
+        if mode == "reset":
+            for link in list(self._links):
+                self._close(link, abort=True)
+        elif mode in ("up", "latency"):
+            for link in list(self._links):
+                if link.upstream is None:
+                    self._connect(link)
+        if self._listener is None:
+            deadline = time.monotonic() + REBIND_TIMEOUT
+            while True:
+                try:
+                    self._listener = self._bind(self._port)
+                    break
+                except OSError as error:
+                    if time.monotonic() > deadline:
+                        return error
+                    time.sleep(0.01)
+        return None
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            self._want(self._listener, 0, _LISTEN)
+            self._listener.close()
+            self._listener = None
+
+    def _want(self, sock: socket.socket, events: int, data: object) -> None:
+        """Make the selector watch ``sock`` for exactly ``events``."""
+        try:
+            key = self._selector.get_key(sock)
+        except KeyError:
+            if events:
+                self._selector.register(sock, events, data)
+            return
+        if not events:
+            self._selector.unregister(sock)
+        elif key.events != events:
+            self._selector.modify(sock, events, data)
+
+    def _arm(self, mode: str) -> float | None:
+        """Set what to watch for the next select, and return how long it may sleep."""
+        if self._listener is not None:
+            self._want(self._listener, selectors.EVENT_READ, _LISTEN)
+        forwarding = mode in ("up", "latency")
+        now = time.monotonic()
+        timeout: float | None = None
+        for link in list(self._links):
+            client_events = upstream_events = 0
+            if forwarding:
+                if link.connected:
+                    self._finish_half_closes(link)
+                    if link.closed:
+                        continue
+                if not link.eof["client"] and link.pending["client"] < MAX_PENDING:
+                    client_events |= selectors.EVENT_READ
+                if not link.connected:
+                    upstream_events |= selectors.EVENT_WRITE  # connect completion
+                else:
+                    if not link.eof["upstream"] and link.pending["upstream"] < MAX_PENDING:
+                        upstream_events |= selectors.EVENT_READ
+                    for queue, to_client in ((link.to_upstream, False), (link.to_client, True)):
+                        if not queue:
+                            continue
+                        due = queue[0][0]
+                        if due > now:
+                            timeout = due - now if timeout is None else min(timeout, due - now)
+                        elif to_client:
+                            client_events |= selectors.EVENT_WRITE
+                        else:
+                            upstream_events |= selectors.EVENT_WRITE
+            self._want(link.client, client_events, (link, "client"))
+            if link.upstream is not None:
+                self._want(link.upstream, upstream_events, (link, "upstream"))
+        return timeout
+
+    def _finish_half_closes(self, link: _Link) -> None:
+        """Pass a FIN on once everything before it is delivered; close when both sides are done."""
+        for side, other, queue in (
+            ("client", "upstream", link.to_upstream),
+            ("upstream", "client", link.to_client),
+        ):
+            if link.eof[side] and not queue and not link.shut[other]:
+                sock = link.upstream if other == "upstream" else link.client
+                assert sock is not None
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    self._close(link)
+                    return
+                link.shut[other] = True
+        if link.shut["client"] and link.shut["upstream"]:
+            self._close(link)
+
+    def _dispatch(self, data: object, events: int, mode: str, delay: float) -> None:
+        if data is _WAKE:
+            assert self._wake_r is not None
+            try:
+                while self._wake_r.recv(CHUNK):
+                    pass
+            except BlockingIOError:
+                pass
+        elif data is _LISTEN:
+            self._accept(mode)
+        else:
+            assert isinstance(data, tuple)
+            link, side = data
+            if link.closed:  # closed earlier in this round
+                return
+            if side == "upstream" and not link.connected:
+                self._connected(link)
+                return
+            if events & selectors.EVENT_WRITE:
+                self._send(link, side)
+            if events & selectors.EVENT_READ and not link.closed:
+                self._recv(link, side, delay if mode == "latency" else 0.0)
+
+    def _accept(self, mode: str) -> None:
+        for _ in range(64):  # then give the connections a turn
+            if self._listener is None:
+                return
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. ECONNABORTED: the client gave up already
+                continue
+            with self._cond:
+                self._accepted += 1
+            if mode == "reset":
+                _abort(sock)
+                continue
+            _tune(sock)
+            link = _Link(sock)
+            self._links.append(link)
+            with self._cond:
+                self._active += 1
+            if mode in ("up", "latency"):
+                self._connect(link)
+
+    def _connect(self, link: _Link) -> None:
+        assert self._upstream_addr is not None
+        family, address = self._upstream_addr
+        upstream = socket.socket(family, socket.SOCK_STREAM)
+        _tune(upstream)
+        link.upstream = upstream
+        error = upstream.connect_ex(address)
+        if error == 0:
+            link.connected = True
+        elif error not in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EINTR):
+            self._close(link)
+
+    def _connected(self, link: _Link) -> None:
+        assert link.upstream is not None
+        if link.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self._close(link)  # upstream down: the client sees its connection closed
+        else:
+            link.connected = True
+
+    def _recv(self, link: _Link, side: str, delay: float) -> None:
+        sock = link.client if side == "client" else link.upstream
+        assert sock is not None
+        try:
+            chunk = sock.recv(CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(link)
+            return
+        if not chunk:
+            link.eof[side] = True
+            return
+        if side == "client":
+            link.to_upstream.append((time.monotonic(), chunk))
+        else:
+            link.to_client.append((time.monotonic() + delay, chunk))
+        link.pending[side] += len(chunk)
+
+    def _send(self, link: _Link, side: str) -> None:
+        """Send what is due to ``side``."""
+        sock = link.client if side == "client" else link.upstream
+        queue, source = (
+            (link.to_client, "upstream") if side == "client" else (link.to_upstream, "client")
+        )
+        assert sock is not None
+        now = time.monotonic()
+        while queue and queue[0][0] <= now:
+            due, chunk = queue[0]
+            try:
+                sent = sock.send(chunk)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._close(link)
+                return
+            link.pending[source] -= sent
+            if sent < len(chunk):
+                queue[0] = (due, chunk[sent:])
+                return
+            queue.popleft()
+
+    def _close(self, link: _Link, *, abort: bool = False) -> None:
+        if link.closed:
+            return
+        link.closed = True
+        self._links.remove(link)
+        for sock in (link.client, link.upstream):
+            if sock is not None:
+                self._want(sock, 0, None)
+                if abort:
+                    _abort(sock)
+                else:
+                    sock.close()
+        with self._cond:
+            self._active -= 1

@@ -1,0 +1,552 @@
+"""The pure core without I/O: every transition of the state machine, the backoff schedule and
+its jitter, the journal, and the adapter's routing and recovery driven by both drivers over
+in-memory stores. A fake clock makes time explicit; nothing here sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from kvcache import (
+    CacheClosedError,
+    CacheUnavailableError,
+    ConfigurationError,
+    MemoryStore,
+    NoFreeConnectionError,
+    Policy,
+    State,
+    StateChange,
+    StoreError,
+)
+from kvcache.adapter import ALL_KEYS, Adapter
+from kvcache.drivers import arun, run
+from kvcache.events import Emitter
+from kvcache.journal import Journal
+from kvcache.keys import KeySpace
+from kvcache.state import StateMachine
+from kvcache.stats import Stats
+
+DOWN = CacheUnavailableError("ConnectionError: refused")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def machine(
+    initial: State = State.STARTING, jitter: float = 0.5, **policy: Any
+) -> tuple[StateMachine, Clock]:
+    clock = Clock()
+    return StateMachine(Policy(**policy), clock, lambda: jitter, initial=initial), clock
+
+
+# -- the backoff schedule ------------------------------------------------------------------
+
+
+def test_delays_double_from_retry_base_up_to_retry_max_with_equal_jitter() -> None:
+    policy = Policy(retry_base=0.1, retry_max=1.0)
+    assert [policy.delay(n, 0.0) for n in range(6)] == [0.05, 0.1, 0.2, 0.4, 0.5, 0.5]
+    highest = [policy.delay(n, 0.999999) for n in range(6)]
+    assert highest == pytest.approx([0.1, 0.2, 0.4, 0.8, 1, 1], rel=1e-5)
+
+
+@pytest.mark.parametrize("failures", [0, 1, 2, 5, 10, 63, 64, 10_000])
+@pytest.mark.parametrize("jitter", [0.0, 0.25, 0.5, 0.999999])
+def test_every_delay_stays_within_half_the_base_and_the_max(failures: int, jitter: float) -> None:
+    policy = Policy(retry_base=0.05, retry_max=0.5)
+    delay = policy.delay(failures, jitter)
+    assert policy.retry_base / 2 <= delay <= policy.retry_max  # never a storm, never a hang
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"connect_attempts": 0},
+        {"retry_base": 0},
+        {"retry_base": 2.0, "retry_max": 1.0},
+        {"retry_base": -1.0},
+    ],
+)
+def test_bad_policies_are_refused(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        Policy(**options)
+
+
+def test_the_first_connect_phase_has_a_bound() -> None:
+    sm, _ = machine(connect_attempts=3, retry_base=0.1, retry_max=1.0)
+    # three attempts of 2 s each, plus the two longest delays between them (0.2 + 0.4)
+    assert sm.first_connect_bound(2.0) == pytest.approx(6.6)
+
+
+# -- transitions ---------------------------------------------------------------------------
+
+EVENTS: dict[str, Callable[[StateMachine], StateChange | None]] = {
+    "command_failed": lambda sm: sm.command_failed(DOWN),
+    "probe_failed": lambda sm: sm.probe_failed(DOWN),
+    "recovered": lambda sm: sm.recovered(),
+    "recovered_with_pending": lambda sm: sm.recovered(lambda: True),
+    "close": lambda sm: sm.close(),
+}
+
+# Every (state, event) pair and where it leads; None = no transition. connect_attempts=1.
+EXPECTED: dict[tuple[State, str], State | None] = {
+    (State.STARTING, "command_failed"): None,
+    (State.STARTING, "probe_failed"): State.DEGRADED,
+    (State.STARTING, "recovered"): State.READY,
+    (State.STARTING, "recovered_with_pending"): None,
+    (State.STARTING, "close"): State.CLOSED,
+    (State.READY, "command_failed"): State.DEGRADED,
+    (State.READY, "probe_failed"): None,
+    (State.READY, "recovered"): None,
+    (State.READY, "recovered_with_pending"): None,
+    (State.READY, "close"): State.CLOSED,
+    (State.DEGRADED, "command_failed"): None,
+    (State.DEGRADED, "probe_failed"): None,
+    (State.DEGRADED, "recovered"): State.READY,
+    (State.DEGRADED, "recovered_with_pending"): None,
+    (State.DEGRADED, "close"): State.CLOSED,
+    (State.CLOSED, "command_failed"): None,
+    (State.CLOSED, "probe_failed"): None,
+    (State.CLOSED, "recovered"): None,
+    (State.CLOSED, "recovered_with_pending"): None,
+    (State.CLOSED, "close"): None,
+}
+
+
+def test_the_table_covers_every_state_and_event() -> None:
+    assert set(EXPECTED) == set(itertools.product(State, EVENTS))
+
+
+@pytest.mark.parametrize(("state", "event"), sorted(EXPECTED, key=str))
+def test_every_transition(state: State, event: str) -> None:
+    sm, clock = machine(initial=state, connect_attempts=1)
+    clock.now += 2.5
+    change = EVENTS[event](sm)
+    expected = EXPECTED[state, event]
+    if expected is None:
+        assert change is None
+        assert sm.state is state
+        return
+    assert change is not None
+    assert (change.previous, change.current) == (state, expected)
+    assert change.duration == pytest.approx(2.5)
+    assert sm.state is expected
+    assert sm.since == clock.now
+    assert change.first_connect_failed == (state is State.STARTING and expected is State.DEGRADED)
+
+
+def test_the_first_connect_phase_ends_after_connect_attempts() -> None:
+    sm, clock = machine(connect_attempts=3, retry_base=0.1, jitter=0.0)
+    assert sm.seconds_to_probe() == 0  # the first probe is due at once
+    changes = []
+    for _ in range(3):
+        assert sm.probe_started()
+        changes.append(sm.probe_failed(DOWN))
+        clock.now += sm.seconds_to_probe() or 0
+    assert changes[:2] == [None, None]
+    assert changes[2] is not None
+    assert changes[2].current is State.DEGRADED
+    assert changes[2].error is DOWN
+    assert sm.last_error is DOWN
+    assert sm.failures == 3
+    assert sm.probes == 3
+
+
+def test_probes_are_claimed_once_and_only_when_due() -> None:
+    sm, clock = machine(initial=State.READY, jitter=0.0, retry_base=0.2, retry_max=1.0)
+    assert not sm.probe_started()  # READY: nothing to probe
+    assert sm.seconds_to_probe() is None
+    sm.command_failed(DOWN)
+    assert sm.seconds_to_probe() == pytest.approx(0.1)
+    assert not sm.probe_started()  # not yet due
+    clock.now += 0.1
+    assert sm.probe_started()
+    assert not sm.probe_started()  # in flight: no second prober
+    assert sm.seconds_to_probe() is None
+    sm.probe_failed(DOWN)
+    assert sm.seconds_to_probe() == pytest.approx(0.2)  # the backoff grew
+
+
+def test_an_abandoned_probe_lets_the_next_prober_run() -> None:
+    sm, _ = machine()
+    assert sm.probe_started()
+    sm.probe_abandoned()  # its task was cancelled: no failure counted, due again now
+    assert sm.failures == 0
+    assert sm.seconds_to_probe() == 0
+    assert sm.probe_started()
+
+
+def test_a_forked_child_probes_again_even_if_the_parent_was_mid_probe() -> None:
+    sm, _ = machine(initial=State.READY)
+    sm.command_failed(DOWN)
+    sm._clock = lambda: 10_000.0  # type: ignore[method-assign]
+    assert sm.probe_started()
+    sm.after_fork()
+    assert sm.probe_started()
+
+
+def test_unless_ready_records_atomically_with_the_state() -> None:
+    sm, _ = machine(initial=State.DEGRADED)
+    recorded: list[int] = []
+    assert sm.unless_ready(lambda: recorded.append(1)) is True
+    sm.recovered()
+    assert sm.unless_ready(lambda: recorded.append(2)) is False
+    assert recorded == [1]
+
+
+def test_recovery_into_ready_resets_the_failure_count() -> None:
+    sm, _ = machine(connect_attempts=5)
+    sm.probe_started()
+    sm.probe_failed(DOWN)
+    assert sm.failures == 1
+    sm.recovered()
+    assert sm.failures == 0
+    assert sm.seconds_to_probe() is None
+
+
+# -- the journal ---------------------------------------------------------------------------
+
+
+def test_journal_takes_what_was_added_once() -> None:
+    journal = Journal(maxsize=10)
+    journal.add([b"a", b"b"])
+    journal.add([b"a"])
+    assert journal.pending()
+    keys, clear_all = journal.take()
+    assert sorted(keys) == [b"a", b"b"]
+    assert clear_all is False
+    assert not journal.pending()
+    assert journal.take() == ([], False)
+
+
+def test_journal_restores_what_could_not_be_applied() -> None:
+    journal = Journal(maxsize=10)
+    journal.add([b"a"])
+    keys, clear_all = journal.take()
+    journal.add([b"b"])
+    journal.restore(keys, clear_all)
+    assert sorted(journal.take()[0]) == [b"a", b"b"]
+
+
+def test_journal_overflow_clears_the_namespace() -> None:
+    journal = Journal(maxsize=2, overflow="clear")
+    journal.add([b"a", b"b"])
+    assert not journal.overflowed
+    journal.add([b"c"])
+    assert journal.overflowed
+    assert journal.take() == ([], True)
+    journal.settled()
+    assert not journal.overflowed
+
+
+def test_journal_overflow_can_be_ignored() -> None:
+    journal = Journal(maxsize=2, overflow="ignore")
+    journal.add([b"a", b"b", b"c", b"a"])
+    keys, clear_all = journal.take()
+    assert sorted(keys) == [b"a", b"b"]
+    assert clear_all is False
+    assert journal.overflowed
+
+
+def test_a_clear_during_the_outage_clears_the_namespace_in_redis() -> None:
+    journal = Journal(maxsize=10)
+    journal.add([b"a"])
+    journal.add_all()
+    journal.add([b"b"])  # the namespace goes anyway
+    assert journal.take() == ([], True)
+
+
+def test_journal_size_zero_always_clears() -> None:
+    journal = Journal(maxsize=0)
+    journal.add([b"a"])
+    assert journal.take() == ([], True)
+
+
+@pytest.mark.parametrize(("size", "overflow"), [(-1, "clear"), (10, "drop")])
+def test_bad_journal_settings_are_refused(size: int, overflow: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        Journal(size, overflow)
+
+
+# -- the adapter, driven by both drivers ---------------------------------------------------
+
+
+class Flaky(MemoryStore):
+    """An in-memory store that can be switched off, as a remote one can: a test double for
+    the core only (the real thing is tested against redis-server in test_outage.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.calls: list[str] = []
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = super().__getattribute__(name)
+        if name in {"get", "get_many", "set", "set_many", "delete_many", "clear", "ping", "reset"}:
+            calls, down = super().__getattribute__("calls"), super().__getattribute__("down")
+
+            def call(*args: Any) -> Any:
+                calls.append(name)
+                if down:
+                    raise DOWN
+                return attr(*args)
+
+            return call
+        return attr
+
+    def ping(self) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+
+@pytest.fixture(params=["sync", "async"])
+def drive(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
+    if request.param == "sync":
+        return run
+    return lambda op: asyncio.run(arun(op))
+
+
+class Shell:
+    """The supervisor's part, inline: no thread, no task; probes run when the test says."""
+
+    is_async = False
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.changes: list[StateChange] = []
+
+    def ensure_probing(self) -> None:
+        self.asked += 1
+
+    def changed(self, change: StateChange) -> None:
+        self.changes.append(change)
+
+    def wait_for(self, states: frozenset[State], timeout: float) -> State:
+        raise AssertionError("non-blocking: nobody waits")
+
+
+PREFIX = KeySpace("ns").prefix
+
+
+def adapter(
+    primary: Any = None, fallback: Any = "memory", **options: Any
+) -> tuple[Adapter, Flaky, Shell]:
+    primary = primary if primary is not None else Flaky()
+    made = Adapter(
+        primary,
+        MemoryStore() if fallback == "memory" else fallback,
+        keys=KeySpace("ns"),
+        stats=Stats(),
+        events=Emitter(),
+        clock=Clock(),
+        jitter=lambda: 0.0,
+        **options,
+    )
+    made.supervisor = shell = Shell()
+    return made, primary, shell
+
+
+def probe_now(made: Adapter, drive: Callable[[Any], Any]) -> None:
+    clock = made.machine._clock
+    assert isinstance(clock, Clock)
+    clock.now += 3600  # whatever the backoff, the next probe is due
+    drive(made.probe())
+
+
+def test_starting_serves_from_the_fallback_and_journals_writes(drive: Any) -> None:
+    made, primary, shell = adapter()
+    assert made.machine.state is State.STARTING
+    assert drive(made.call("set", PREFIX + b"k", b"v", None, writes=(PREFIX + b"k",))) == (
+        None,
+        True,
+    )
+    assert drive(made.call("get", PREFIX + b"k")) == (b"v", True)
+    assert primary.calls == []  # no I/O at all
+    assert shell.asked == 2  # each offline call made sure a prober runs
+    assert made.journal.take()[0] == [PREFIX + b"k"]
+
+
+def test_probe_success_applies_the_journal_then_ready_then_empties_the_fallback(
+    drive: Any,
+) -> None:
+    made, primary, shell = adapter()
+    primary.set(PREFIX + b"old", b"stale", None)
+    drive(made.call("set", PREFIX + b"old", b"new", None, writes=(PREFIX + b"old",)))
+    probe_now(made, drive)
+    assert made.machine.state is State.READY
+    assert primary.calls[:3] == ["set", "ping", "reset"]
+    assert "delete_many" in primary.calls
+    assert primary.get(PREFIX + b"old") is None  # the pre-outage value is gone
+    assert made.fallback.get(PREFIX + b"old") is None  # and the outage-era one too
+    assert [(c.previous, c.current) for c in shell.changes] == [(State.STARTING, State.READY)]
+    assert drive(made.call("get", PREFIX + b"old")) == (None, False)  # Redis answers now
+
+
+def test_a_failed_command_opens_the_breaker_and_the_fallback_answers(drive: Any) -> None:
+    made, primary, shell = adapter()
+    probe_now(made, drive)
+    primary.down = True
+    key = PREFIX + b"k"
+    assert drive(made.call("set", key, b"v", None, writes=(key,))) == (None, True)
+    assert made.machine.state is State.DEGRADED
+    assert made.stats.errors == 1  # the failed command is counted, not raised
+    calls = len(primary.calls)
+    assert drive(made.call("get", key)) == (b"v", True)
+    assert len(primary.calls) == calls  # breaker open: the network is not touched
+    assert made.journal.pending()
+    assert [c.current for c in shell.changes] == [State.READY, State.DEGRADED]
+
+
+def test_a_probe_that_fails_while_applying_the_journal_keeps_it(drive: Any) -> None:
+    made, primary, _ = adapter()
+    key = PREFIX + b"k"
+    drive(made.call("delete_many", [key], writes=[key]))
+    original_delete = primary.delete_many
+
+    def failing_delete(keys: Any) -> int:
+        raise DOWN
+
+    primary.delete_many = failing_delete  # type: ignore[method-assign]
+    probe_now(made, drive)
+    assert made.machine.state is State.STARTING  # not READY: the journal was not applied
+    assert made.journal.take()[0] == [key]
+    primary.delete_many = original_delete  # type: ignore[method-assign]
+
+
+def test_writes_made_while_recovering_are_applied_before_ready(drive: Any) -> None:
+    first, late = PREFIX + b"first", PREFIX + b"late"
+
+    class Racing(Journal):
+        raced = False
+
+        def pending(self) -> bool:
+            if not self.raced:  # a write lands between applying and turning READY
+                self.raced = True
+                self.add([late])
+            return super().pending()
+
+    made, primary, _ = adapter(journal=Racing())
+    primary.set(late, b"stale", None)
+    made.journal.add([first])
+    probe_now(made, drive)
+    assert made.machine.state is State.READY
+    assert primary.get(late) is None
+
+
+def test_a_clear_during_the_outage_clears_the_namespace_on_recovery(drive: Any) -> None:
+    made, primary, _ = adapter()
+    primary.set(PREFIX + b"a", b"1", None)
+    primary.set(b"other:a", b"1", None)
+    assert drive(made.call("clear", PREFIX, writes=ALL_KEYS)) == (0, True)
+    probe_now(made, drive)
+    assert primary.get(PREFIX + b"a") is None
+    assert primary.get(b"other:a") == b"1"  # other namespaces are left alone
+
+
+@pytest.mark.parametrize(
+    "options", [{"throw_on_errors": True}, {"fallback": None}], ids=["throw", "no-fallback"]
+)
+def test_without_a_fallback_to_serve_calls_fail_fast_but_writes_are_journaled(
+    drive: Any, options: dict[str, Any]
+) -> None:
+    made, primary, _ = adapter(**options)
+    key = PREFIX + b"k"
+    with pytest.raises(CacheUnavailableError, match="starting"):
+        drive(made.call("set", key, b"v", None, writes=(key,)))
+    assert primary.calls == []
+    assert made.journal.take()[0] == [key]  # deleting it on recovery is always safe
+
+
+def test_local_overload_does_not_open_the_breaker(drive: Any) -> None:
+    made, primary, _ = adapter()
+    probe_now(made, drive)
+
+    def busy(key: bytes) -> bytes:
+        raise NoFreeConnectionError("no free connection")
+
+    primary.get = busy  # type: ignore[method-assign]
+    with pytest.raises(NoFreeConnectionError):
+        drive(made.call("get", PREFIX + b"k"))
+    assert made.machine.state is State.READY
+
+
+def test_server_errors_do_not_open_the_breaker(drive: Any) -> None:
+    made, primary, _ = adapter()
+    probe_now(made, drive)
+
+    def wrongtype(key: bytes) -> bytes:
+        raise StoreError("WRONGTYPE")
+
+    primary.get = wrongtype  # type: ignore[method-assign]
+    with pytest.raises(StoreError):
+        drive(made.call("get", PREFIX + b"k"))
+    assert made.machine.state is State.READY
+
+
+def test_a_store_that_cannot_be_probed_is_always_ready_and_passes_errors_through(
+    drive: Any,
+) -> None:
+    class Unprobeable(MemoryStore):
+        def get(self, key: bytes) -> bytes | None:
+            raise DOWN
+
+    made, _, shell = adapter(Unprobeable())
+    assert made.machine.state is State.READY
+    assert made.fallback is None
+    with pytest.raises(CacheUnavailableError):
+        drive(made.call("get", PREFIX + b"k"))
+    assert made.machine.state is State.READY
+    assert shell.changes == []
+
+
+def test_a_closed_adapter_refuses_calls(drive: Any) -> None:
+    made, primary, shell = adapter()
+    made.close()
+    with pytest.raises(CacheClosedError):
+        drive(made.call("get", PREFIX + b"k"))
+    with pytest.raises(CacheClosedError):
+        made.scan_store()
+    assert primary.calls == []
+    assert shell.changes[-1].current is State.CLOSED
+
+
+def test_health_tells_the_state_the_cause_and_the_schedule(drive: Any) -> None:
+    made, primary, _ = adapter(policy=Policy(connect_attempts=1, retry_base=0.2))
+    primary.down = True
+    probe_now(made, drive)
+    health = made.health()
+    assert health.state is State.DEGRADED
+    assert health.last_error == "CacheUnavailableError"
+    assert health.probes == 1
+    assert health.failed_probes == 1
+    assert health.next_probe_in is not None
+    assert health.next_probe_in >= 0
+    assert health.journal_keys == 0
+    assert not health.journal_overflowed
+
+
+def test_one_event_per_transition_and_connect_error_once(drive: Any) -> None:
+    made, primary, _ = adapter(policy=Policy(connect_attempts=2))
+    states: list[StateChange] = []
+    connect_errors: list[StateChange] = []
+    made.events.on("state", states.append)
+    made.events.on("connect_error", connect_errors.append)
+    primary.down = True
+    for _ in range(5):
+        probe_now(made, drive)
+        drive(made.call("get", PREFIX + b"k"))  # calls while degraded emit nothing
+    assert [c.current for c in states] == [State.DEGRADED]
+    assert len(connect_errors) == 1
+    primary.down = False
+    probe_now(made, drive)
+    assert [c.current for c in states] == [State.DEGRADED, State.READY]
