@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -116,3 +116,26 @@ def harness(request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop) -> 
 @pytest.fixture
 def cache(harness: Harness) -> Any:
     return harness.make(namespace="test")
+
+
+@pytest.fixture(params=["sync", "async"])
+def open_cache(
+    request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
+) -> Iterator[Callable[..., Any]]:
+    """Makes Redis caches from URLs, once with ``Cache`` and once with ``AsyncCache``."""
+    made: list[Any] = []
+
+    def open_cache(url: str, *, connect: bool = True, **options: Any) -> Any:
+        """A cache on ``url``; with ``connect``, READY before it is handed out."""
+        if request.param == "sync":
+            cache: Any = Cache.from_url(url, **options)
+        else:
+            cache = Blocking(AsyncCache.from_url(url, **options), loop)
+        made.append(cache)
+        if connect:
+            cache.connect(timeout=5, raise_on_failure=True)
+        return cache
+
+    yield open_cache
+    for cache in made:
+        cache.close()

@@ -6,14 +6,13 @@ import asyncio
 import logging
 import pickle
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import redis
 
-from conftest import Blocking
 from kvcache import (
     AsyncCache,
     Cache,
@@ -34,28 +33,6 @@ from kvcache.testing import RedisServer
 from kvcache.testing.server import free_port
 
 SECRET = "s3cret-pa55word-never-logged"
-
-
-@pytest.fixture(params=["sync", "async"])
-def open_cache(
-    request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
-) -> Iterator[Callable[..., Any]]:
-    made: list[Any] = []
-
-    def open_cache(url: str, *, connect: bool = True, **options: Any) -> Any:
-        """A cache on ``url``; with ``connect``, READY before it is handed out."""
-        if request.param == "sync":
-            cache: Any = Cache.from_url(url, **options)
-        else:
-            cache = Blocking(AsyncCache.from_url(url, **options), loop)
-        made.append(cache)
-        if connect:
-            cache.connect(timeout=5, raise_on_failure=True)
-        return cache
-
-    yield open_cache
-    for cache in made:
-        cache.close()
 
 
 def every_operation(cache: Any) -> dict[str, Callable[[], Any]]:

@@ -62,10 +62,19 @@ def _ping(port: int, password: str | None) -> bool:
 
 
 class RedisServer:
-    def __init__(self, *, password: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        password: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        port: int | None = None,
+    ) -> None:
+        """``port``: a given port (e.g. to restart a server where its clients expect it);
+        by default a free one."""
         self.password = password
         self.extra_args = extra_args
-        self.port = 0
+        self._requested_port = port
+        self.port = port or 0
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -99,7 +108,7 @@ class RedisServer:
                 escaped = self.password.replace("\\", "\\\\").replace('"', '\\"')
                 file.write(f'requirepass "{escaped}"\n')
         for _attempt in range(5):  # the free port may be taken between probe and bind
-            self.port = free_port()
+            self.port = self._requested_port or free_port()
             self._process = subprocess.Popen(
                 [binary, config, "--port", str(self.port), *self.extra_args],
                 stdout=subprocess.DEVNULL,
