@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from pydantic import ValidationError
@@ -16,7 +17,9 @@ from kvcache import (
     KVCacheSettings,
     MemoryStore,
     PickleSerializer,
+    Policy,
     RedisStore,
+    State,
 )
 from kvcache.settings import redact_url
 
@@ -60,6 +63,14 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ("max_connections", "0"),
         ("compress_threshold", "-5"),
         ("url", "http://example.invalid"),
+        ("retry_max", "0"),
+        ("connect_attempts", "0"),
+        ("fallback", "disk"),
+        ("fallback_ttl", "0"),
+        ("fallback_maxsize", "0"),
+        ("journal_size", "-1"),
+        ("journal_overflow", "drop"),
+        ("non_blocking", "perhaps"),
     ],
 )
 def test_a_bad_setting_is_named_in_the_error(
@@ -144,8 +155,49 @@ def test_url_picks_the_store() -> None:
 
 def test_construction_does_no_io() -> None:
     # Nothing listens on port 1; building the cache must still succeed at once.
-    Cache.from_url("redis://127.0.0.1:1/0")
-    AsyncCache.from_url("redis://127.0.0.1:1/0")
+    started = time.perf_counter()
+    cache = Cache.from_url("redis://127.0.0.1:1/0")
+    acache = AsyncCache.from_url("redis://127.0.0.1:1/0")
+    assert time.perf_counter() - started < 0.5
+    assert cache.state is acache.state is State.STARTING
+    cache.close()
+
+
+def test_resilience_settings_reach_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVCACHE_FALLBACK", "none")
+    monkeypatch.setenv("KVCACHE_NON_BLOCKING", "false")
+    monkeypatch.setenv("KVCACHE_RETRY_MAX", "0.8")
+    monkeypatch.setenv("KVCACHE_CONNECT_ATTEMPTS", "5")
+    monkeypatch.setenv("KVCACHE_JOURNAL_SIZE", "7")
+    monkeypatch.setenv("KVCACHE_JOURNAL_OVERFLOW", "ignore")
+    options = KVCacheSettings(url="redis://127.0.0.1:1/0").cache_options()
+    assert options["fallback"] is None
+    assert options["non_blocking"] is False
+    assert options["policy"] == Policy(connect_attempts=5, retry_base=0.05, retry_max=0.8)
+    assert (options["journal_size"], options["journal_overflow"]) == (7, "ignore")
+    with Cache.from_settings(KVCacheSettings(url="redis://127.0.0.1:1/0")) as cache:
+        assert cache.health().fallback is None
+
+
+def test_the_fallback_is_bounded_and_caps_ttls() -> None:
+    settings = KVCacheSettings(url="redis://127.0.0.1:1/0", fallback_maxsize=2, fallback_ttl=5)
+    fallback = settings.cache_options()["fallback"]
+    assert isinstance(fallback, MemoryStore)
+    for i in range(4):
+        fallback.set(b"k%d" % i, b"v", None)  # no expiry asked: capped at 5 s all the same
+    assert len(list(fallback.scan(b""))) == 2
+    assert 0 < fallback.pttl(b"k3") <= 5000
+
+
+def test_retry_base_above_retry_max_is_refused() -> None:
+    with pytest.raises(ValidationError, match="retry_base"):
+        KVCacheSettings(retry_base=2, retry_max=1)
+
+
+def test_a_fallback_must_be_a_sync_store() -> None:
+    async_store = AsyncCache.from_url("redis://127.0.0.1:6379/0").store
+    with pytest.raises(ConfigurationError, match="fallback"):
+        AsyncCache(async_store, fallback=async_store)
 
 
 def test_serializer_from_a_name_or_an_object() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Generic, TypeVar
 
 from .adapter import Adapter, Health
@@ -69,6 +70,8 @@ class CacheBase(Generic[S]):
         self._ops = Operations(
             keys, Codec(serializer, compress_threshold), adapter, default_ttl, throw_on_errors
         )
+        # A cache dropped without close() must not leave its prober probing forever.
+        weakref.finalize(self, adapter.close)
 
     @classmethod
     def from_settings(cls: type[Self], settings: KVCacheSettings | None = None) -> Self:

@@ -83,7 +83,7 @@ class KVCacheSettings(BaseSettings):
     retry_max: float = Field(
         0.5, gt=0, le=300, description="seconds: longest probe delay (bounds recovery time)"
     )
-    fallback: Literal["memory", "none"] = Field(
+    fallback: Literal["memory", "none"] | None = Field(
         "memory", description="what serves while Redis is away; none: calls fail fast"
     )
     fallback_maxsize: int = Field(DEFAULT_FALLBACK_MAXSIZE, ge=1, description="fallback entries")
