@@ -45,6 +45,7 @@ async def atimed(ops: int, action: Callable[[], Awaitable[object]]) -> float:
 
 def sync_contenders(url: str) -> dict[str, dict[str, Callable[[], object]]]:
     cache = Cache.from_url(url, namespace="bench")
+    cache.connect(timeout=5, raise_on_failure=True)  # else the first calls hit the fallback
     raw = redis.Redis.from_url(url)
     keys = [f"k{i}" for i in range(MANY)]
     cache.set_many(dict.fromkeys(keys, VALUE))
@@ -73,6 +74,7 @@ def sync_contenders(url: str) -> dict[str, dict[str, Callable[[], object]]]:
 
 async def async_contenders(url: str) -> dict[str, dict[str, Callable[[], Awaitable[object]]]]:
     cache = AsyncCache.from_url(url, namespace="bench")
+    await cache.connect(timeout=5, raise_on_failure=True)
     raw = redis.asyncio.Redis.from_url(url)
     keys = [f"k{i}" for i in range(MANY)]
     await cache.set_many(dict.fromkeys(keys, VALUE))
