@@ -8,6 +8,7 @@ come from ``benchmarks/outage.py``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -324,3 +325,102 @@ def test_a_cache_on_a_restarted_server_recovers(open_cache: Any) -> None:
         assert cache.get("k") == 2
     finally:
         again.stop()
+
+
+# -- Found in review: each of these failed before its fix ----------------------------------
+
+
+def test_recovery_finishes_under_sustained_writes(
+    open_cache: Any, proxy: ChaosProxy, admin: Any
+) -> None:
+    """Writes journaled faster than one round trip applies them used to hold recovery off
+    forever; now writes go to Redis while the journal drains, and only reads wait."""
+    cache = open_cache(proxy.url, namespace="n", **FAST)
+    cache.set("k", "old")
+    proxy.refuse()
+    cache.get("k")
+    wait_until(lambda: cache.state is State.DEGRADED, RECOVERY)
+    stop = time.perf_counter() + 60
+    written: list[int] = []
+
+    def writer(n: int) -> None:
+        i = 0
+        while time.perf_counter() < stop and cache.state is not State.CLOSED:
+            i += 1
+            cache.set("k", i)
+            cache.set(f"w{n}:{i % 50}", i)
+        written.append(i)
+
+    with ThreadPoolExecutor(4) as pool:
+        for n in range(4):
+            pool.submit(writer, n)
+        time.sleep(0.2)  # thousands of journaled writes a second
+        proxy.latency(20)  # Redis is back, 20 ms a round trip away
+        try:
+            wait_until(lambda: cache.state is State.READY, 5.0)
+        finally:
+            stop = 0.0
+    assert sum(written) > 100
+    assert cache.get("k") != "old"
+    assert admin.get("n:k") != b'\x00"old"'
+    assert "size=0" in str(cache.health().fallback)  # no outage-era write outlived recovery
+
+
+def test_a_call_that_waited_for_a_connection_does_not_then_wait_on_a_dead_redis(
+    open_cache: Any, proxy: ChaosProxy
+) -> None:
+    cache = open_cache(proxy.url, namespace="n", max_connections=1, **FAST)
+    cache.set("k", 1)
+    proxy.blackhole()
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(timed, lambda: cache.get("k", "dflt"))  # holds the one connection
+        time.sleep(0.05)
+        second = pool.submit(timed, lambda: cache.get("k", "dflt"))  # waits for it
+        (first_value, first_took), (second_value, second_took) = first.result(), second.result()
+    assert first_value == second_value == "dflt"
+    assert first_took < FAST["op_timeout"] + 0.15
+    # It waited ~0.15 s for the connection, then found the breaker open: no second timeout.
+    assert second_took < FAST["op_timeout"] + 0.1
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("left", ["stopped", "closed"])
+def test_an_async_prober_left_on_a_dead_loop_is_replaced(proxy: ChaosProxy, left: str) -> None:
+    import asyncio
+
+    from kvcache import AsyncCache
+
+    proxy.refuse()
+    cache = AsyncCache.from_url(proxy.url, namespace="n", **FAST)
+    first = asyncio.new_event_loop()
+    first.run_until_complete(cache.get("k"))  # starts the prober on a loop that then stops
+    if left == "closed":
+        first.set_exception_handler(lambda _loop, _context: None)  # "task destroyed" noise
+        first.close()  # with the prober task still pending
+    proxy.up()
+
+    async def later() -> State:
+        return await cache.connect(timeout=3)
+
+    assert asyncio.run(later()) is State.READY
+    asyncio.run(cache.close())
+    if left == "stopped":
+        first.close()
+    gc.collect()  # the dead loop's probe coroutine complains here, inside this test's filters
+
+
+def test_close_during_a_probe_waits_for_it_and_leaves_no_connection(proxy: ChaosProxy) -> None:
+    proxy.blackhole()  # every probe hangs until its timeout
+    cache = Cache.from_url(proxy.url, namespace="n", **FAST)
+    wait_until(lambda: proxy.active > 0, RECOVERY)  # a probe is in flight
+    prober = cache._prober._thread
+    assert prober is not None
+    _, took = timed(cache.close)
+    assert took < 2 * 2 * FAST["connect_timeout"] + 0.5
+    assert not prober.is_alive()
+    proxy.up()
+    wait_until(lambda: proxy.active == 0, RECOVERY)  # nothing reconnected after close()
+    time.sleep(0.3)
+    assert proxy.active == 0
+    assert cache.state is State.CLOSED

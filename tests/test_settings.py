@@ -262,3 +262,17 @@ def test_async_cache_from_settings_runs() -> None:
             return await cache.get("k")
 
     assert asyncio.run(main()) == [1]
+
+
+def test_a_call_never_gets_more_network_time_than_op_timeout() -> None:
+    from kvcache.client import async_client, sync_client
+
+    settings = KVCacheSettings(op_timeout=0.25, connect_timeout=2.0)
+    for client in (sync_client(settings), async_client(settings)):
+        kwargs = client.connection_pool.connection_kwargs
+        # a little under op_timeout: the call also has to open the breaker and ask the fallback
+        assert 0.24 <= kwargs["socket_timeout"] < 0.25
+        assert kwargs["socket_connect_timeout"] == kwargs["socket_timeout"]  # not 2 s
+    cache = Cache.from_settings(settings.model_copy(update={"url": "redis://127.0.0.1:1/0"}))
+    assert cache.store.probe_timeout == 4.0  # probes, in the background, get connect_timeout
+    cache.close()

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Protocol
 
 from . import forksafe, telemetry
-from .errors import CacheClosedError, CacheUnavailableError, NoFreeConnectionError, StoreError
+from .errors import (
+    BreakerOpenError,
+    CacheClosedError,
+    CacheUnavailableError,
+    NoFreeConnectionError,
+    StoreError,
+)
 from .events import Emitter
 from .journal import Journal
 from .keys import KeySpace
@@ -105,6 +111,13 @@ class Adapter:
         initial = State.STARTING if self.probeable else State.READY
         machine_args = (clock,) if jitter is None else (clock, jitter)
         self.machine = StateMachine(policy or Policy(), *machine_args, initial=initial)
+        if self.probeable and hasattr(primary, "breaker"):
+            # The store tells us of an outage before the failed call frees its connection,
+            # and asks us before a call that waited for one sends its command.
+            primary.breaker = self
+
+    def admits(self) -> bool:
+        return self.machine.state is State.READY
         self.supervisor: Supervisor | None = None  # attached by the facade's shell
         forksafe.register(self)
 
@@ -113,9 +126,14 @@ class Adapter:
         self.journal.after_fork()
 
     @property
+    def probe_timeout(self) -> float:
+        """The longest one probe takes (the store says; 1 s for a store that does not)."""
+        return float(getattr(self.primary, "probe_timeout", 1.0))
+
+    @property
     def first_connect_timeout(self) -> float:
         """The longest the first-connect phase can last (what blocking callers may wait)."""
-        return self.machine.first_connect_bound(getattr(self.primary, "probe_timeout", 1.0))
+        return self.machine.first_connect_bound(self.probe_timeout)
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -125,8 +143,14 @@ class Adapter:
         machine = self.machine
         if machine.state is not State.READY and not self.non_blocking:
             yield from self._wait_for_first_connect()
+        state = machine.state
+        if state is not State.READY and writes is not None and machine.draining:
+            # Recovering: the write goes to Redis (the journal's deletes can only remove it,
+            # never bring back an older value); the fallback must not keep an outage-era one.
+            self._forget(writes)
+            state = State.READY
         failure: CacheUnavailableError | None = None
-        if machine.state is State.READY:
+        if state is State.READY:
             try:
                 return (yield (self.primary, method, *args)), False
             except CacheUnavailableError as exc:
@@ -149,22 +173,44 @@ class Adapter:
         writes: Sequence[bytes] | None,
         failure: CacheUnavailableError | None,
     ) -> Routed:
+        """Serve a call without Redis. The fallback is a sync store that never blocks, so it
+        is called here directly; a write is journaled and applied to it under the state lock,
+        so it cannot land after recovery emptied the fallback."""
         machine = self.machine
         if machine.state is State.CLOSED:
             raise CacheClosedError("the cache is closed")
         assert self.supervisor is not None
         self.supervisor.ensure_probing()
-        if writes is not None and not machine.unless_ready(lambda: self._journal(writes)):
-            # Recovery finished since we looked: Redis takes the write after all.
-            return (yield (self.primary, method, *args)), False
-        if self.fallback is None or self.throw_on_errors:
+        fallback = None if self.throw_on_errors else self.fallback
+        served: list[Any] = []
+        if writes is None:
+            if fallback is not None:
+                served.append(getattr(fallback, method)(*args))
+        else:
+
+            def record() -> None:
+                self._journal(writes)
+                if fallback is not None:
+                    served.append(getattr(fallback, method)(*args))
+
+            if not machine.unless_ready(record):
+                # Recovery finished since we looked: Redis takes the write after all.
+                return (yield (self.primary, method, *args)), False
+        if not served:
             raise failure or CacheUnavailableError(
                 f"Redis is unavailable ({machine.state.value}{_reason(machine.last_error)}); "
                 "the call was not sent"
             )
         if failure is not None:
             self.stats.errors += 1  # Redis failed this call; the fallback answers it
-        return (yield (self.fallback, method, *args)), True
+        return served[0], True
+
+    def _forget(self, writes: Sequence[bytes]) -> None:
+        if self.fallback is not None:
+            if writes is ALL_KEYS:
+                self.fallback.clear(self.prefix)
+            else:
+                self.fallback.delete_many(writes)
 
     def _journal(self, writes: Sequence[bytes]) -> None:
         if writes is ALL_KEYS:
@@ -179,6 +225,8 @@ class Adapter:
             return False
         if not self.probeable:
             return False
+        if isinstance(error, BreakerOpenError):
+            return True  # refused before it was sent: nothing new about Redis
         change = self.machine.command_failed(error)
         if change is not None:
             self.publish(change)
@@ -206,10 +254,14 @@ class Adapter:
         if not machine.probe_started():
             return
         deleted = 0
+        change: StateChange | None = None
         try:
             yield (self.primary, "ping")
+            if machine.closed():  # close() came while we waited: leave the store alone
+                return
             yield (self.primary, "reset")  # pooled connections from before the outage go
-            while True:
+            machine.start_draining()  # from now on writes go to Redis: the journal only shrinks
+            while not machine.closed():
                 keys, clear_all = self.journal.take()
                 try:
                     if clear_all:
@@ -222,7 +274,7 @@ class Adapter:
                 # READY only with nothing left to apply, checked under the state lock that
                 # every journal write also takes: no write can slip between.
                 change = machine.recovered(self.journal.pending)
-                if change is not None or machine.state is State.CLOSED:
+                if change is not None:
                     break
         except StoreError as exc:
             change = machine.probe_failed(exc)
@@ -235,7 +287,7 @@ class Adapter:
         if change.current is State.READY:
             self.journal.settled()
             if self.fallback is not None:
-                yield (self.fallback, "clear", self.prefix)
+                self.fallback.clear(self.prefix)
 
     def close(self) -> None:
         change = self.machine.close()

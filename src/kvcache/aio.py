@@ -119,6 +119,7 @@ class AsyncCache(CacheBase[Store | AsyncStore]):
         """Stop probing and close this event loop's connections (those of other loops go
         with their loops); the cache is CLOSED for good."""
         self._adapter.close()
+        self._prober.stop()
         closed = self._store.close()
         if inspect.isawaitable(closed):
             await closed

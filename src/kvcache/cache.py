@@ -127,6 +127,7 @@ class Cache(CacheBase[Store]):
     def close(self) -> None:
         """Stop probing and release the connections; the cache is CLOSED for good."""
         self._adapter.close()
+        self._prober.stop()
         self._store.close()
 
     def __enter__(self) -> Cache:

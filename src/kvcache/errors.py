@@ -43,5 +43,10 @@ class NoFreeConnectionError(CacheUnavailableError):
     fails the one call and never opens the breaker."""
 
 
+class BreakerOpenError(CacheUnavailableError):
+    """A call waited for a free connection and Redis was found away meanwhile: it is served
+    like any call made while the breaker is open, and says nothing new about Redis."""
+
+
 class CacheClosedError(KVCacheError, RuntimeError):
     """The cache was closed; a closed cache cannot be used again."""

@@ -55,9 +55,11 @@ class KVCacheSettings(BaseSettings):
     namespace: str = Field("kvcache", min_length=1, description="key prefix; clear() stays in it")
     separator: str = ":"
     default_ttl: float | None = Field(None, gt=0, description="seconds; None = no expiry")
-    connect_timeout: float = Field(0.5, gt=0, le=60, description="seconds per connect attempt")
+    connect_timeout: float = Field(
+        0.5, gt=0, le=60, description="seconds per step of a background probe (connect, AUTH)"
+    )
     op_timeout: float = Field(
-        0.25, gt=0, le=60, description="seconds per command, and per wait for a connection"
+        0.25, gt=0, le=60, description="seconds a call gives the network, and per wait for a slot"
     )
     max_connections: int = Field(
         64, ge=1, description="connections per process (per event loop for AsyncCache)"

@@ -85,6 +85,10 @@ class StateMachine:
         self.last_error: BaseException | None = None
         self.failures = 0  # consecutive failed probes
         self.probes = 0  # probes started since the last READY
+        # Recovering: the journal is being applied. Writes may go to Redis already (the
+        # journal's deletes can only remove data, never bring back an old value), so no new
+        # journal entries hold recovery up; reads still wait for READY.
+        self.draining = False
         self.next_probe_at: float | None = self.since if initial is State.STARTING else None
 
     def after_fork(self) -> None:
@@ -105,6 +109,7 @@ class StateMachine:
         """A command could not reach Redis: open the breaker (once) and probe soon."""
         with self._lock:
             if self.state is not State.READY:
+                self.draining = False  # failing again mid-recovery: back to the journal
                 return None
             self.failures = self.probes = 0
             self.next_probe_at = self._clock() + self.policy.delay(0, self._jitter())
@@ -123,6 +128,7 @@ class StateMachine:
     def probe_abandoned(self) -> None:
         """A probe was cut short (its task cancelled, its loop closed): let another run."""
         with self._lock:
+            self.draining = False
             if self.state in (State.STARTING, State.DEGRADED) and self.next_probe_at is None:
                 self.next_probe_at = self._clock()
 
@@ -131,12 +137,19 @@ class StateMachine:
         with self._lock:
             if self.state is State.CLOSED:
                 return None
+            self.draining = False
             self.last_error = error
             self.failures += 1
             self.next_probe_at = self._clock() + self.policy.delay(self.failures, self._jitter())
             if self.state is State.STARTING and self.failures >= self.policy.connect_attempts:
                 return self._move(State.DEGRADED, error)
             return None
+
+    def start_draining(self) -> None:
+        """Redis answered a probe: writes may go to it while the journal is applied."""
+        with self._lock:
+            if self.state in (State.STARTING, State.DEGRADED):
+                self.draining = True
 
     def unless_ready(self, record: Callable[[], object]) -> bool:
         """Run ``record`` (journal a write that bypasses Redis) unless READY, atomically with
@@ -154,6 +167,7 @@ class StateMachine:
             if self.state in (State.READY, State.CLOSED) or still_pending():
                 return None
             self.failures = 0
+            self.draining = False
             self.next_probe_at = None
             return self._move(State.READY)
 
@@ -162,7 +176,11 @@ class StateMachine:
             if self.state is State.CLOSED:
                 return None
             self.next_probe_at = None
+            self.draining = False
             return self._move(State.CLOSED)
+
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
 
     def elapsed(self) -> float:
         """Seconds in the current state."""

@@ -55,6 +55,15 @@ class ThreadSupervisor:
     def _idle(self) -> bool:
         return self._adapter.machine.state in READY_OR_CLOSED
 
+    def stop(self) -> None:
+        """After close(): wait (bounded) for a probe in flight, so it does not touch the
+        store while the store closes."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            with self._changed:
+                self._changed.notify_all()
+            thread.join(2 * self._adapter.probe_timeout)
+
     def _probe_loop(self) -> None:
         machine = self._adapter.machine
         while (wait := machine.seconds_to_probe()) is not None:
@@ -94,8 +103,11 @@ class TaskSupervisor:
 
     def ensure_probing(self) -> None:
         task = self._task
-        if task is not None and not task.done() and not task.get_loop().is_closed():
-            return
+        if task is not None and not task.done():
+            if task.get_loop().is_running():
+                return  # probing, on this loop or on another thread's
+            # Its loop stopped or closed with the task pending: it will never run again.
+            self._adapter.machine.probe_abandoned()
         if self._adapter.machine.state in READY_OR_CLOSED:
             return
         try:
@@ -103,6 +115,14 @@ class TaskSupervisor:
         except RuntimeError:  # called outside any loop: the next call in a loop starts it
             return
         self._task = loop.create_task(self._probe_loop(), name="kvcache-prober")
+
+    def stop(self) -> None:
+        """After close(): cancel the prober (on its own loop, which may be another thread's)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            loop = task.get_loop()
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(task.cancel)
 
     async def _probe_loop(self) -> None:
         machine = self._adapter.machine

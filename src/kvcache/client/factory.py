@@ -34,7 +34,11 @@ def _from_url(client_class: type[C], retry: Any, settings: KVCacheSettings) -> C
             settings.url,
             retry=retry,
             socket_timeout=command_timeout(settings.op_timeout),
-            socket_connect_timeout=settings.connect_timeout,
+            # A call that must open a connection stays within op_timeout too; the longer
+            # connect_timeout is for probes, which run in the background.
+            socket_connect_timeout=min(
+                settings.connect_timeout, command_timeout(settings.op_timeout)
+            ),
             decode_responses=False,
             # Off by default: CLIENT SETNAME is refused to least-privilege ACL users.
             client_name=settings.client_name,

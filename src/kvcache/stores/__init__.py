@@ -32,6 +32,7 @@ def open_store(settings: KVCacheSettings) -> Store:
         sync_client(settings),
         max_in_flight=settings.max_connections,
         wait_timeout=settings.op_timeout,
+        connect_timeout=settings.connect_timeout,
     )
 
 
@@ -44,4 +45,5 @@ def open_async_store(settings: KVCacheSettings) -> Store | AsyncStore:
         lambda: async_client(settings),
         max_in_flight=settings.max_connections,
         wait_timeout=settings.op_timeout,
+        connect_timeout=settings.connect_timeout,
     )

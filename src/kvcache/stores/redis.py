@@ -12,7 +12,7 @@ import queue
 import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import redis
 import redis.asyncio
@@ -20,6 +20,7 @@ import redis.asyncio
 from .. import forksafe
 from ..errors import (
     NOT_A_COUNTER,
+    BreakerOpenError,
     CacheUnavailableError,
     InvalidValueError,
     KVCacheError,
@@ -55,18 +56,41 @@ def no_free_connection(waited: float) -> NoFreeConnectionError:
     return NoFreeConnectionError(f"no free connection within {waited}s (max_connections busy)")
 
 
-def probe_connection(pool: Any) -> Any:
+def probe_connection(pool: Any, step_timeout: float) -> Any:
     """A fresh connection outside the pool, for a probe: it proves that a *new* connection
     can connect and authenticate (a pooled one may predate the outage), and every step of
-    its handshake waits at most the connect timeout."""
+    its handshake waits at most ``step_timeout`` (the connect timeout)."""
     kwargs = dict(pool.connection_kwargs)
-    kwargs["socket_timeout"] = probe_step_timeout(pool)
+    kwargs["socket_timeout"] = kwargs["socket_connect_timeout"] = step_timeout
     return pool.connection_class(**kwargs)
 
 
-def probe_step_timeout(pool: Any) -> float:
-    kwargs = pool.connection_kwargs
+def step_timeout(client: Any, connect_timeout: float | None) -> float:
+    """A probe's per-step timeout: ``connect_timeout``, else what the client's pool uses."""
+    if connect_timeout is not None:
+        return connect_timeout
+    kwargs = client.connection_pool.connection_kwargs
     return float(kwargs.get("socket_connect_timeout") or kwargs.get("socket_timeout") or 1.0)
+
+
+class Breaker(Protocol):
+    """What the adapter offers a store: see ``RedisStore``."""
+
+    def admits(self) -> bool: ...
+
+    def trips(self, error: StoreError) -> bool: ...
+
+
+def failure(exc: BaseException, breaker: Breaker | None) -> KVCacheError:
+    """The kvcache error for ``exc``, told to the breaker while the call still holds its slot."""
+    error = translate(exc)
+    if breaker is not None and isinstance(error, StoreError):
+        breaker.trips(error)
+    return error
+
+
+def breaker_opened() -> BreakerOpenError:
+    return BreakerOpenError("Redis became unavailable while this call waited for a connection")
 
 
 def describe(client: redis.Redis | redis.asyncio.Redis) -> str:
@@ -105,7 +129,11 @@ def _queue_set_many(pipe: Any, items: Sequence[tuple[bytes, bytes]], ttl_ms: int
 
 class RedisStore:
     """The sync store. At most ``max_in_flight`` commands run at once; past that a caller
-    waits for a free slot, at most ``wait_timeout`` seconds, then gets CacheUnavailableError."""
+    waits for a free slot, at most ``wait_timeout`` seconds, then gets NoFreeConnectionError.
+    ``connect_timeout`` bounds each step of a probe (``ping``). ``breaker``, set by the
+    adapter, hears of a failure to reach Redis *before* the failed call frees its slot, and is
+    asked after a wait for a slot: so a call that waited while Redis went away does not go on
+    to send its command there."""
 
     is_async: ClassVar[bool] = False
 
@@ -114,10 +142,13 @@ class RedisStore:
         client: redis.Redis,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+        connect_timeout: float | None = None,
     ) -> None:
         self._client: Any = client  # redis-py types replies as Union[Awaitable, Any]
         self._max_in_flight = max_in_flight
         self._wait = wait_timeout
+        self._step = step_timeout(client, connect_timeout)
+        self.breaker: Breaker | None = None
         self._slots = self._new_slots()
         forksafe.register(self)
 
@@ -137,11 +168,11 @@ class RedisStore:
     @property
     def probe_timeout(self) -> float:
         """The longest a realistic failed probe takes: a connect, then one handshake read."""
-        return 2 * probe_step_timeout(self._client.connection_pool)
+        return 2 * self._step
 
     def ping(self) -> None:
         """Connect + AUTH + PING on a fresh connection (the adapter's probe)."""
-        connection = probe_connection(self._client.connection_pool)
+        connection = probe_connection(self._client.connection_pool, self._step)
         try:
             connection.connect()
             connection.send_command("PING")
@@ -160,13 +191,19 @@ class RedisStore:
 
     def _call(self, command: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
-            self._slots.get(timeout=self._wait)
-        except queue.Empty:
-            raise no_free_connection(self._wait) from None
+            self._slots.get_nowait()
+        except queue.Empty:  # every slot busy: wait for one, bounded, then ask the breaker
+            try:
+                self._slots.get(timeout=self._wait)
+            except queue.Empty:
+                raise no_free_connection(self._wait) from None
+            if self.breaker is not None and not self.breaker.admits():
+                self._slots.put(None)
+                raise breaker_opened() from None
         try:
             return command(*args, **kwargs)
         except _FAILURES as exc:
-            raise translate(exc) from exc
+            raise failure(exc, self.breaker) from exc
         finally:
             self._slots.put(None)
 
@@ -241,6 +278,7 @@ class AsyncRedisStore:
         connect: Callable[[], redis.asyncio.Redis],
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+        connect_timeout: float | None = None,
     ) -> None:
         self._connect = connect
         self._max_in_flight = max_in_flight
@@ -251,7 +289,8 @@ class AsyncRedisStore:
         self._current: _LoopClient | None = None  # the last loop's, swapped as one reference
         self._spare: redis.asyncio.Redis | None = connect()  # for the first loop; no I/O yet
         self._described = describe(self._spare)
-        self._probe_timeout = 2 * probe_step_timeout(self._spare.connection_pool)
+        self._step = step_timeout(self._spare, connect_timeout)
+        self.breaker: Breaker | None = None  # see RedisStore
         self._lock = threading.Lock()  # loops in several threads may meet the store at once
         forksafe.register(self)
 
@@ -260,13 +299,13 @@ class AsyncRedisStore:
 
     @property
     def probe_timeout(self) -> float:
-        return self._probe_timeout
+        return 2 * self._step
 
     async def ping(self) -> None:
         """Connect + AUTH + PING on a fresh connection, all within ``probe_timeout``."""
-        connection = probe_connection(self._here().client.connection_pool)
+        connection = probe_connection(self._here().client.connection_pool, self._step)
         try:
-            await asyncio.wait_for(self._ping_on(connection), self._probe_timeout)
+            await asyncio.wait_for(self._ping_on(connection), self.probe_timeout)
         except _FAILURES as exc:
             raise translate(exc) from exc
         finally:
@@ -293,7 +332,7 @@ class AsyncRedisStore:
                 current = self._clients.get(loop)
                 if current is None:
                     client, self._spare = self._spare or self._connect(), None
-                    current = _LoopClient(loop, client, self._max_in_flight, self._wait_timeout)
+                    current = _LoopClient(loop, client, self, self._max_in_flight)
                     self._clients[loop] = current
             self._current = current
         return current
@@ -383,31 +422,36 @@ class AsyncRedisStore:
 class _LoopClient:
     """One event loop's client, and the slots that bound its commands in flight."""
 
-    __slots__ = ("_slots", "_wait", "client", "loop")
+    __slots__ = ("_slots", "_store", "client", "loop")
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         client: redis.asyncio.Redis,
+        store: AsyncRedisStore,
         max_in_flight: int,
-        wait_timeout: float,
     ) -> None:
         self.loop = loop
         self.client: Any = client
+        self._store = store  # for its wait timeout and its admit check
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._wait = wait_timeout
 
     async def run(self, command: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        if self._slots.locked():  # every slot busy: wait for one, bounded
+        if self._slots.locked():  # every slot busy: wait for one, bounded, then ask the breaker
+            wait = self._store._wait_timeout
             try:
-                await asyncio.wait_for(self._slots.acquire(), self._wait)
+                await asyncio.wait_for(self._slots.acquire(), wait)
             except asyncio.TimeoutError:
-                raise no_free_connection(self._wait) from None
+                raise no_free_connection(wait) from None
+            breaker = self._store.breaker
+            if breaker is not None and not breaker.admits():
+                self._slots.release()
+                raise breaker_opened()
         else:
             await self._slots.acquire()  # free: returns at once
         try:
             return await command(*args, **kwargs)
         except _FAILURES as exc:
-            raise translate(exc) from exc
+            raise failure(exc, self._store.breaker) from exc
         finally:
             self._slots.release()
