@@ -38,6 +38,7 @@ from .state import Policy, State, StateChange, StateMachine
 from .stats import Stats
 
 log = logging.getLogger("kvcache")
+_READY: Final = State.READY  # a module constant: the hot path's one comparison
 
 Call = tuple[Any, ...]  # (store, method name, *arguments)
 Routed = Generator[Call, Any, tuple[Any, bool]]  # returns (result, served offline?)
@@ -140,17 +141,11 @@ class Adapter:
     def call(self, method: str, *args: Any, writes: Sequence[bytes] | None = None) -> Routed:
         """Carry out ``primary.method(*args)``, or the fallback's; returns (result, offline).
         ``writes``: the keys the call changes (journaled when it bypasses Redis)."""
-        machine = self.machine
-        if machine.state is not State.READY and not self.non_blocking:
-            yield from self._wait_for_first_connect()
-        state = machine.state
-        if state is not State.READY and writes is not None and machine.draining:
-            # Recovering: the write goes to Redis (the journal's deletes can only remove it,
-            # never bring back an older value); the fallback must not keep an outage-era one.
-            self._forget(writes)
-            state = State.READY
+        state = self.machine.state
+        if state is not _READY:  # the rare path; the hot one is two loads and a compare
+            state = yield from self._route_while_away(writes)
         failure: CacheUnavailableError | None = None
-        if state is State.READY:
+        if state is _READY:
             try:
                 return (yield (self.primary, method, *args)), False
             except CacheUnavailableError as exc:
@@ -158,6 +153,18 @@ class Adapter:
                     raise
                 failure = exc
         return (yield from self._offline(method, args, writes, failure))
+
+    def _route_while_away(self, writes: Sequence[bytes] | None) -> Generator[Call, Any, State]:
+        """READY if the call may go to Redis after all, else the state it met."""
+        machine = self.machine
+        if not self.non_blocking:
+            yield from self._wait_for_first_connect()
+        if machine.state is not _READY and writes is not None and machine.draining:
+            # Recovering: the write goes to Redis (the journal's deletes can only remove it,
+            # never bring back an older value); the fallback must not keep an outage-era one.
+            self._forget(writes)
+            return _READY
+        return machine.state
 
     def _wait_for_first_connect(self) -> Generator[Call, Any, None]:
         if self.machine.state is State.STARTING:
