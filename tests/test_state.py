@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -545,3 +548,31 @@ def test_one_event_per_transition_and_connect_error_once(drive: Any) -> None:
     primary.down = False
     probe_now(made, drive)
     assert [c.current for c in states] == [State.DEGRADED, State.READY]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork with threads running
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_locks_held_by_another_thread_at_fork_time_are_renewed_in_the_child() -> None:
+    made, _, _ = adapter()
+    release = threading.Event()
+    held = threading.Event()
+
+    def hold() -> None:
+        with made.machine._lock, made.journal._lock, made.fallback._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    pid = os.fork()
+    if pid == 0:  # the child: the holder thread does not exist here
+        signal.alarm(5)  # a deadlock would otherwise hang the test run
+        key = PREFIX + b"k"
+        run(made.call("set", key, b"v", None, writes=(key,)))  # journal, fallback, state lock
+        made.close()
+        os._exit(0 if made.machine.state is State.CLOSED else 1)
+    release.set()
+    holder.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

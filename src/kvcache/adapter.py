@@ -116,11 +116,12 @@ class Adapter:
             # The store tells us of an outage before the failed call frees its connection,
             # and asks us before a call that waited for one sends its command.
             primary.breaker = self
-
-    def admits(self) -> bool:
-        return self.machine.state is State.READY
         self.supervisor: Supervisor | None = None  # attached by the facade's shell
         forksafe.register(self)
+
+    def admits(self) -> bool:
+        """May a call that waited for a connection still go to Redis?"""
+        return self.machine.state is _READY
 
     def after_fork(self) -> None:
         self.machine.after_fork()
