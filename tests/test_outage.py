@@ -118,6 +118,7 @@ def test_unreachable_at_start_never_blocks_never_storms_and_recovers_by_itself(
     proxy.up()
     recovered = wait_until(lambda: cache.state is State.READY, RECOVERY)
     assert recovered < RECOVERY
+    wait_until(lambda: len(changes) == 2, 1.0)  # the event follows the state change
     assert [c.current for c in changes] == [State.DEGRADED, State.READY]
     assert cache.get("k") is None  # Redis answers, and the outage-era write was journaled away
     assert cache.stats.hits + cache.stats.misses == 1

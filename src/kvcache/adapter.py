@@ -281,7 +281,7 @@ class Adapter:
                     raise
                 # READY only with nothing left to apply, checked under the state lock that
                 # every journal write also takes: no write can slip between.
-                change = machine.recovered(self.journal.pending)
+                change = machine.recovered(self.journal.pending, self._settle)
                 if change is not None:
                     break
         except StoreError as exc:
@@ -292,10 +292,12 @@ class Adapter:
         if change is None:
             return
         self.publish(change, deleted)
-        if change.current is State.READY:
-            self.journal.settled()
-            if self.fallback is not None:
-                self.fallback.clear(self.prefix)
+
+    def _settle(self) -> None:
+        """Runs as the state turns READY, atomically with it."""
+        self.journal.settled()
+        if self.fallback is not None:
+            self.fallback.clear(self.prefix)
 
     def close(self) -> None:
         change = self.machine.close()

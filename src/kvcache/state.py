@@ -160,12 +160,19 @@ class StateMachine:
             record()
             return True
 
-    def recovered(self, still_pending: Callable[[], bool] = lambda: False) -> StateChange | None:
+    def recovered(
+        self,
+        still_pending: Callable[[], bool] = lambda: False,
+        on_ready: Callable[[], object] = lambda: None,
+    ) -> StateChange | None:
         """The probe succeeded and the journal was applied: READY, unless ``still_pending()``
-        (checked under the lock, so no write can slip in between) says there is more to apply."""
+        (checked under the lock, so no write can slip in between) says there is more to apply.
+        ``on_ready`` runs under the lock too, atomically with the change (emptying the
+        fallback: no one ever sees READY with outage-era data still in it)."""
         with self._lock:
             if self.state in (State.READY, State.CLOSED) or still_pending():
                 return None
+            on_ready()
             self.failures = 0
             self.draining = False
             self.next_probe_at = None
