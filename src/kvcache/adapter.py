@@ -185,11 +185,7 @@ class Adapter:
         is called here directly; a write is journaled and applied to it under the state lock,
         so it cannot land after recovery emptied the fallback."""
         machine = self.machine
-        if machine.state is State.CLOSED:
-            raise CacheClosedError("the cache is closed")
-        assert self.supervisor is not None
-        self.supervisor.ensure_probing()
-        fallback = None if self.throw_on_errors else self.fallback
+        fallback = self._serving()
         served: list[Any] = []
         if writes is None:
             if fallback is not None:
@@ -205,10 +201,7 @@ class Adapter:
                 # Recovery finished since we looked: Redis takes the write after all.
                 return (yield (self.primary, method, *args)), False
         if not served:
-            raise failure or CacheUnavailableError(
-                f"Redis is unavailable ({machine.state.value}{_reason(machine.last_error)}); "
-                "the call was not sent"
-            )
+            raise failure or self._unavailable()
         if failure is not None:
             self.stats.errors += 1  # Redis failed this call; the fallback answers it
         return served[0], True
@@ -242,16 +235,28 @@ class Adapter:
 
     def scan_store(self) -> Any:
         """The store to iterate this namespace's keys in."""
-        state = self.machine.state
-        if state is State.READY:
+        if self.machine.state is _READY:
             return self.primary
-        if state is State.CLOSED:
+        fallback = self._serving()
+        if fallback is None:
+            raise self._unavailable()
+        return fallback
+
+    def _serving(self) -> Any | None:
+        """Redis is away: make sure a prober runs, and say which store may answer instead
+        (None: the call must fail, for want of a fallback or by ``throw_on_errors``)."""
+        if self.machine.state is State.CLOSED:
             raise CacheClosedError("the cache is closed")
         assert self.supervisor is not None
         self.supervisor.ensure_probing()
-        if self.fallback is None or self.throw_on_errors:
-            raise CacheUnavailableError(f"Redis is unavailable ({state.value})")
-        return self.fallback
+        return None if self.throw_on_errors else self.fallback
+
+    def _unavailable(self) -> CacheUnavailableError:
+        machine = self.machine
+        return CacheUnavailableError(
+            f"Redis is unavailable ({machine.state.value}{_reason(machine.last_error)}); "
+            "the call was not sent"
+        )
 
     # -- the prober's side -----------------------------------------------------------------
 

@@ -64,12 +64,10 @@ class CacheBase(Generic[S]):
             events=Emitter(),
             policy=policy,
             journal=Journal(journal_size, journal_overflow),
-            throw_on_errors=throw_on_errors,
+            throw_on_errors=bool(throw_on_errors),
             non_blocking=non_blocking,
         )
-        self._ops = Operations(
-            keys, Codec(serializer, compress_threshold), adapter, default_ttl, throw_on_errors
-        )
+        self._ops = Operations(keys, Codec(serializer, compress_threshold), adapter, default_ttl)
         # A cache dropped without close() must not leave its prober probing forever.
         weakref.finalize(self, adapter.close)
 

@@ -45,13 +45,13 @@ class Operations:
         codec: Codec,
         adapter: Adapter,
         default_ttl: float | None = None,
-        throw_on_errors: bool = False,
     ) -> None:
         self.keys = keys
         self.codec = codec
         self.adapter = adapter
         self._default_ttl_ms = to_millis(check_ttl(default_ttl, "default_ttl"))
-        self.throw_on_errors = bool(throw_on_errors)
+        # The adapter's, as its stats and events: one cache, one setting.
+        self.throw_on_errors = adapter.throw_on_errors
         self.stats: Stats = adapter.stats
         self.events: Emitter = adapter.events
 

@@ -119,6 +119,12 @@ def _queue_incr(pipe: Any, key: bytes, amount: int, ttl_ms: int) -> None:
     pipe.set(key, b"0", nx=True, px=ttl_ms).incrby(key, amount)
 
 
+def _queue_unlink(pipe: Any, keys: Sequence[bytes]) -> None:
+    # Many keys: UNLINK in batches (no one huge command), all in one round trip.
+    for batch in _batches(iter(keys)):
+        pipe.unlink(*batch)
+
+
 def _queue_set_many(pipe: Any, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
     if ttl_ms is None:
         pipe.mset(dict(items))
@@ -224,9 +230,8 @@ class RedisStore:
     def delete_many(self, keys: Sequence[bytes]) -> int:
         if len(keys) <= UNLINK_BATCH:
             return self._call(self._client.unlink, *keys) if keys else 0
-        pipe = self._client.pipeline(transaction=False)  # many keys: batches, one round trip
-        for batch in _batches(iter(keys)):
-            pipe.unlink(*batch)
+        pipe = self._client.pipeline(transaction=False)
+        _queue_unlink(pipe, keys)
         return sum(self._call(pipe.execute))
 
     def exists(self, key: bytes) -> bool:
@@ -360,8 +365,7 @@ class AsyncRedisStore:
         if len(keys) <= UNLINK_BATCH:
             return await here.run(here.client.unlink, *keys) if keys else 0
         pipe = here.client.pipeline(transaction=False)
-        for batch in _batches(iter(keys)):
-            pipe.unlink(*batch)
+        _queue_unlink(pipe, keys)
         return sum(await here.run(pipe.execute))
 
     async def exists(self, key: bytes) -> bool:
