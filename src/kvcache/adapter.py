@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final, Protocol
 
 from . import forksafe, telemetry
@@ -61,6 +61,12 @@ class Supervisor(Protocol):
     def wait_for(self, states: frozenset[State], timeout: float) -> Any:
         """Block (or be awaited) until the state is one of ``states``, at most ``timeout``."""
 
+    def spawn(self, job: Generator[Any, Any, Any]) -> bool:
+        """Run an operation of the core once in the background; False if it cannot now."""
+
+    def stop(self) -> None:
+        """After close(): end the prober."""
+
 
 @dataclass(frozen=True, slots=True)
 class Health:
@@ -75,6 +81,7 @@ class Health:
     journal_keys: int  # keys to delete in Redis on recovery
     journal_overflowed: bool  # the namespace will be cleared on recovery instead
     fallback: str | None  # repr of the fallback store
+    shards: Mapping[str, Health] | None = None  # cluster: each primary's breaker
 
 
 def _reason(error: BaseException | None) -> str:
@@ -96,7 +103,13 @@ class Adapter:
         non_blocking: bool = True,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] | None = None,
+        starting: bool = True,
+        shard: str | None = None,
+        on_change: Callable[[StateChange], object] | None = None,
     ) -> None:
+        """``starting=False``: READY at once (a cluster shard, found in a topology just
+        fetched). ``shard``: the primary this adapter is the breaker of, named in its state
+        events. ``on_change``: told of each transition (the cluster router listens)."""
         self.primary = primary
         # A store that can be probed can fail and come back: it gets the breaker. One that
         # cannot (MemoryStore, a custom store) is always READY and its errors pass through.
@@ -109,7 +122,9 @@ class Adapter:
         self.journal = journal if journal is not None else Journal()
         self.throw_on_errors = throw_on_errors
         self.non_blocking = non_blocking
-        initial = State.STARTING if self.probeable else State.READY
+        self.shard = shard
+        self._on_change = on_change
+        initial = State.STARTING if self.probeable and starting else State.READY
         machine_args = (clock,) if jitter is None else (clock, jitter)
         self.machine = StateMachine(policy or Policy(), *machine_args, initial=initial)
         if self.probeable and hasattr(primary, "breaker"):
@@ -118,6 +133,10 @@ class Adapter:
             primary.breaker = self
         self.supervisor: Supervisor | None = None  # attached by the facade's shell
         forksafe.register(self)
+
+    @property
+    def state(self) -> State:
+        return self.machine.state
 
     def admits(self) -> bool:
         """May a call that waited for a connection still go to Redis?"""
@@ -337,6 +356,10 @@ class Adapter:
             )
         else:
             log.debug("kvcache: %s %s", where, change.current.value)
+        if self.shard is not None:
+            change = replace(change, shard=self.shard)
+        if self._on_change is not None:
+            self._on_change(change)
         telemetry.state_changed(self.namespace, change)
         self.events.emit("state", change)
         if change.first_connect_failed:

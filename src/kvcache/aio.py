@@ -15,13 +15,13 @@ from .ops import MISSING
 from .settings import KVCacheSettings
 from .singleflight import AsyncSingleFlight
 from .state import State
-from .stores import AsyncStore, MemoryStore, Store, open_async_store
+from .stores import AsyncRedisClusterStore, AsyncStore, MemoryStore, Store, open_async_store
 from .supervisor import READY_OR_CLOSED, TaskSupervisor
 
 T = TypeVar("T")
 
 
-class AsyncCache(CacheBase[Store | AsyncStore]):
+class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
     """The asyncio twin of ``Cache``. It also accepts a non-blocking sync store (MemoryStore).
 
     Construction does no I/O and needs no event loop: the first connect starts with the
@@ -29,13 +29,15 @@ class AsyncCache(CacheBase[Store | AsyncStore]):
 
     _takes_async_store = True
 
-    def __init__(self, store: Store | AsyncStore | None = None, **options: Any) -> None:
+    def __init__(
+        self, store: Store | AsyncStore | AsyncRedisClusterStore | None = None, **options: Any
+    ) -> None:
         super().__init__(store if store is not None else MemoryStore(), **options)
         self._flights = AsyncSingleFlight()
         self._prober = self._adapter.supervisor = TaskSupervisor(self._adapter)
 
     @classmethod
-    def _open_store(cls, settings: KVCacheSettings) -> Store | AsyncStore:
+    def _open_store(cls, settings: KVCacheSettings) -> Store | AsyncStore | AsyncRedisClusterStore:
         return open_async_store(settings)
 
     async def connect(self, timeout: float = 5.0, *, raise_on_failure: bool = False) -> State:

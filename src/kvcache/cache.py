@@ -14,13 +14,13 @@ from .ops import MISSING
 from .settings import KVCacheSettings
 from .singleflight import SingleFlight
 from .state import State
-from .stores import MemoryStore, Store, open_store
+from .stores import MemoryStore, RedisClusterStore, Store, open_store
 from .supervisor import READY_OR_CLOSED, ThreadSupervisor
 
 T = TypeVar("T")
 
 
-class Cache(CacheBase[Store]):
+class Cache(CacheBase[Store | RedisClusterStore]):
     """A namespaced key-value cache over a ``Store`` (Redis, memory, …).
 
     Construction does no I/O: a Redis cache starts in STARTING and connects in the
@@ -31,14 +31,14 @@ class Cache(CacheBase[Store]):
     a ``kvcache`` exception before any I/O.
     """
 
-    def __init__(self, store: Store | None = None, **options: Any) -> None:
+    def __init__(self, store: Store | RedisClusterStore | None = None, **options: Any) -> None:
         super().__init__(store if store is not None else MemoryStore(), **options)
         self._flights = SingleFlight()
         self._prober = self._adapter.supervisor = ThreadSupervisor(self._adapter)
         self._prober.ensure_probing()  # the first connect starts now, in the background
 
     @classmethod
-    def _open_store(cls, settings: KVCacheSettings) -> Store:
+    def _open_store(cls, settings: KVCacheSettings) -> Store | RedisClusterStore:
         return open_store(settings)
 
     def connect(self, timeout: float = 5.0, *, raise_on_failure: bool = False) -> State:

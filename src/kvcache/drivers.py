@@ -3,11 +3,14 @@
 Operations (``ops.py``) and the adapter (``adapter.py``) are generators that ``yield`` calls
 ``(target, method, *args)`` and get each result sent back (or a ``KVCacheError`` thrown in).
 ``run`` performs them on sync targets; ``arun`` also awaits the targets that are async.
+A target may answer with a generator of its own (a sub-operation: the cluster router's
+routed calls), which the driver runs in place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
+from types import GeneratorType
 from typing import Any, TypeVar
 
 from .errors import KVCacheError
@@ -22,6 +25,8 @@ def run(op: Op[T]) -> T:
         while True:
             try:
                 result = getattr(call[0], call[1])(*call[2:])
+                if type(result) is GeneratorType:
+                    result = run(result)
             except KVCacheError as exc:
                 call = op.throw(exc)
             else:
@@ -39,6 +44,8 @@ async def arun(op: Op[T]) -> T:
                 result = getattr(target, call[1])(*call[2:])
                 if target.is_async:
                     result = await result
+                elif type(result) is GeneratorType:
+                    result = await arun(result)
             except KVCacheError as exc:
                 call = op.throw(exc)
             else:

@@ -50,3 +50,14 @@ class BreakerOpenError(CacheUnavailableError):
 
 class CacheClosedError(KVCacheError, RuntimeError):
     """The cache was closed; a closed cache cannot be used again."""
+
+
+class RedirectError(StoreError):
+    """A cluster node answered MOVED, ASK or TRYAGAIN: the key is served elsewhere (or is
+    being moved). The router follows it; callers never see it."""
+
+    def __init__(self, kind: str, slot: int, address: str) -> None:
+        super().__init__(f"{kind} {slot} {address}")
+        self.kind = kind  # "MOVED", "ASK" or "TRYAGAIN"
+        self.slot = slot
+        self.address = address  # "host:port" ("" for TRYAGAIN)

@@ -14,6 +14,7 @@ from .keys import DEFAULT_MAX_KEY_LENGTH, KeySpace
 from .ops import Operations
 from .serializers import Serializer
 from .settings import KVCacheSettings
+from .sharding import ShardedAdapter
 from .state import Policy, State
 from .stats import Stats
 from .stores import MemoryStore
@@ -56,7 +57,9 @@ class CacheBase(Generic[S]):
             raise ConfigurationError("fallback must be a non-blocking sync store (MemoryStore)")
         self._store = store
         keys = KeySpace(namespace, separator, max_key_length)
-        self._adapter = adapter = Adapter(
+        # A cluster-aware store gets one breaker per primary (sharding.py).
+        adapter_class = ShardedAdapter if getattr(store, "sharded", False) else Adapter
+        self._adapter = adapter = adapter_class(
             store,
             fallback,
             keys=keys,
@@ -102,7 +105,7 @@ class CacheBase(Generic[S]):
     @property
     def state(self) -> State:
         """STARTING, READY, DEGRADED or CLOSED (see ``kvcache.State``)."""
-        return self._adapter.machine.state
+        return self._adapter.state
 
     def health(self) -> Health:
         """The state, for how long, the last failure, the probe schedule, the journal."""

@@ -18,6 +18,7 @@ from .codec import INT64_MAX, INT64_MIN, Codec
 from .errors import InvalidKeyError, InvalidValueError, SerializationError, StoreError
 from .events import Emitter, ErrorEvent
 from .keys import Key, KeySpace
+from .sharding import ShardedAdapter
 from .stats import Stats
 from .ttl import check_ttl, from_pttl, to_millis
 
@@ -43,7 +44,7 @@ class Operations:
         self,
         keys: KeySpace,
         codec: Codec,
-        adapter: Adapter,
+        adapter: Adapter | ShardedAdapter,
         default_ttl: float | None = None,
     ) -> None:
         self.keys = keys

@@ -20,6 +20,9 @@ from .stores.memory import (
 )
 
 URL_SCHEMES = ("redis", "rediss", "unix", "memory")
+MODES = ("auto", "cluster", "standalone")
+Mode = Literal["auto", "cluster", "standalone"]
+_MODE_PARAM = re.compile(r"(^|&)mode=([^&]*)")
 
 
 def redact_url(url: str) -> str:
@@ -96,6 +99,15 @@ class KVCacheSettings(BaseSettings):
     journal_overflow: Literal["clear", "ignore"] = Field(
         "clear", description="past journal_size: clear the namespace on recovery, or not"
     )
+    mode: Mode = Field(
+        "auto",
+        description="auto: ask the server whether it is a Redis Cluster; cluster; standalone: "
+        "one client for one address, MOVED never followed (Envoy/HAProxy-style proxies). "
+        "A ?mode=... in the URL wins.",
+    )
+    topology_interval: float = Field(
+        5.0, gt=0, le=3600, description="seconds between cluster topology checks (jittered)"
+    )
 
     @field_validator("url")
     @classmethod
@@ -113,6 +125,9 @@ class KVCacheSettings(BaseSettings):
             raise ValueError("signing_key is only used with serializer='pickle'")
         if self.retry_base > self.retry_max:
             raise ValueError("retry_base must not exceed retry_max")
+        in_url = _MODE_PARAM.search(self.url.partition("?")[2])
+        if in_url and in_url.group(2) not in MODES:
+            raise ValueError(f"the URL's mode must be one of {', '.join(MODES)}")
         return self
 
     def __repr_args__(self) -> Any:
@@ -122,6 +137,19 @@ class KVCacheSettings(BaseSettings):
     @property
     def scheme(self) -> str:
         return self.url.partition("://")[0].lower()
+
+    @property
+    def resolved_mode(self) -> Mode:
+        """The URL's ``?mode=`` if it has one, else ``mode``."""
+        in_url = _MODE_PARAM.search(self.url.partition("?")[2])
+        return in_url.group(2) if in_url else self.mode  # type: ignore[return-value]
+
+    @property
+    def redis_url(self) -> str:
+        """The URL for redis-py: without kvcache's own ``mode`` parameter."""
+        head, question, query = self.url.partition("?")
+        query = _MODE_PARAM.sub("", query).lstrip("&")
+        return head + (question if query else "") + query
 
     def cache_options(self) -> dict[str, Any]:
         """The facade's keyword arguments (``Cache(store, **options)``)."""

@@ -58,6 +58,7 @@ class StateChange:
     current: State
     error: BaseException | None = None  # what caused it (going DEGRADED)
     duration: float = 0.0  # seconds spent in ``previous``
+    shard: str | None = None  # the cluster primary ("host:port") whose breaker changed
 
     @property
     def first_connect_failed(self) -> bool:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import ClassVar
+from collections.abc import Generator
+from typing import Any, ClassVar
 
 from . import forksafe
 from .adapter import Adapter
 from .drivers import arun, run
+from .sharding import ShardedAdapter
 from .state import State, StateChange
 
 READY_OR_CLOSED = frozenset({State.READY, State.CLOSED})
@@ -24,7 +26,7 @@ READY_OR_CLOSED = frozenset({State.READY, State.CLOSED})
 class ThreadSupervisor:
     is_async: ClassVar[bool] = False
 
-    def __init__(self, adapter: Adapter) -> None:
+    def __init__(self, adapter: Adapter | ShardedAdapter) -> None:
         self._adapter = adapter
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -76,6 +78,11 @@ class ThreadSupervisor:
         with self._changed:
             self._changed.notify_all()
 
+    def spawn(self, job: Generator[Any, Any, Any]) -> bool:
+        """Run ``job`` (an operation of the core) once, in the background."""
+        threading.Thread(target=run, args=(job,), name="kvcache-job", daemon=True).start()
+        return True
+
     def wait_for(self, states: frozenset[State], timeout: float) -> State:
         machine = self._adapter.machine
         with self._changed:
@@ -89,10 +96,11 @@ class TaskSupervisor:
 
     is_async: ClassVar[bool] = True
 
-    def __init__(self, adapter: Adapter) -> None:
+    def __init__(self, adapter: Adapter | ShardedAdapter) -> None:
         self._adapter = adapter
         self._task: asyncio.Task[None] | None = None
         self._waiters: list[asyncio.Future[None]] = []
+        self._jobs: set[asyncio.Task[Any]] = set()
         self._lock = threading.Lock()  # waiters may sit on loops in other threads
         forksafe.register(self)
 
@@ -140,6 +148,18 @@ class TaskSupervisor:
             loop = waiter.get_loop()
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_wake, waiter)
+
+    def spawn(self, job: Generator[Any, Any, Any]) -> bool:
+        """Run ``job`` once, as a task on the running loop; False outside any loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            job.close()
+            return False
+        task = loop.create_task(arun(job), name="kvcache-job")
+        self._jobs.add(task)  # a task nobody references may be collected mid-flight
+        task.add_done_callback(self._jobs.discard)
+        return True
 
     async def wait_for(self, states: frozenset[State], timeout: float) -> State:
         machine = self._adapter.machine

@@ -1,5 +1,5 @@
 """Builds redis-py clients from settings."""
 
-from .factory import async_client, sync_client
+from .factory import async_client, seed_address, sync_client
 
-__all__ = ["async_client", "sync_client"]
+__all__ = ["async_client", "seed_address", "sync_client"]

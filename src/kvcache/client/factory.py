@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
@@ -23,15 +24,39 @@ def command_timeout(op_timeout: float) -> float:
     return op_timeout - min(0.005, op_timeout / 20)
 
 
-def _from_url(client_class: type[C], retry: Any, settings: KVCacheSettings) -> C:
+def at_address(url: str, host: str, port: int) -> str:
+    """``url`` pointed at another node (a cluster primary), credentials and options kept."""
+    parts = urlsplit(url)
+    user = parts.netloc.rpartition("@")[0]
+    where = f"[{host}]" if ":" in host else host
+    netloc = f"{user}@{where}:{port}" if user else f"{where}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def seed_address(settings: KVCacheSettings) -> tuple[str, int]:
+    """The URL's (host, port): a cluster's configured endpoint."""
+    parts = urlsplit(settings.redis_url)
+    try:
+        return parts.hostname or "127.0.0.1", parts.port or 6379
+    except ValueError:
+        raise ConfigurationError("url is not a valid Redis URL (bad port)") from None
+
+
+def _from_url(
+    client_class: type[C],
+    retry: Any,
+    settings: KVCacheSettings,
+    node: tuple[str, int] | None = None,
+) -> C:
     """A client on a plain, unbounded pool: the store bounds the commands in flight itself
     (well under 1 µs a command; redis.asyncio's BlockingConnectionPool costs ~24 µs of CPU per
     command, the sync one ~4 µs). ``retry`` is zero retries: redis-py 8 would
     otherwise retry a failed command 10 times with backoff, turning one dead socket into
     seconds."""
     try:
+        url = settings.redis_url
         return client_class.from_url(
-            settings.url,
+            url if node is None else at_address(url, *node),
             retry=retry,
             socket_timeout=command_timeout(settings.op_timeout),
             # A call that must open a connection stays within op_timeout too; the longer
@@ -47,9 +72,12 @@ def _from_url(client_class: type[C], retry: Any, settings: KVCacheSettings) -> C
         raise ConfigurationError(f"url is not a valid Redis URL ({type(exc).__name__})") from None
 
 
-def sync_client(settings: KVCacheSettings) -> redis.Redis:
-    return _from_url(redis.Redis, redis.retry.Retry(NoBackoff(), 0), settings)
+def sync_client(settings: KVCacheSettings, node: tuple[str, int] | None = None) -> redis.Redis:
+    """A client for the URL's address, or for ``node`` (host, port) with the URL's options."""
+    return _from_url(redis.Redis, redis.retry.Retry(NoBackoff(), 0), settings, node)
 
 
-def async_client(settings: KVCacheSettings) -> redis.asyncio.Redis:
-    return _from_url(redis.asyncio.Redis, redis.asyncio.retry.Retry(NoBackoff(), 0), settings)
+def async_client(
+    settings: KVCacheSettings, node: tuple[str, int] | None = None
+) -> redis.asyncio.Redis:
+    return _from_url(redis.asyncio.Redis, redis.asyncio.retry.Retry(NoBackoff(), 0), settings, node)

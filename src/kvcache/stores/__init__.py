@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .base import AsyncStore, Store
+from .cluster import AsyncRedisClusterStore, RedisClusterStore
 from .memory import MemoryStore
 from .redis import AsyncRedisStore, RedisStore
 
@@ -12,9 +13,11 @@ if TYPE_CHECKING:
     from ..settings import KVCacheSettings
 
 __all__ = [
+    "AsyncRedisClusterStore",
     "AsyncRedisStore",
     "AsyncStore",
     "MemoryStore",
+    "RedisClusterStore",
     "RedisStore",
     "Store",
     "open_async_store",
@@ -22,28 +25,53 @@ __all__ = [
 ]
 
 
-def open_store(settings: KVCacheSettings) -> Store:
+def _limits(settings: KVCacheSettings) -> dict[str, Any]:
+    return {
+        "max_in_flight": settings.max_connections,
+        "wait_timeout": settings.op_timeout,
+        "connect_timeout": settings.connect_timeout,
+    }
+
+
+def _cluster_options(settings: KVCacheSettings) -> dict[str, Any]:
+    return {"mode": settings.resolved_mode, "topology_interval": settings.topology_interval}
+
+
+def _clustered(settings: KVCacheSettings) -> bool:
+    """Cluster-aware (auto or cluster mode)? A unix socket is one server by nature."""
+    return settings.scheme != "unix" and settings.resolved_mode != "standalone"
+
+
+def open_store(settings: KVCacheSettings) -> Store | RedisClusterStore:
     """The sync store the settings' URL names. No I/O: clients connect on first use."""
-    from ..client import sync_client
+    from ..client import seed_address, sync_client
 
     if settings.scheme == "memory":
         return MemoryStore(settings.memory_maxsize)
-    return RedisStore(
-        sync_client(settings),
-        max_in_flight=settings.max_connections,
-        wait_timeout=settings.op_timeout,
-        connect_timeout=settings.connect_timeout,
+    if not _clustered(settings):
+        return RedisStore(sync_client(settings), **_limits(settings))
+    return RedisClusterStore(
+        lambda host, port: RedisStore(
+            sync_client(settings, (host, port)), cluster=True, **_limits(settings)
+        ),
+        seed_address(settings),
+        **_cluster_options(settings),
     )
 
 
-def open_async_store(settings: KVCacheSettings) -> Store | AsyncStore:
-    from ..client import async_client
+def open_async_store(
+    settings: KVCacheSettings,
+) -> Store | AsyncStore | AsyncRedisClusterStore:
+    from ..client import async_client, seed_address
 
     if settings.scheme == "memory":
         return MemoryStore(settings.memory_maxsize)
-    return AsyncRedisStore(
-        lambda: async_client(settings),
-        max_in_flight=settings.max_connections,
-        wait_timeout=settings.op_timeout,
-        connect_timeout=settings.connect_timeout,
+    if not _clustered(settings):
+        return AsyncRedisStore(lambda: async_client(settings), **_limits(settings))
+    return AsyncRedisClusterStore(
+        lambda host, port: AsyncRedisStore(
+            lambda: async_client(settings, (host, port)), cluster=True, **_limits(settings)
+        ),
+        seed_address(settings),
+        **_cluster_options(settings),
     )

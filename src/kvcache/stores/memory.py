@@ -52,6 +52,11 @@ class MemoryStore:
     def after_fork(self) -> None:
         self._lock = threading.Lock()  # another thread may have held it at fork time
 
+    def fresh(self) -> MemoryStore:
+        """An empty store with the same bounds (a cluster shard's own fallback)."""
+        max_ttl = None if self._max_ttl == math.inf else self._max_ttl
+        return MemoryStore(int(self._entries.maxsize), self._timer, max_ttl=max_ttl)
+
     def __repr__(self) -> str:
         cap = "" if self._max_ttl == math.inf else f", max_ttl={self._max_ttl:g}"
         return f"MemoryStore(maxsize={self._entries.maxsize}, size={len(self._entries)}{cap})"

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import redis
 import redis.asyncio
+from redis.exceptions import AskError, MovedError, TryAgainError
 
 from .. import forksafe
 from ..errors import (
@@ -25,9 +26,11 @@ from ..errors import (
     InvalidValueError,
     KVCacheError,
     NoFreeConnectionError,
+    RedirectError,
     StoreError,
 )
 from ..keys import scan_pattern
+from ..topology import slot_groups
 
 T = TypeVar("T")
 
@@ -45,6 +48,11 @@ def translate(exc: BaseException) -> KVCacheError:
     redis-py's name host:port and the server's reply, not the credentials."""
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError | asyncio.TimeoutError):
         return CacheUnavailableError(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, AskError):  # MovedError too: a cluster node points elsewhere
+        kind = "MOVED" if isinstance(exc, MovedError) else "ASK"
+        return RedirectError(kind, exc.slot_id, f"{exc.host}:{exc.port}")
+    if isinstance(exc, TryAgainError):
+        return RedirectError("TRYAGAIN", -1, "")
     if isinstance(exc, redis.ResponseError) and any(
         reason in str(exc) for reason in ("not an integer", "overflow")
     ):
@@ -119,18 +127,61 @@ def _queue_incr(pipe: Any, key: bytes, amount: int, ttl_ms: int) -> None:
     pipe.set(key, b"0", nx=True, px=ttl_ms).incrby(key, amount)
 
 
-def _queue_unlink(pipe: Any, keys: Sequence[bytes]) -> None:
-    # Many keys: UNLINK in batches (no one huge command), all in one round trip.
-    for batch in _batches(iter(keys)):
-        pipe.unlink(*batch)
+def _queue_unlink(pipe: Any, keys: Sequence[bytes], cluster: bool = False) -> None:
+    # Many keys: UNLINK in batches (no one huge command), all in one round trip; on a
+    # cluster node, one slot per UNLINK.
+    for group in slot_groups(keys) if cluster else [keys]:
+        for batch in _batches(iter(group)):
+            pipe.unlink(*batch)
 
 
-def _queue_set_many(pipe: Any, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
-    if ttl_ms is None:
-        pipe.mset(dict(items))
-    else:
+def _one_unlink(keys: Sequence[bytes], cluster: bool) -> bool:
+    """Can one UNLINK carry ``keys``?"""
+    return len(keys) <= UNLINK_BATCH and (not cluster or len(slot_groups(keys)) == 1)
+
+
+def _queue_set_many(
+    pipe: Any, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None, cluster: bool
+) -> None:
+    if ttl_ms is not None:
         for key, value in items:
             pipe.set(key, value, px=ttl_ms)
+    elif not cluster:
+        pipe.mset(dict(items))
+    else:  # a cluster node takes MSET only within one slot
+        values = dict(items)
+        for group in slot_groups(list(values)):
+            pipe.mset({key: values[key] for key in group})
+
+
+def _queue_get_many(pipe: Any, groups: Sequence[Sequence[bytes]]) -> None:
+    for group in groups:  # one MGET per slot: a cluster node refuses cross-slot MGET
+        pipe.mget(group)
+
+
+def _merge_get_many(
+    keys: Sequence[bytes],
+    groups: Sequence[Sequence[bytes]],
+    replies: list[list[bytes | None]],
+) -> list[bytes | None]:
+    found = {
+        key: value
+        for group, values in zip(groups, replies, strict=True)
+        for key, value in zip(group, values, strict=True)
+    }
+    return [found[key] for key in keys]
+
+
+def _queue_asking(pipe: Any, commands: Sequence[tuple[Any, ...]]) -> None:
+    # ASKING holds for the next command only, so it goes before each.
+    for command in commands:
+        pipe.execute_command("ASKING")
+        pipe.execute_command(*command)
+
+
+def cluster_disabled(exc: BaseException) -> bool:
+    """CLUSTER SLOTS answered by a server that is not in cluster mode."""
+    return isinstance(exc, redis.ResponseError) and "cluster support disabled" in str(exc)
 
 
 class RedisStore:
@@ -149,8 +200,11 @@ class RedisStore:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
         connect_timeout: float | None = None,
+        *,
+        cluster: bool = False,
     ) -> None:
         self._client: Any = client  # redis-py types replies as Union[Awaitable, Any]
+        self.cluster = cluster  # a cluster node: multi-key commands one slot at a time
         self._max_in_flight = max_in_flight
         self._wait = wait_timeout
         self._step = step_timeout(client, connect_timeout)
@@ -188,6 +242,27 @@ class RedisStore:
         finally:
             connection.disconnect()
 
+    def cluster_slots(self) -> Any:
+        """CLUSTER SLOTS on a fresh connection, every step bounded like a probe's; None
+        when the server is not in cluster mode."""
+        connection = probe_connection(self._client.connection_pool, self._step)
+        try:
+            connection.connect()
+            connection.send_command("CLUSTER", "SLOTS")
+            return connection.read_response()
+        except _FAILURES as exc:
+            if cluster_disabled(exc):
+                return None
+            raise translate(exc) from exc
+        finally:
+            connection.disconnect()
+
+    def asking(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Run raw commands, each after ASKING (a slot being imported here)."""
+        pipe = self._client.pipeline(transaction=False)
+        _queue_asking(pipe, commands)
+        return list(self._call(pipe.execute)[1::2])
+
     def reset(self) -> None:
         """Close the idle pooled connections: after an outage they may be half dead."""
         self._client.connection_pool.disconnect(inuse_connections=False)
@@ -217,21 +292,26 @@ class RedisStore:
         return self._call(self._client.get, key)
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        return self._call(self._client.mget, keys)
+        groups = slot_groups(keys) if self.cluster else [keys]
+        if len(groups) == 1:
+            return self._call(self._client.mget, keys)
+        pipe = self._client.pipeline(transaction=False)
+        _queue_get_many(pipe, groups)
+        return _merge_get_many(keys, groups, self._call(pipe.execute))
 
     def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
         self._call(self._client.set, key, value, px=ttl_ms)
 
     def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
         pipe = self._client.pipeline(transaction=False)
-        _queue_set_many(pipe, items, ttl_ms)
+        _queue_set_many(pipe, items, ttl_ms, self.cluster)
         self._call(pipe.execute)
 
     def delete_many(self, keys: Sequence[bytes]) -> int:
-        if len(keys) <= UNLINK_BATCH:
+        if _one_unlink(keys, self.cluster):
             return self._call(self._client.unlink, *keys) if keys else 0
         pipe = self._client.pipeline(transaction=False)
-        _queue_unlink(pipe, keys)
+        _queue_unlink(pipe, keys, self.cluster)
         return sum(self._call(pipe.execute))
 
     def exists(self, key: bytes) -> bool:
@@ -264,7 +344,7 @@ class RedisStore:
 
     def clear(self, prefix: bytes) -> int:
         # Unlinking while scanning is safe: SCAN still returns every key that stays put.
-        return sum(self._call(self._client.unlink, *batch) for batch in _batches(self.scan(prefix)))
+        return sum(self.delete_many(batch) for batch in _batches(self.scan(prefix)))
 
     def close(self) -> None:
         self._client.close()
@@ -284,8 +364,11 @@ class AsyncRedisStore:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
         connect_timeout: float | None = None,
+        *,
+        cluster: bool = False,
     ) -> None:
         self._connect = connect
+        self.cluster = cluster  # see RedisStore
         self._max_in_flight = max_in_flight
         self._wait_timeout = wait_timeout
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
@@ -317,10 +400,31 @@ class AsyncRedisStore:
             await connection.disconnect()
 
     @staticmethod
-    async def _ping_on(connection: Any) -> None:
+    async def _ping_on(connection: Any, *command: Any) -> Any:
         await connection.connect()
-        await connection.send_command("PING")
-        await connection.read_response()
+        await connection.send_command(*(command or ("PING",)))
+        return await connection.read_response()
+
+    async def cluster_slots(self) -> Any:
+        """CLUSTER SLOTS on a fresh connection, within ``probe_timeout``; None when the
+        server is not in cluster mode."""
+        connection = probe_connection(self._here().client.connection_pool, self._step)
+        try:
+            return await asyncio.wait_for(
+                self._ping_on(connection, "CLUSTER", "SLOTS"), self.probe_timeout
+            )
+        except _FAILURES as exc:
+            if cluster_disabled(exc):
+                return None
+            raise translate(exc) from exc
+        finally:
+            await connection.disconnect()
+
+    async def asking(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        here = self._here()
+        pipe = here.client.pipeline(transaction=False)
+        _queue_asking(pipe, commands)
+        return list((await here.run(pipe.execute))[1::2])
 
     async def reset(self) -> None:
         """Close this loop's idle pooled connections: after an outage they may be half dead."""
@@ -348,7 +452,12 @@ class AsyncRedisStore:
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         here = self._here()
-        return await here.run(here.client.mget, keys)
+        groups = slot_groups(keys) if self.cluster else [keys]
+        if len(groups) == 1:
+            return await here.run(here.client.mget, keys)
+        pipe = here.client.pipeline(transaction=False)
+        _queue_get_many(pipe, groups)
+        return _merge_get_many(keys, groups, await here.run(pipe.execute))
 
     async def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
         here = self._here()
@@ -357,15 +466,15 @@ class AsyncRedisStore:
     async def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
         here = self._here()
         pipe = here.client.pipeline(transaction=False)
-        _queue_set_many(pipe, items, ttl_ms)
+        _queue_set_many(pipe, items, ttl_ms, self.cluster)
         await here.run(pipe.execute)
 
     async def delete_many(self, keys: Sequence[bytes]) -> int:
         here = self._here()
-        if len(keys) <= UNLINK_BATCH:
+        if _one_unlink(keys, self.cluster):
             return await here.run(here.client.unlink, *keys) if keys else 0
         pipe = here.client.pipeline(transaction=False)
-        _queue_unlink(pipe, keys)
+        _queue_unlink(pipe, keys, self.cluster)
         return sum(await here.run(pipe.execute))
 
     async def exists(self, key: bytes) -> bool:
@@ -402,16 +511,15 @@ class AsyncRedisStore:
             yield key
 
     async def clear(self, prefix: bytes) -> int:
-        here = self._here()
         removed = 0
         batch: list[bytes] = []
         async for key in self.scan(prefix):
             batch.append(key)
             if len(batch) == UNLINK_BATCH:
-                removed += await here.run(here.client.unlink, *batch)
+                removed += await self.delete_many(batch)
                 batch = []
         if batch:
-            removed += await here.run(here.client.unlink, *batch)
+            removed += await self.delete_many(batch)
         return removed
 
     async def close(self) -> None:

@@ -1,0 +1,447 @@
+"""Per-shard degradation for Redis Cluster: one breaker per primary, and the router.
+
+``ShardedAdapter`` stands where ``Adapter`` stands for a single server, and is built from it:
+
+- a **root** ``Adapter`` covers the time before a topology is known (STARTING, or DEGRADED
+  when no node answers): calls go to its fallback at once, writes to its journal. Its probe
+  fetches the topology; its recovery applies its journal through the router below.
+- one **shard** ``Adapter`` per primary, READY from the start, over that node's own store: a
+  node that fails opens only its own breaker, so keys of healthy shards keep using Redis
+  while one shard is down, each shard probes and recovers (journal, fallback) on its own.
+- the **router** sends each key to its slot's shard (multi-key calls grouped per shard,
+  one pipeline per node, one command per slot), follows MOVED (the slot map is patched at
+  once) and ASK (ASKING on the importing node), and keeps the topology fresh: CLUSTER SLOTS
+  from 1-2 random known primaries, with the configured endpoint as the last resort, on a
+  jittered, rate-limited schedule that a failing shard or a MOVED brings forward. Shards
+  whose node left the topology are closed (their prober stops dialling it), their pending
+  journal is applied where their keys live now.
+
+Pure like ``Adapter``: every network call is yielded for the drivers to carry out, so the
+sync and the async cache share this code. The one thing done in the background (a topology
+check) is handed to the shell's ``spawn``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+from . import forksafe
+from .adapter import ALL_KEYS, Adapter, Call, Health, Routed, Supervisor
+from .errors import CacheUnavailableError, KVCacheError, RedirectError, StoreError
+from .journal import Journal
+from .keys import KeySpace
+from .state import State, StateChange, StateMachine
+from .topology import RefreshSchedule, Topology, address, ask_commands, split_address
+
+log = logging.getLogger("kvcache")
+_READY = State.READY
+
+ONE, MANY, ITEMS, ALL = "one", "many", "items", "all"
+SHAPES = {  # how each store method names its keys: args[0] is a key, a key list, items...
+    "get": ONE,
+    "exists": ONE,
+    "pttl": ONE,
+    "set": ONE,
+    "incr": ONE,
+    "expire": ONE,
+    "get_many": MANY,
+    "delete_many": MANY,
+    "set_many": ITEMS,
+    "clear": ALL,
+}
+WRITES = frozenset({"set", "incr", "delete_many", "set_many", "clear"})  # journaled when away
+MAX_REDIRECTS = 5
+MIN_CHECK_GAP = 0.5  # seconds: the most often the topology is checked, however asked
+CANDIDATES = 2  # random known primaries asked for the topology, before the seed
+
+
+class ShardedAdapter:
+    def __init__(
+        self,
+        nodes: Any,  # RedisClusterStore / AsyncRedisClusterStore
+        fallback: Any | None,
+        *,
+        keys: KeySpace,
+        journal: Journal,
+        **options: Any,  # Adapter's: stats, events, policy, throw_on_errors, non_blocking
+    ) -> None:
+        self.nodes = nodes
+        self.namespace = keys.namespace
+        self.prefix = keys.prefix
+        self.stats = options["stats"]
+        self.events = options["events"]
+        self.throw_on_errors = options.get("throw_on_errors", False)
+        self._options = {"keys": keys, **options}
+        self._fallback = fallback
+        self._journal_bounds = (journal.maxsize, journal.overflow)
+        self.root = Adapter(_Routed(self), fallback, journal=journal, **self._options)
+        self.topology: Topology | None = None
+        self.shards: dict[str, Adapter] = {}  # replaced, never mutated: readers need no lock
+        self.schedule = RefreshSchedule(nodes.topology_interval, MIN_CHECK_GAP)
+        self._supervise: Callable[[Adapter], Supervisor] | None = None
+        self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self.schedule.after_fork()
+
+    # -- what the facade and the prober shell see (as on Adapter) ------------------------
+
+    @property
+    def machine(self) -> StateMachine:
+        return self.root.machine
+
+    @property
+    def supervisor(self) -> Supervisor | None:
+        return self.root.supervisor
+
+    @supervisor.setter
+    def supervisor(self, supervisor: Supervisor) -> None:
+        """The root's prober; each shard gets one of the same kind."""
+        self.root.supervisor = supervisor
+        self._supervise = type(supervisor)
+
+    @property
+    def probe_timeout(self) -> float:
+        return self.root.probe_timeout
+
+    @property
+    def first_connect_timeout(self) -> float:
+        return self.root.first_connect_timeout
+
+    def probe(self) -> Generator[Call, Any, None]:
+        return self.root.probe()
+
+    @property
+    def state(self) -> State:
+        """The root's state until a topology is known; then DEGRADED while any shard is."""
+        state = self.root.machine.state
+        if state is not _READY:
+            return state
+        shards = self.shards.values()
+        return _READY if all(s.machine.state is _READY for s in shards) else State.DEGRADED
+
+    def health(self) -> Health:
+        shards = {name: shard.health() for name, shard in sorted(self.shards.items())}
+        return replace(self.root.health(), state=self.state, shards=shards)
+
+    def trips(self, error: StoreError) -> bool:
+        """A node's own store already told its shard's breaker."""
+        return isinstance(error, CacheUnavailableError)
+
+    def close(self) -> None:
+        self.root.close()
+        with self._lock:
+            shards, self.shards = list(self.shards.values()), {}
+        for shard in shards:
+            _retire(shard)
+
+    def scan_store(self) -> Any:
+        if self.root.machine.state is not _READY:
+            return self.root.scan_store()
+        return _ScanAll([self.nodes.node(name) for name in self._primaries()], self.nodes.is_async)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def call(self, method: str, *args: Any, writes: Sequence[bytes] | None = None) -> Routed:
+        if self.root.machine.state is not _READY:
+            return (yield from self.root.call(method, *args, writes=writes))
+        if self.schedule.claim():
+            self._check_topology()
+        return (yield from self.route(method, args))
+
+    def route(self, method: str, args: tuple[Any, ...]) -> Routed:
+        """Send the call to the shards its keys live on; returns (result, offline?)."""
+        shape = SHAPES[method]
+        for _attempt in range(MAX_REDIRECTS):
+            try:
+                if shape is ONE:
+                    return (yield from self._on_shard(self._owner(args[0]), method, args))
+                if shape is ALL:
+                    return (yield from self._everywhere(method, args))
+                return (yield from self._grouped(method, args))
+            except RedirectError as redirect:
+                if redirect.kind == "MOVED":
+                    self._moved(redirect)
+                    continue
+                if len(_keys(method, args)) > 1:  # ASK / TRYAGAIN: mid-migration, key by key
+                    return (yield from self._one_by_one(method, args))
+                if redirect.kind == "ASK":
+                    return (yield from self._asking(redirect, method, args))
+                # TRYAGAIN for one key: the migration moves on; try again
+        raise StoreError(f"{method}: still redirected after {MAX_REDIRECTS} tries")
+
+    def _on_shard(self, name: str, method: str, args: tuple[Any, ...]) -> Routed:
+        if method not in WRITES:
+            writes = None
+        elif SHAPES[method] is ALL:
+            writes = ALL_KEYS
+        else:
+            writes = _keys(method, args)
+        return (yield from self._shard(name).call(method, *args, writes=writes))
+
+    def _grouped(self, method: str, args: tuple[Any, ...]) -> Routed:
+        """A multi-key call, one sub-call per shard (the node store pipelines per slot)."""
+        offline = False
+        if SHAPES[method] is ITEMS:
+            items, ttl_ms = args
+            by_shard: dict[str, list[Any]] = {}
+            for item in items:
+                by_shard.setdefault(self._owner(item[0]), []).append(item)
+            for name, group in by_shard.items():
+                _, away = yield from self._on_shard(name, method, (group, ttl_ms))
+                offline = offline or away
+            return None, offline
+        keys = args[0]
+        by_shard = {}
+        for key in keys:
+            by_shard.setdefault(self._owner(key), []).append(key)
+        found: dict[bytes, Any] = {}
+        removed = 0
+        for name, group in by_shard.items():
+            result, away = yield from self._on_shard(name, method, (group,))
+            offline = offline or away
+            if method == "get_many":
+                found.update(zip(group, result, strict=True))
+            else:
+                removed += result
+        if method == "get_many":
+            return [found[key] for key in keys], offline
+        return removed, offline
+
+    def _everywhere(self, method: str, args: tuple[Any, ...]) -> Routed:
+        total, offline = 0, False
+        for name in self._primaries():
+            result, away = yield from self._on_shard(name, method, args)
+            total += result
+            offline = offline or away
+        return total, offline
+
+    def _one_by_one(self, method: str, args: tuple[Any, ...]) -> Routed:
+        results: list[Any] = []
+        offline = False
+        if SHAPES[method] is ITEMS:
+            for item in args[0]:
+                _, away = yield from self.route(method, ([item], args[1]))
+                offline = offline or away
+            return None, offline
+        for key in args[0]:
+            result, away = yield from self.route(method, ([key],))
+            results.append(result)
+            offline = offline or away
+        if method == "get_many":
+            return [values[0] for values in results], offline
+        return sum(results), offline
+
+    def _asking(self, redirect: RedirectError, method: str, args: tuple[Any, ...]) -> Routed:
+        """The key already moved to the importing node, which serves it after ASKING."""
+        commands, finish = ask_commands(method, args)
+        replies = yield (self.nodes.node(self._reachable(redirect.address)), "asking", commands)
+        return finish(replies), False
+
+    def _owner(self, key: bytes) -> str:
+        assert self.topology is not None  # the root is READY only with a topology
+        name = self.topology.owner(key)
+        if not name:
+            raise StoreError("no cluster node serves this key's slot")
+        return name
+
+    def _primaries(self) -> list[str]:
+        return sorted(self.topology.primaries) if self.topology is not None else []
+
+    def _moved(self, redirect: RedirectError) -> None:
+        """Patch the slot map at once; the rest of the topology is checked soon."""
+        name = self._reachable(redirect.address)
+        with self._lock:
+            if self.topology is not None:
+                self.topology = self.topology.moved(redirect.slot, name)
+        self.schedule.soon()
+
+    def _reachable(self, announced: str) -> str:
+        remap = self.nodes.remap
+        return announced if remap is None else address(*remap(split_address(announced)))
+
+    def _shard(self, name: str) -> Adapter:
+        shard = self.shards.get(name)
+        if shard is not None:
+            return shard
+        with self._lock:
+            shard = self.shards.get(name)
+            if shard is None:
+                store = self.nodes.node(name)
+                store.cluster = self.topology is None or self.topology.cluster
+                shard = Adapter(
+                    store,
+                    self._fresh_fallback(),
+                    journal=Journal(*self._journal_bounds),
+                    starting=False,
+                    shard=name,
+                    on_change=self._shard_changed,
+                    **self._options,
+                )
+                assert self._supervise is not None
+                shard.supervisor = self._supervise(shard)
+                self.shards = {**self.shards, name: shard}
+        return shard
+
+    def _fresh_fallback(self) -> Any | None:
+        """Each shard its own fallback: one shard's recovery empties only its own."""
+        fresh = getattr(self._fallback, "fresh", None)
+        return fresh() if fresh is not None else self._fallback
+
+    def _shard_changed(self, change: StateChange) -> None:
+        if change.current is State.DEGRADED:  # the node may have left: look soon
+            self.schedule.soon()
+
+    # -- topology --------------------------------------------------------------------------
+
+    def _check_topology(self) -> None:
+        supervisor = self.root.supervisor
+        if supervisor is None or not supervisor.spawn(self._checked()):
+            self.schedule.done()
+
+    def _checked(self) -> Generator[Call, Any, None]:
+        try:
+            yield from self.refresh()
+        except KVCacheError as exc:  # no node answered: the shards' breakers say the rest
+            log.debug("kvcache: topology check failed: %s", type(exc).__name__)
+        finally:
+            self.schedule.done()
+
+    def refresh(self) -> Generator[Call, Any, None]:
+        """Fetch the slot map (CLUSTER SLOTS, on a fresh connection bounded like a probe)
+        from up to two random known primaries, then the configured endpoint; install it if
+        it changed. A node that does not answer (refused, timed out, gone from DNS) is
+        skipped: if it left the cluster, the others say so."""
+        candidates = random.sample(self._primaries(), min(CANDIDATES, len(self._primaries())))
+        if self.nodes.seed not in candidates:
+            candidates.append(self.nodes.seed)
+        failure: StoreError | None = None
+        for name in candidates:
+            try:
+                reply = yield (self.nodes.node(name), "cluster_slots")
+                topology = self._topology_from(reply, name)
+            except StoreError as exc:
+                failure = exc
+                continue
+            yield from self._install(topology)
+            return
+        raise failure or CacheUnavailableError("no cluster node answered")
+
+    def _topology_from(self, reply: Any, name: str) -> Topology:
+        if reply is None:
+            if self.nodes.mode == "cluster":
+                raise CacheUnavailableError(
+                    f"{name} is not in cluster mode (mode=cluster; use auto or standalone)"
+                )
+            return Topology.single(name)
+        topology = Topology.parse(reply, split_address(name)[0], self.nodes.remap)
+        if not topology.primaries:
+            raise CacheUnavailableError(f"{name}: the cluster has no slots assigned")
+        return topology
+
+    def _install(self, topology: Topology) -> Generator[Call, Any, None]:
+        with self._lock:
+            old = self.topology
+            if old == topology:
+                return
+            self.topology = topology
+            left = {n: s for n, s in self.shards.items() if n not in topology.primaries}
+            self.shards = {n: s for n, s in self.shards.items() if n not in left}
+        for name in topology.primaries:
+            self._shard(name)
+        before = old.primaries if old is not None else frozenset()
+        log.info(
+            "kvcache: cluster topology: %d primaries (joined: %s; left: %s)",
+            len(topology.primaries),
+            ", ".join(sorted(topology.primaries - before)) or "none",
+            ", ".join(sorted(left)) or "none",
+        )
+        for name, shard in left.items():
+            _retire(shard)
+            store = self.nodes.forget(name)
+            if store is not None:
+                yield (store, "close")  # no more connections to a node that left
+            # What it journaled while away now lives on other shards: delete it there.
+            keys, clear_all = shard.journal.take()
+            if clear_all:
+                yield from self.route("clear", (self.prefix,))
+            elif keys:
+                yield from self.route("delete_many", (keys,))
+
+
+def _retire(shard: Adapter) -> None:
+    shard.close()
+    if shard.supervisor is not None:
+        shard.supervisor.stop()
+
+
+def _keys(method: str, args: tuple[Any, ...]) -> Sequence[bytes]:
+    shape = SHAPES[method]
+    if shape is ONE:
+        return (args[0],)
+    if shape is ITEMS:
+        return [key for key, _ in args[0]]
+    return args[0] if shape is MANY else ALL_KEYS
+
+
+class _Routed:
+    """The root adapter's "store": its probe fetches the topology, and what it applies on
+    recovery (the journal) or lets through while draining goes through the router. Its
+    methods answer with generators, which the drivers run in place."""
+
+    is_async = False
+
+    def __init__(self, sharded: ShardedAdapter) -> None:
+        self._sharded = sharded
+
+    @property
+    def probe_timeout(self) -> float:
+        """Up to three nodes asked, one after another."""
+        seed = self._sharded.nodes.node(self._sharded.nodes.seed)
+        return float((CANDIDATES + 1) * seed.probe_timeout)
+
+    def ping(self) -> Generator[Call, Any, None]:
+        return self._sharded.refresh()
+
+    def reset(self) -> None:
+        """Nothing pooled of its own: each shard resets its node's pool when it recovers."""
+
+    def __getattr__(self, method: str) -> Callable[..., Generator[Call, Any, Any]]:
+        if method not in SHAPES:
+            raise AttributeError(method)
+
+        def routed(*args: Any) -> Generator[Call, Any, Any]:
+            result, _ = yield from self._sharded.route(method, args)
+            return result
+
+        return routed
+
+    def __repr__(self) -> str:
+        return repr(self._sharded.nodes)
+
+
+class _ScanAll:
+    """Iterate a namespace across every primary (each node's SCAN in turn)."""
+
+    def __init__(self, stores: list[Any], is_async: bool) -> None:
+        self._stores = stores
+        self._is_async = is_async
+
+    def scan(self, prefix: bytes) -> Any:
+        return self._ascan(prefix) if self._is_async else self._scan(prefix)
+
+    def _scan(self, prefix: bytes) -> Iterator[bytes]:
+        for store in self._stores:
+            yield from store.scan(prefix)
+
+    async def _ascan(self, prefix: bytes) -> Any:
+        for store in self._stores:
+            async for key in store.scan(prefix):
+                yield key
