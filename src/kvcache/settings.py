@@ -100,10 +100,10 @@ class KVCacheSettings(BaseSettings):
         "clear", description="past journal_size: clear the namespace on recovery, or not"
     )
     mode: Mode = Field(
-        "auto",
-        description="auto: ask the server whether it is a Redis Cluster; cluster; standalone: "
-        "one client for one address, MOVED never followed (Envoy/HAProxy-style proxies). "
-        "A ?mode=... in the URL wins.",
+        "standalone",
+        description="standalone: one client for one address, MOVED never followed (also for "
+        "Envoy/HAProxy-style proxies); cluster: Redis Cluster; auto: ask the server (CLUSTER "
+        "SLOTS, which the ACL user must be allowed). A ?mode=... in the URL wins.",
     )
     topology_interval: float = Field(
         5.0, gt=0, le=3600, description="seconds between cluster topology checks (jittered)"

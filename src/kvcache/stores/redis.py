@@ -16,7 +16,10 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+from redis.backoff import NoBackoff
 from redis.exceptions import AskError, MovedError, TryAgainError
+from redis.retry import Retry
 
 from .. import forksafe
 from ..errors import (
@@ -70,6 +73,9 @@ def probe_connection(pool: Any, step_timeout: float) -> Any:
     its handshake waits at most ``step_timeout`` (the connect timeout)."""
     kwargs = dict(pool.connection_kwargs)
     kwargs["socket_timeout"] = kwargs["socket_connect_timeout"] = step_timeout
+    # No retries either, whatever the client was given: one probe, one bounded attempt.
+    retry = redis.asyncio.retry.Retry if isinstance(pool, redis.asyncio.ConnectionPool) else Retry
+    kwargs["retry"] = retry(NoBackoff(), 0)
     return pool.connection_class(**kwargs)
 
 

@@ -1,6 +1,13 @@
 """Real Redis servers for tests: yours and ours. No mocks, no fakeredis."""
 
 from .chaos import ChaosProxy
+from .cluster import RedisClusterServer
 from .server import RedisServer, RedisServerNotFound, find_redis_server
 
-__all__ = ["ChaosProxy", "RedisServer", "RedisServerNotFound", "find_redis_server"]
+__all__ = [
+    "ChaosProxy",
+    "RedisClusterServer",
+    "RedisServer",
+    "RedisServerNotFound",
+    "find_redis_server",
+]

@@ -13,6 +13,7 @@ forgotten by every other node, then stopped), fail a primary over to its replica
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 from types import TracebackType
@@ -40,6 +41,7 @@ class RedisClusterServer:
         self._primaries = primaries
         self._replicas = replicas
         self.nodes: dict[int, RedisServer] = {}  # port -> server, running or not
+        self._clients: dict[int, redis.Redis] = {}  # one connection per node, reused
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -62,6 +64,9 @@ class RedisClusterServer:
         return self
 
     def stop(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
         for server in self.nodes.values():
             server.stop()
 
@@ -148,11 +153,11 @@ class RedisClusterServer:
                 if first and pause:
                     time.sleep(pause)  # some keys here, some there: ASK territory
                 first = False
-            for port in (to, source, *self.running_ports):
-                try:
-                    self._run(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
-                except redis.ResponseError:  # a replica may refuse; it learns by gossip
-                    pass
+            # Target first (it bumps its epoch), then the source; the rest learn by gossip.
+            self._run(to, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            # (If its view changed meanwhile and it refuses, gossip brings it round.)
+            with contextlib.suppress(redis.ResponseError):
+                self._run(source, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
         self.wait_settled()
         return moved
 
@@ -179,7 +184,7 @@ class RedisClusterServer:
         for other in self.running_ports:
             if other != port:
                 self._run(other, "CLUSTER", "FORGET", node_id)
-        self.nodes[port].stop()
+        self._stop_node(port)
         self.wait_settled()
 
     def failover(self, primary: int) -> int:
@@ -188,7 +193,7 @@ class RedisClusterServer:
         replicas = self.replicas_of(primary)
         if not replicas:
             raise ValueError(f"primary {primary} has no replica")
-        self.nodes[primary].stop()
+        self._stop_node(primary)
         self._run(replicas[0], "CLUSTER", "FAILOVER", "TAKEOVER")
         self._wait(lambda: primary not in self.slot_map(replicas[0]), "promotion")
         self.wait_settled()
@@ -257,12 +262,20 @@ class RedisClusterServer:
         text = self._run(port, "CLUSTER", "INFO").decode()
         return dict(line.split(":", 1) for line in text.split() if ":" in line)
 
-    def _client_for(self, port: int) -> redis.Redis:
-        return _client(port)
+    def _client_for(self, port: int) -> Any:
+        client = self._clients.get(port)
+        if client is None:
+            client = self._clients[port] = _client(port)
+        return client
+
+    def _stop_node(self, port: int) -> None:
+        client = self._clients.pop(port, None)
+        if client is not None:
+            client.close()
+        self.nodes[port].stop()
 
     def _run(self, port: int, *command: Any) -> Any:
-        with _client(port) as client:
-            return client.execute_command(*command)
+        return self._client_for(port).execute_command(*command)
 
     @staticmethod
     def _wait(condition: Any, what: str, timeout: float = SETTLE_TIMEOUT) -> None:

@@ -1,0 +1,336 @@
+"""Redis Cluster, for real: local multi-node clusters of redis-server processes, changed
+under continuous traffic (resharding with live MOVED/ASK, scale-out, scale-in, failover,
+one shard cut off through a ChaosProxy), with Cache and with AsyncCache."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from conftest import Blocking
+from kvcache import AsyncCache, Cache, State
+from kvcache.settings import KVCacheSettings
+from kvcache.state import StateChange
+from kvcache.stores import RedisStore, open_async_store, open_store
+from kvcache.testing import ChaosProxy
+from kvcache.testing.cluster import RedisClusterServer
+
+pytestmark = pytest.mark.redis
+INTERVAL = 0.5  # topology check interval for these tests (seconds)
+
+
+@pytest.fixture(scope="module")
+def shared_cluster() -> Iterator[RedisClusterServer]:
+    """A 3-primary cluster for tests that leave it with 3 primaries."""
+    with RedisClusterServer(primaries=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sync", "async"])
+def make_cache(
+    request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
+) -> Iterator[Callable[..., Any]]:
+    made: list[Any] = []
+
+    def make(url: str, remap: dict[int, int] | None = None, **options: Any) -> Any:
+        """A cluster cache on ``url``, READY; ``remap``: node port -> port to dial instead."""
+        settings = KVCacheSettings(url=url, topology_interval=INTERVAL, **options)
+        facade: Any = Cache if request.param == "sync" else AsyncCache
+        store: Any = open_store(settings) if request.param == "sync" else open_async_store(settings)
+        if remap is not None:
+            store.remap = lambda where: (where[0], remap.get(where[1], where[1]))
+        cache = facade(store, **settings.cache_options())
+        if request.param == "async":
+            cache = Blocking(cache, loop)
+        made.append(cache)
+        assert cache.connect(timeout=10) is State.READY
+        return cache
+
+    yield make
+    for cache in made:
+        cache.close()
+
+
+class Traffic:
+    """Sets and gets on ``keys`` from a background thread until stopped; counts calls and
+    keeps every exception that reached the caller."""
+
+    def __init__(self, cache: Any, keys: list[str]) -> None:
+        self.cache = cache
+        self.keys = keys
+        self.calls = 0
+        self.exceptions: list[BaseException] = []
+        self.wrong: list[tuple[str, Any, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            key = self.keys[n % len(self.keys)]
+            try:
+                self.cache.set(key, n)
+                got = self.cache.get(key)
+                if got is not None and got != n:  # a miss is allowed, an old value is not
+                    self.wrong.append((key, n, got))
+                if n % 10 == 0:
+                    self.cache.get_many(self.keys[:20])
+                    self.cache.set_many({k: n for k in self.keys[20:30]})
+            except BaseException as exc:
+                self.exceptions.append(exc)
+            self.calls += 1
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def run_for(self, seconds: float) -> None:
+        before = self.calls
+        time.sleep(seconds)
+        assert self.calls > before, "traffic stalled"
+
+
+def owner_client(cluster: RedisClusterServer, full_key: bytes) -> redis.Redis:
+    return redis.Redis(port=cluster.owner(full_key))
+
+
+def full(cache: Any, key: str) -> bytes:
+    return b"kvcache:" + key.encode() if cache.namespace == "kvcache" else b""
+
+
+def test_keys_go_to_their_slot_owners_and_clear_scans_every_primary(
+    shared_cluster: RedisClusterServer, make_cache: Callable[..., Any]
+) -> None:
+    cache = make_cache(shared_cluster.url, mode="cluster")
+    keys = [f"k{i}" for i in range(300)]
+    assert cache.set_many({k: i for i, k in enumerate(keys)})
+    assert cache.get_many(keys) == {k: i for i, k in enumerate(keys)}
+    for key in keys[:20]:  # each key sits on the primary its slot says
+        with owner_client(shared_cluster, b"kvcache:" + key.encode()) as node:
+            assert node.exists(b"kvcache:" + key.encode()) == 1
+    assert len(cache.health().shards) == 3
+    with owner_client(shared_cluster, b"other:{x}") as node:
+        node.set(b"other:{x}", b"1")  # outside the namespace: clear() must leave it
+    assert cache.delete_many(keys[:100]) == 100
+    assert cache.clear() == 200
+    assert sorted(cache) == []
+    with owner_client(shared_cluster, b"other:{x}") as node:
+        assert node.get(b"other:{x}") == b"1"
+        node.delete(b"other:{x}")
+    assert cache.stats.fallback_hits == cache.stats.fallback_misses == cache.stats.errors == 0
+
+
+def test_resharding_under_traffic_follows_moved_and_ask(
+    shared_cluster: RedisClusterServer, make_cache: Callable[..., Any]
+) -> None:
+    cache = make_cache(shared_cluster.url, mode="cluster")
+    keys = [f"user:{i}" for i in range(200)]
+    slots = sorted({shared_cluster.keyslot(b"kvcache:" + k.encode()) for k in keys[:40]})
+    with Traffic(cache, keys) as traffic:
+        traffic.run_for(0.3)
+        by_owner: dict[int, list[int]] = {}
+        for slot in slots:
+            by_owner.setdefault(shared_cluster.slot_map()[slot], []).append(slot)
+        ports = shared_cluster.primary_ports
+        for owner, owned in by_owner.items():  # each slot to the next primary, half-way pauses
+            target = ports[(ports.index(owner) + 1) % len(ports)]
+            shared_cluster.migrate_slots(owned, to=target, pause=0.05)
+        traffic.run_for(0.3)
+    assert traffic.exceptions == []
+    assert traffic.wrong == []
+    stats = cache.stats
+    assert stats.fallback_hits == stats.fallback_misses == 0  # no shard was ever down
+    assert stats.errors == 0
+    assert cache.state is State.READY
+    for key in keys[:40]:  # every key readable where it lives now
+        cache.set(key, "after")
+        assert cache.get(key) == "after"
+
+
+def test_one_shard_cut_off_degrades_only_its_keys(
+    shared_cluster: RedisClusterServer, make_cache: Callable[..., Any]
+) -> None:
+    proxies = {port: ChaosProxy("127.0.0.1", port).start() for port in shared_cluster.primary_ports}
+    try:
+        cache = make_cache(
+            shared_cluster.url,
+            remap={port: proxy.port for port, proxy in proxies.items()},
+            mode="cluster",
+        )
+        changes: list[StateChange] = []
+        cache.on("state", changes.append)
+        dead = shared_cluster.primary_ports[0]
+        keys = [f"k{i}" for i in range(120)]
+        on_dead = [k for k in keys if shared_cluster.owner(b"kvcache:" + k.encode()) == dead]
+        healthy = [k for k in keys if k not in on_dead]
+        assert on_dead
+        assert healthy
+        cache.set_many({k: "before" for k in keys})
+
+        proxies[dead].blackhole()
+        started = time.monotonic()
+        cache.get(on_dead[0])  # the call that meets the dead node opens its breaker
+        assert time.monotonic() - started < 2.0
+        assert cache.state is State.DEGRADED
+        hits = cache.stats.hits
+        for key in healthy:  # still served by Redis: hits, never the fallback
+            assert cache.get(key) == "before"
+        assert cache.stats.hits == hits + len(healthy)
+        fallback_before = cache.stats.fallback_hits + cache.stats.fallback_misses
+        started = time.monotonic()
+        for key in on_dead:  # served at once by the shard's fallback
+            cache.set(key, "during")
+            assert cache.get(key) == "during"
+        assert time.monotonic() - started < 1.0
+        assert cache.stats.fallback_hits + cache.stats.fallback_misses > fallback_before
+        shards = cache.health().shards
+        assert [s.state for s in shards.values()].count(State.DEGRADED) == 1
+        assert [c.shard for c in changes if c.current is State.DEGRADED] == [
+            f"127.0.0.1:{proxies[dead].port}"
+        ]
+
+        with redis.Redis(port=dead) as node:  # meanwhile someone else writes the key
+            for key in on_dead:
+                node.set(b"kvcache:" + key.encode(), b'"elsewhere"')
+        proxies[dead].up()
+        deadline = time.monotonic() + 10
+        while cache.state is not State.READY and time.monotonic() < deadline:
+            cache.get(healthy[0])
+            time.sleep(0.05)
+        assert cache.state is State.READY
+        for key in on_dead:  # journaled keys were deleted on recovery: a miss, never "before"
+            assert cache.get(key) is None
+        assert cache.stats.errors >= 1  # the call that met the dead node
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+
+
+def test_scale_out_scale_in_and_failover_under_traffic(make_cache: Callable[..., Any]) -> None:
+    with RedisClusterServer(primaries=2, replicas=1) as cluster:
+        proxies: dict[int, ChaosProxy] = {}
+
+        def remap(port: int) -> int:  # every node dialled through a counting proxy
+            if port not in proxies:
+                proxies[port] = ChaosProxy("127.0.0.1", port).start()
+            return proxies[port].port
+
+        cache = make_cache(cluster.url, remap=_RemapTable(remap), mode="cluster")
+        keys = [f"k{i}" for i in range(150)]
+        try:
+            with Traffic(cache, keys) as traffic:
+                traffic.run_for(0.3)
+                # scale out: a new primary takes some slots (with their keys)
+                added = cluster.add_primary()
+                cluster.migrate_slots(range(64), to=added)
+                traffic.run_for(INTERVAL * 2)
+                assert len(cache.health().shards) == 3
+                # scale in: it hands them back, is forgotten, and stops
+                cluster.remove_node(added)
+                traffic.run_for(INTERVAL * 3)
+                proxies[added].reset_counters()
+                traffic.run_for(INTERVAL * 3)
+                # within a topology interval the node that left is no longer dialled
+                assert proxies[added].accepted == 0
+                # failover: a primary dies, its replica takes over
+                victim = cluster.primary_ports[0]
+                cluster.failover(victim)
+                _wait_ready(cache)
+                traffic.run_for(INTERVAL * 3)
+                proxies[victim].reset_counters()
+                traffic.run_for(INTERVAL * 3)
+            assert traffic.exceptions == []
+            assert traffic.wrong == []
+            assert proxies[victim].accepted == 0
+            assert cache.state is State.READY
+            assert len(cache.health().shards) == 2
+        finally:
+            for proxy in proxies.values():
+                proxy.stop()
+
+
+class _RemapTable(dict):  # type: ignore[type-arg]
+    """A remap ``dict.get`` that makes a proxy for each new port it is asked about."""
+
+    def __init__(self, make: Callable[[int], int]) -> None:
+        super().__init__()
+        self._make = make
+
+    def get(self, port: int, default: Any = None) -> int:  # type: ignore[override]
+        return self._make(port)
+
+
+def _wait_ready(cache: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while cache.state is not State.READY and time.monotonic() < deadline:
+        cache.get("k0")
+        time.sleep(0.05)
+    assert cache.state is State.READY
+
+
+def test_proxy_mode_never_follows_moved(
+    shared_cluster: RedisClusterServer, make_cache: Callable[..., Any]
+) -> None:
+    proxies = {port: ChaosProxy("127.0.0.1", port).start() for port in shared_cluster.primary_ports}
+    try:
+        entry = shared_cluster.primary_ports[0]
+        cache = make_cache(f"redis://127.0.0.1:{proxies[entry].port}/0?mode=standalone")
+        assert "RedisStore(" in repr(cache.store)
+        elsewhere = next(
+            f"k{i}" for i in range(100) if shared_cluster.owner(f"kvcache:k{i}") != entry
+        )
+        assert cache.get(elsewhere, "default") == "default"  # MOVED: an error, not a redirect
+        assert cache.set(elsewhere, 1) is False
+        assert cache.stats.errors == 2
+        assert cache.state is State.READY  # a MOVED is not an outage
+        for port, proxy in proxies.items():
+            assert proxy.accepted == (0 if port != entry else proxy.accepted)
+        assert proxies[entry].accepted >= 1
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+
+
+def test_topology_query_against_a_hanging_node_is_bounded(
+    shared_cluster: RedisClusterServer,
+) -> None:
+    with ChaosProxy("127.0.0.1", shared_cluster.primary_ports[0]) as proxy:
+        store = RedisStore(redis.Redis(port=proxy.port), connect_timeout=0.2)
+        assert store.cluster_slots()  # up: the slot map
+        proxy.blackhole()
+        started = time.monotonic()
+        with pytest.raises(Exception, match="imeout"):
+            store.cluster_slots()
+        assert time.monotonic() - started < 2 * 0.2 + 0.3
+
+
+def test_mode_cluster_against_a_standalone_server_says_why(redis_url: str) -> None:
+    cache = Cache.from_url(redis_url, mode="cluster", connect_attempts=1)
+    try:
+        assert cache.connect(timeout=1) is State.DEGRADED
+        assert cache.set("k", 1)  # served by the fallback, never an exception
+        assert cache.health().last_error == "CacheUnavailableError"
+    finally:
+        cache.close()
+
+
+def test_mode_auto_serves_a_standalone_server(redis_url: str) -> None:
+    cache = Cache.from_url(redis_url, mode="auto")
+    try:
+        assert cache.connect(timeout=5) is State.READY
+        assert cache.set_many({"a": 1, "b": 2})
+        assert cache.get_many(["a", "b"]) == {"a": 1, "b": 2}
+        assert list(cache.health().shards or {}) == [redis_url.split("//")[1].split("/")[0]]
+    finally:
+        cache.close()
