@@ -38,13 +38,13 @@ def make_cache(
 ) -> Iterator[Callable[..., Any]]:
     made: list[Any] = []
 
-    def make(url: str, remap: dict[int, int] | None = None, **options: Any) -> Any:
+    def make(url: str, remap: Callable[[int], int] | None = None, **options: Any) -> Any:
         """A cluster cache on ``url``, READY; ``remap``: node port -> port to dial instead."""
         settings = KVCacheSettings(url=url, topology_interval=INTERVAL, **options)
         facade: Any = Cache if request.param == "sync" else AsyncCache
         store: Any = open_store(settings) if request.param == "sync" else open_async_store(settings)
         if remap is not None:
-            store.remap = lambda where: (where[0], remap.get(where[1], where[1]))
+            store.remap = lambda where: (where[0], remap(where[1]))
         cache = facade(store, **settings.cache_options())
         if request.param == "async":
             cache = Blocking(cache, loop)
@@ -105,10 +105,6 @@ def owner_client(cluster: RedisClusterServer, full_key: bytes) -> redis.Redis:
     return redis.Redis(port=cluster.owner(full_key))
 
 
-def full(cache: Any, key: str) -> bytes:
-    return b"kvcache:" + key.encode() if cache.namespace == "kvcache" else b""
-
-
 def test_keys_go_to_their_slot_owners_and_clear_scans_every_primary(
     shared_cluster: RedisClusterServer, make_cache: Callable[..., Any]
 ) -> None:
@@ -167,7 +163,7 @@ def test_one_shard_cut_off_degrades_only_its_keys(
     try:
         cache = make_cache(
             shared_cluster.url,
-            remap={port: proxy.port for port, proxy in proxies.items()},
+            remap=lambda port: proxies[port].port,
             mode="cluster",
         )
         changes: list[StateChange] = []
@@ -228,7 +224,7 @@ def test_scale_out_scale_in_and_failover_under_traffic(make_cache: Callable[...,
                 proxies[port] = ChaosProxy("127.0.0.1", port).start()
             return proxies[port].port
 
-        cache = make_cache(cluster.url, remap=_RemapTable(remap), mode="cluster")
+        cache = make_cache(cluster.url, remap=remap, mode="cluster")
         keys = [f"k{i}" for i in range(150)]
         try:
             with Traffic(cache, keys) as traffic:
@@ -260,17 +256,6 @@ def test_scale_out_scale_in_and_failover_under_traffic(make_cache: Callable[...,
         finally:
             for proxy in proxies.values():
                 proxy.stop()
-
-
-class _RemapTable(dict):  # type: ignore[type-arg]
-    """A remap ``dict.get`` that makes a proxy for each new port it is asked about."""
-
-    def __init__(self, make: Callable[[int], int]) -> None:
-        super().__init__()
-        self._make = make
-
-    def get(self, port: int, default: Any = None) -> int:  # type: ignore[override]
-        return self._make(port)
 
 
 def _wait_ready(cache: Any, timeout: float = 10.0) -> None:
