@@ -62,6 +62,26 @@ def test_schedule_is_jittered_rate_limited_and_single_flight() -> None:
     assert jittered.next_at == 8.0  # 0.8x .. 1.2x the interval
 
 
+def test_schedule_backs_off_from_min_gap_to_interval_while_a_shard_is_down() -> None:
+    now = [0.0]
+    schedule = RefreshSchedule(3.0, 0.5, clock=lambda: now[0], jitter=lambda: 0.5)
+    gaps = []
+    for _ in range(5):
+        now[0] = schedule.next_at
+        assert schedule.claim()
+        schedule.done(urgent=True)
+        gaps.append(schedule.next_at - now[0])
+    assert gaps == [0.5, 1.0, 2.0, 3.0, 3.0]
+    now[0] = schedule.next_at
+    assert schedule.claim()
+    schedule.done()  # all shards up again: back to the interval, and the backoff restarts
+    assert schedule.next_at == now[0] + 3.0
+    now[0] = schedule.next_at
+    assert schedule.claim()
+    schedule.done(urgent=True)
+    assert schedule.next_at == now[0] + 0.5
+
+
 def test_ask_commands_cover_every_one_key_call() -> None:
     commands, finish = ask_commands("set", (b"k", b"v", 100))
     assert commands == [("SET", b"k", b"v", "PX", 100)]

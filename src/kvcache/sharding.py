@@ -312,7 +312,7 @@ class ShardedAdapter:
         except KVCacheError as exc:  # no node answered: the shards' breakers say the rest
             log.debug("kvcache: topology check failed: %s", type(exc).__name__)
         finally:
-            self.schedule.done()
+            self.schedule.done(urgent=self.state is State.DEGRADED)
 
     def refresh(self) -> Generator[Call, Any, None]:
         """Fetch the slot map (CLUSTER SLOTS, on a fresh connection bounded like a probe)

@@ -82,7 +82,11 @@ class Topology:
 class RefreshSchedule:
     """When to check the topology: every ``interval`` seconds (±20 % jitter, so a fleet of
     processes does not ask in step), sooner when asked (a node failed, a MOVED came), but
-    never more often than every ``min_gap`` seconds, and never two checks at once."""
+    never more often than every ``min_gap`` seconds, and never two checks at once.
+
+    While a shard is down (``done(urgent=True)``) the next check comes after ``min_gap``,
+    then twice that, and so on up to ``interval``: a failed primary's replica is usually
+    promoted within seconds, and its keys are served from memory until a check sees it."""
 
     def __init__(
         self,
@@ -100,6 +104,7 @@ class RefreshSchedule:
         self.next_at = self._after(self.last)
         self.in_flight = False
         self.checks = 0
+        self._urgent_gap = 0.0  # the wait after the last urgent check (0: none in a row)
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -119,11 +124,16 @@ class RefreshSchedule:
             self.checks += 1
             return True
 
-    def done(self) -> None:
+    def done(self, *, urgent: bool = False) -> None:
         with self._lock:
             self.in_flight = False
             self.last = self._clock()
-            self.next_at = self._after(self.last)
+            if urgent:
+                self._urgent_gap = min(self.interval, 2 * self._urgent_gap or self.min_gap)
+                self.next_at = self.last + self._urgent_gap
+            else:
+                self._urgent_gap = 0.0
+                self.next_at = self._after(self.last)
 
     def soon(self) -> None:
         """Check as soon as the rate limit allows."""
