@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -139,3 +140,47 @@ def open_cache(
     yield open_cache
     for cache in made:
         cache.close()
+
+
+class Traffic:
+    """Sets and gets on ``keys`` from a background thread until stopped; counts calls and
+    keeps every exception that reached the caller."""
+
+    def __init__(self, cache: Any, keys: list[str]) -> None:
+        self.cache = cache
+        self.keys = keys
+        self.calls = 0
+        self.exceptions: list[BaseException] = []
+        self.wrong: list[tuple[str, Any, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            key = self.keys[n % len(self.keys)]
+            try:
+                self.cache.set(key, n)
+                got = self.cache.get(key)
+                if got is not None and got != n:  # a miss is allowed, an old value is not
+                    self.wrong.append((key, n, got))
+                if n % 10 == 0:
+                    self.cache.get_many(self.keys[:20])
+                    self.cache.set_many({k: n for k in self.keys[20:30]})
+            except BaseException as exc:
+                self.exceptions.append(exc)
+            self.calls += 1
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def run_for(self, seconds: float) -> None:
+        before = self.calls
+        time.sleep(seconds)
+        assert self.calls > before, "traffic stalled"

@@ -24,22 +24,27 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .server import RedisServer
+from .tls import TLSFiles
 
 SLOTS = 16384
 NODE_TIMEOUT_MS = 1000  # how soon a dead primary is failed over
 SETTLE_TIMEOUT = 20.0  # seconds for the cluster to agree after a change
 
 
-def _client(port: int) -> redis.Redis:
-    return redis.Redis(port=port, socket_timeout=2.0, retry=Retry(NoBackoff(), 0))
+def _client(port: int, tls: TLSFiles | None) -> redis.Redis:
+    options = tls.client_options() if tls else {}
+    return redis.Redis(port=port, socket_timeout=2.0, retry=Retry(NoBackoff(), 0), **options)
 
 
 class RedisClusterServer:
-    def __init__(self, primaries: int = 3, replicas: int = 0) -> None:
+    def __init__(self, primaries: int = 3, replicas: int = 0, tls: TLSFiles | None = None) -> None:
+        """``tls``: every node serves TLS only, and talks TLS to the others (cluster bus,
+        replication)."""
         if primaries < 1 or replicas < 0:
             raise ValueError("need primaries >= 1 and replicas >= 0")
         self._primaries = primaries
         self._replicas = replicas
+        self.tls = tls
         self.nodes: dict[int, RedisServer] = {}  # port -> server, running or not
         self._clients: dict[int, redis.Redis] = {}  # one connection per node, reused
 
@@ -93,7 +98,7 @@ class RedisClusterServer:
     @property
     def url(self) -> str:
         """A seed URL: one running primary (clients discover the rest)."""
-        return f"redis://127.0.0.1:{self.primary_ports[0]}/0"
+        return self.nodes[self.primary_ports[0]].url
 
     def slot_map(self, port: int | None = None) -> dict[int, int]:
         """slot -> primary port, as ``port`` (default: any running node) sees it."""
@@ -225,7 +230,9 @@ class RedisClusterServer:
                 str(NODE_TIMEOUT_MS),
                 "--repl-diskless-sync-delay",  # a replica syncs now, not after 5 s
                 "0",
-            )
+                *(("--tls-cluster", "yes", "--tls-replication", "yes") if self.tls else ()),
+            ),
+            tls=self.tls,
         ).start()
         self.nodes[server.port] = server
         return server.port
@@ -265,7 +272,7 @@ class RedisClusterServer:
     def _client_for(self, port: int) -> Any:
         client = self._clients.get(port)
         if client is None:
-            client = self._clients[port] = _client(port)
+            client = self._clients[port] = _client(port, self.tls)
         return client
 
     def _stop_node(self, port: int) -> None:

@@ -16,11 +16,14 @@ import subprocess
 import tempfile
 import time
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from .tls import TLSFiles
 
 START_TIMEOUT = 10.0  # seconds for the server to answer PING
 
@@ -49,9 +52,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _ping(port: int, password: str | None) -> bool:
+def _ping(port: int, password: str | None, tls: TLSFiles | None) -> bool:
     client = redis.Redis(
-        port=port, password=password, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+        port=port,
+        password=password,
+        socket_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+        **(tls.client_options() if tls else {}),
     )
     try:
         return bool(client.ping())
@@ -68,11 +75,13 @@ class RedisServer:
         password: str | None = None,
         extra_args: tuple[str, ...] = (),
         port: int | None = None,
+        tls: TLSFiles | None = None,
     ) -> None:
         """``port``: a given port (e.g. to restart a server where its clients expect it);
-        by default a free one."""
+        by default a free one. ``tls``: serve TLS only, on that port (``rediss://``)."""
         self.password = password
         self.extra_args = extra_args
+        self.tls = tls
         self._requested_port = port
         self.port = port or 0
         self._process: subprocess.Popen[bytes] | None = None
@@ -85,7 +94,14 @@ class RedisServer:
     @property
     def url(self) -> str:
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}{self.host}:{self.port}/0?{self.tls.url_query()}"
         return f"redis://{auth}{self.host}:{self.port}/0"
+
+    def client(self, **options: Any) -> redis.Redis:
+        """A redis-py client for this server (TLS and password included)."""
+        tls = self.tls.client_options() if self.tls else {}
+        return redis.Redis(port=self.port, password=self.password, **tls, **options)
 
     def __repr__(self) -> str:  # no password
         state = "running" if self.running else "stopped"
@@ -109,14 +125,17 @@ class RedisServer:
                 file.write(f'requirepass "{escaped}"\n')
         for _attempt in range(5):  # the free port may be taken between probe and bind
             self.port = self._requested_port or free_port()
+            ports: tuple[str, ...] = ("--port", str(self.port))
+            if self.tls:
+                ports = ("--port", "0", "--tls-port", str(self.port), *self.tls.server_args())
             self._process = subprocess.Popen(
-                [binary, config, "--port", str(self.port), *self.extra_args],
+                [binary, config, *ports, *self.extra_args],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline and self._process.poll() is None:
-                if _ping(self.port, self.password):
+                if _ping(self.port, self.password, self.tls):
                     return self
                 time.sleep(0.02)
             self._kill()
