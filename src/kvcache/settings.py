@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal
+from urllib.parse import unquote
 
-from pydantic import Field, InstanceOf, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    InstanceOf,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .codec import DEFAULT_COMPRESS_THRESHOLD
@@ -37,6 +46,47 @@ def redact_url(url: str) -> str:
 
 
 _CREDENTIAL_PARAM = re.compile(r"(^|&)(password|username)=[^&]*", re.IGNORECASE)
+
+
+def _url_user(url: str) -> tuple[str, str]:
+    """The URL's user name and password (either may be empty)."""
+    info = url.partition("?")[0].partition("://")[2].rpartition("@")[0]
+    user, _, password = info.partition(":")
+    return unquote(user), unquote(password)
+
+
+class IAMSettings(BaseModel):
+    """ElastiCache / MemoryDB IAM authentication (``KVCACHE_IAM__ENABLED=true`` …). The AWS
+    credentials come from boto3's standard chain (environment, profile, instance role)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    service: Literal["elasticache", "memorydb"] = "elasticache"
+    name: str | None = Field(
+        None, description="replication group, serverless cache or MemoryDB cluster name"
+    )
+    user_id: str | None = Field(None, description="the IAM-enabled user (its id is its name)")
+    region: str | None = Field(None, description="the cache's region; default: boto3's")
+    serverless: bool = Field(False, description="ElastiCache Serverless")
+    refresh_margin: float = Field(
+        300.0, gt=60, lt=900, description="seconds before expiry a token is re-signed"
+    )
+    max_connection_age: float = Field(
+        11 * 3600.0,
+        gt=0,
+        le=12 * 3600.0,
+        description="seconds after which an idle connection is re-opened (AWS closes IAM "
+        "connections at 12 h)",
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> IAMSettings:
+        if self.enabled and not (self.name and self.user_id):
+            raise ValueError("IAM authentication needs iam.name and iam.user_id")
+        if self.serverless and self.service != "elasticache":
+            raise ValueError("iam.serverless applies to ElastiCache only")
+        return self
 
 
 class KVCacheSettings(BaseSettings):
@@ -108,6 +158,7 @@ class KVCacheSettings(BaseSettings):
     topology_interval: float = Field(
         5.0, gt=0, le=3600, description="seconds between cluster topology checks (jittered)"
     )
+    iam: IAMSettings = Field(default_factory=IAMSettings)
 
     @field_validator("url")
     @classmethod
@@ -128,7 +179,18 @@ class KVCacheSettings(BaseSettings):
         in_url = _MODE_PARAM.search(self.url.partition("?")[2])
         if in_url and in_url.group(2) not in MODES:
             raise ValueError(f"the URL's mode must be one of {', '.join(MODES)}")
+        if self.iam.enabled:
+            self._check_iam_url()
         return self
+
+    def _check_iam_url(self) -> None:
+        if self.scheme != "rediss":
+            raise ValueError("IAM authentication needs TLS: use a rediss:// URL")
+        user, password = _url_user(self.url)
+        if password:
+            raise ValueError("with IAM authentication the URL must not carry a password")
+        if user and user != self.iam.user_id:
+            raise ValueError("the URL's user name must be iam.user_id (or none)")
 
     def __repr_args__(self) -> Any:
         yield "url", redact_url(self.url)
@@ -146,9 +208,13 @@ class KVCacheSettings(BaseSettings):
 
     @property
     def redis_url(self) -> str:
-        """The URL for redis-py: without kvcache's own ``mode`` parameter."""
+        """The URL for redis-py: without kvcache's own ``mode`` parameter, and without user
+        info under IAM (the credential provider gives the user and the token)."""
         head, question, query = self.url.partition("?")
         query = _MODE_PARAM.sub("", query).lstrip("&")
+        if self.iam.enabled:
+            scheme, slashes, rest = head.partition("://")
+            head = scheme + slashes + rest.rpartition("@")[2]
         return head + (question if query else "") + query
 
     def cache_options(self) -> dict[str, Any]:

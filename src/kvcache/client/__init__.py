@@ -1,5 +1,6 @@
 """Builds redis-py clients from settings."""
 
-from .factory import async_client, seed_address, sync_client
+from .auth import ConnectionPolicy
+from .factory import async_client, connection_policy, seed_address, sync_client
 
-__all__ = ["async_client", "seed_address", "sync_client"]
+__all__ = ["ConnectionPolicy", "async_client", "connection_policy", "seed_address", "sync_client"]

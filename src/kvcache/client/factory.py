@@ -10,9 +10,11 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.retry
 from redis.backoff import NoBackoff
+from redis.credentials import CredentialProvider
 
 from ..errors import ConfigurationError
 from ..settings import KVCacheSettings
+from .auth import ConnectionPolicy
 
 C = TypeVar("C", redis.Redis, redis.asyncio.Redis)
 
@@ -42,42 +44,79 @@ def seed_address(settings: KVCacheSettings) -> tuple[str, int]:
         raise ConfigurationError("url is not a valid Redis URL (bad port)") from None
 
 
+def connection_policy(
+    settings: KVCacheSettings, credential_provider: CredentialProvider | None = None
+) -> ConnectionPolicy | None:
+    """What every connection of one cache authenticates with: ``credential_provider`` if
+    given, else an IAM token provider when ``iam.enabled``; None for the URL's password."""
+    iam = settings.iam
+    if credential_provider is None and iam.enabled:
+        from ..aws import IAMCredentialProvider
+
+        credential_provider = IAMCredentialProvider(
+            iam.service,
+            name=iam.name or "",  # (the settings checked both are given)
+            user_id=iam.user_id or "",
+            region=iam.region,
+            serverless=iam.serverless,
+            refresh_margin=iam.refresh_margin,
+        )
+    if credential_provider is None:
+        return None
+    return ConnectionPolicy(credential_provider, iam.max_connection_age if iam.enabled else None)
+
+
 def _from_url(
     client_class: type[C],
     retry: Any,
     settings: KVCacheSettings,
     node: tuple[str, int] | None = None,
+    policy: ConnectionPolicy | None = None,
 ) -> C:
     """A client on a plain, unbounded pool: the store bounds the commands in flight itself
     (well under 1 µs a command; redis.asyncio's BlockingConnectionPool costs ~24 µs of CPU per
     command, the sync one ~4 µs). ``retry`` is zero retries: redis-py 8 would
     otherwise retry a failed command 10 times with backoff, turning one dead socket into
     seconds."""
+    url = settings.redis_url if node is None else at_address(settings.redis_url, *node)
+    options: dict[str, Any] = {
+        "retry": retry,
+        "socket_timeout": command_timeout(settings.op_timeout),
+        # A call that must open a connection stays within op_timeout too; the longer
+        # connect_timeout is for probes, which run in the background.
+        "socket_connect_timeout": min(
+            settings.connect_timeout, command_timeout(settings.op_timeout)
+        ),
+        "decode_responses": False,
+        # Off by default: CLIENT SETNAME is refused to least-privilege ACL users.
+        "client_name": settings.client_name,
+    }
     try:
-        url = settings.redis_url
-        return client_class.from_url(
-            url if node is None else at_address(url, *node),
-            retry=retry,
-            socket_timeout=command_timeout(settings.op_timeout),
-            # A call that must open a connection stays within op_timeout too; the longer
-            # connect_timeout is for probes, which run in the background.
-            socket_connect_timeout=min(
-                settings.connect_timeout, command_timeout(settings.op_timeout)
-            ),
-            decode_responses=False,
-            # Off by default: CLIENT SETNAME is refused to least-privilege ACL users.
-            client_name=settings.client_name,
+        if policy is None:
+            return client_class.from_url(url, **options)
+        client = client_class(
+            connection_pool=policy.pool(url, client_class is redis.asyncio.Redis, **options)
         )
+        client.auto_close_connection_pool = True  # as from_url does: close() closes the pool
+        return client
     except ValueError as exc:  # the message could quote the URL, so name only the setting
         raise ConfigurationError(f"url is not a valid Redis URL ({type(exc).__name__})") from None
 
 
-def sync_client(settings: KVCacheSettings, node: tuple[str, int] | None = None) -> redis.Redis:
-    """A client for the URL's address, or for ``node`` (host, port) with the URL's options."""
-    return _from_url(redis.Redis, redis.retry.Retry(NoBackoff(), 0), settings, node)
+def sync_client(
+    settings: KVCacheSettings,
+    node: tuple[str, int] | None = None,
+    policy: ConnectionPolicy | None = None,
+) -> redis.Redis:
+    """A client for the URL's address, or for ``node`` (host, port) with the URL's options;
+    ``policy``: how its connections authenticate (one per cache, see ``connection_policy``)."""
+    return _from_url(redis.Redis, redis.retry.Retry(NoBackoff(), 0), settings, node, policy)
 
 
 def async_client(
-    settings: KVCacheSettings, node: tuple[str, int] | None = None
+    settings: KVCacheSettings,
+    node: tuple[str, int] | None = None,
+    policy: ConnectionPolicy | None = None,
 ) -> redis.asyncio.Redis:
-    return _from_url(redis.asyncio.Redis, redis.asyncio.retry.Retry(NoBackoff(), 0), settings, node)
+    retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
+    return _from_url(redis.asyncio.Redis, retry, settings, node, policy)

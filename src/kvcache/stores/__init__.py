@@ -10,6 +10,8 @@ from .memory import MemoryStore
 from .redis import AsyncRedisStore, RedisStore
 
 if TYPE_CHECKING:
+    from redis.credentials import CredentialProvider
+
     from ..settings import KVCacheSettings
 
 __all__ = [
@@ -42,17 +44,22 @@ def _clustered(settings: KVCacheSettings) -> bool:
     return settings.scheme != "unix" and settings.resolved_mode != "standalone"
 
 
-def open_store(settings: KVCacheSettings) -> Store | RedisClusterStore:
-    """The sync store the settings' URL names. No I/O: clients connect on first use."""
-    from ..client import seed_address, sync_client
+def open_store(
+    settings: KVCacheSettings, *, credential_provider: CredentialProvider | None = None
+) -> Store | RedisClusterStore:
+    """The sync store the settings' URL names. No I/O: clients connect on first use.
+    ``credential_provider``: what every connection authenticates with, instead of the
+    URL's password or the IAM provider ``settings.iam`` describes."""
+    from ..client import connection_policy, seed_address, sync_client
 
     if settings.scheme == "memory":
         return MemoryStore(settings.memory_maxsize)
+    policy = connection_policy(settings, credential_provider)  # one for every node
     if not _clustered(settings):
-        return RedisStore(sync_client(settings), **_limits(settings))
+        return RedisStore(sync_client(settings, policy=policy), **_limits(settings))
     return RedisClusterStore(
         lambda host, port: RedisStore(
-            sync_client(settings, (host, port)), cluster=True, **_limits(settings)
+            sync_client(settings, (host, port), policy), cluster=True, **_limits(settings)
         ),
         seed_address(settings),
         **_cluster_options(settings),
@@ -60,17 +67,21 @@ def open_store(settings: KVCacheSettings) -> Store | RedisClusterStore:
 
 
 def open_async_store(
-    settings: KVCacheSettings,
+    settings: KVCacheSettings, *, credential_provider: CredentialProvider | None = None
 ) -> Store | AsyncStore | AsyncRedisClusterStore:
-    from ..client import async_client, seed_address
+    """As ``open_store``, for ``AsyncCache``."""
+    from ..client import async_client, connection_policy, seed_address
 
     if settings.scheme == "memory":
         return MemoryStore(settings.memory_maxsize)
+    policy = connection_policy(settings, credential_provider)
     if not _clustered(settings):
-        return AsyncRedisStore(lambda: async_client(settings), **_limits(settings))
+        return AsyncRedisStore(lambda: async_client(settings, policy=policy), **_limits(settings))
     return AsyncRedisClusterStore(
         lambda host, port: AsyncRedisStore(
-            lambda: async_client(settings, (host, port)), cluster=True, **_limits(settings)
+            lambda: async_client(settings, (host, port), policy),
+            cluster=True,
+            **_limits(settings),
         ),
         seed_address(settings),
         **_cluster_options(settings),

@@ -1,0 +1,617 @@
+"""IAM authentication for ElastiCache / MemoryDB, offline.
+
+Tokens are signed by botocore with static credentials and checked against an independent
+SigV4 computation. Then an IAM-enforcing stand-in: real TLS redis-servers (certificates made
+by trustme) whose ACL user accepts, as its passwords, exactly the tokens that are valid at the
+test's clock; the test rotates them, revokes them and kills connections, and the cache must
+reconnect with a fresh token by itself, with no error reaching the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+import boto3
+import botocore.auth
+import botocore.session
+import pytest
+import redis
+from botocore.model import ServiceId
+from botocore.signers import RequestSigner
+from pydantic import ValidationError
+
+from conftest import Blocking, Traffic
+from kvcache import AsyncCache, Cache, State
+from kvcache.aws import TOKEN_LIFETIME, IAMCredentialProvider, sign_token
+from kvcache.errors import ConfigurationError
+from kvcache.settings import KVCacheSettings
+from kvcache.stores import open_async_store, open_store
+from kvcache.testing import RedisClusterServer, RedisServer, TLSFiles
+
+ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
+SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+REGION = "eu-west-1"
+NAME = "my-cache"
+USER = "app-user"
+START = datetime.datetime(2026, 11, 23, 12, 0, 0, tzinfo=datetime.timezone.utc)
+UTC = datetime.timezone.utc
+
+
+class FakeClock:
+    """Wall time that moves only when the test says."""
+
+    def __init__(self) -> None:
+        self.now = START.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+class CountingSession:
+    """A real boto3 Session (static credentials, no network) that records which thread
+    resolved credentials, and can be made to fail or to be slow."""
+
+    def __init__(self, token: str | None = None) -> None:
+        self._session = boto3.Session(
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            aws_session_token=token,
+            region_name=REGION,
+        )
+        self.region_name = REGION
+        self.threads: list[str] = []
+        self.fail = False
+        self.delay = 0.0
+
+    def get_credentials(self) -> Any:
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("the instance metadata service timed out")
+        return self._session.get_credentials()
+
+
+def provider(clock: Callable[[], float], session: Any = None, **options: Any) -> Any:
+    made = IAMCredentialProvider(
+        "elasticache",
+        name=NAME,
+        user_id=USER,
+        region=REGION,
+        session=session or CountingSession(),
+        clock=clock,
+        **options,
+    )
+    return made
+
+
+def frozen(token: str | None = None) -> Any:
+    return CountingSession(token)._session.get_credentials().get_frozen_credentials()
+
+
+# -- the token -------------------------------------------------------------------------------
+
+
+def independent_signature(token: str, service: str, region: str) -> str:
+    """SigV4 for a presigned GET, computed by hand from AWS's specification."""
+    host, _, query = token.partition("/?")
+    params = [(k, v) for k, v in parse_qsl(query) if k != "X-Amz-Signature"]
+    canonical_query = "&".join(
+        f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params)
+    )
+    canonical_request = "\n".join(
+        ["GET", "/", canonical_query, f"host:{host}", "", "host", hashlib.sha256(b"").hexdigest()]
+    )
+    stamp = dict(params)["X-Amz-Date"]
+    scope = f"{stamp[:8]}/{region}/{service}/aws4_request"
+    string_to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            stamp,
+            scope,
+            hashlib.sha256(canonical_request.encode()).hexdigest(),
+        ]
+    )
+    key = ("AWS4" + SECRET_KEY).encode()
+    for part in (stamp[:8], region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("service", "serverless", "session_token"),
+    [("elasticache", False, None), ("elasticache", True, None), ("memorydb", False, "FwoG/x+y")],
+)
+def test_token_carries_the_documented_query_and_a_correct_signature(
+    service: Any, serverless: bool, session_token: str | None
+) -> None:
+    token = sign_token(
+        frozen(session_token),
+        service=service,
+        name="My-Cache",
+        user_id=USER,
+        region=REGION,
+        serverless=serverless,
+        at=START,
+    )
+    assert not token.startswith("https://")
+    host, _, query = token.partition("/?")
+    assert host == "my-cache"  # the cache name, lowercased; not an endpoint
+    params = dict(parse_qsl(query))
+    assert params["Action"] == "connect"
+    assert params["User"] == USER
+    assert params["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
+    assert params["X-Amz-Expires"] == "900"
+    assert params["X-Amz-Date"] == "20261123T120000Z"
+    assert params["X-Amz-Credential"] == f"{ACCESS_KEY}/20261123/{REGION}/{service}/aws4_request"
+    assert params["X-Amz-SignedHeaders"] == "host"
+    assert ("ResourceType" in params) is serverless
+    if serverless:
+        assert params["ResourceType"] == "ServerlessCache"
+    assert params.get("X-Amz-Security-Token") == session_token
+    assert params["X-Amz-Signature"] == independent_signature(token, service, REGION)
+
+
+def test_token_equals_what_botocores_presigner_makes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS's documented recipe (RequestSigner.generate_presigned_url), at the same instant."""
+    credentials = CountingSession()._session.get_credentials()
+    monkeypatch.setattr(
+        botocore.auth, "get_current_datetime", lambda *_, **__: START.replace(tzinfo=None)
+    )
+    signer = RequestSigner(
+        ServiceId("elasticache"),
+        REGION,
+        "elasticache",
+        "v4",
+        credentials,
+        botocore.session.get_session().get_component("event_emitter"),
+    )
+    presigned = signer.generate_presigned_url(
+        {
+            "method": "GET",
+            "url": f"https://{NAME}/?Action=connect&User={USER}",
+            "body": {},
+            "headers": {},
+            "context": {},
+        },
+        operation_name="connect",
+        expires_in=900,
+        region_name=REGION,
+    )
+    ours = sign_token(
+        credentials.get_frozen_credentials(),
+        service="elasticache",
+        name=NAME,
+        user_id=USER,
+        region=REGION,
+        at=START,
+    )
+    assert dict(parse_qsl(ours.partition("?")[2])) == dict(
+        parse_qsl(presigned.removeprefix("https://").partition("?")[2])
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"service": "dynamodb"}, "service must be one of"),
+        ({"name": ""}, "cache name and the user id"),
+        ({"user_id": ""}, "cache name and the user id"),
+        ({"service": "memorydb", "serverless": True}, "ElastiCache only"),
+        ({"refresh_margin": 30}, "refresh_margin"),
+        ({"refresh_margin": 900}, "refresh_margin"),
+    ],
+)
+def test_provider_rejects_bad_configuration(options: dict[str, Any], message: str) -> None:
+    arguments: dict[str, Any] = {"name": NAME, "user_id": USER, "session": CountingSession()}
+    service = options.pop("service", "elasticache")
+    with pytest.raises(ConfigurationError, match=message):
+        IAMCredentialProvider(service, **{**arguments, **options})
+
+
+def test_region_comes_from_the_session_or_is_required() -> None:
+    made = IAMCredentialProvider(name=NAME, user_id=USER, session=CountingSession())
+    assert made.region == REGION
+    regionless = CountingSession()
+    regionless.region_name = None  # type: ignore[assignment]
+    with pytest.raises(ConfigurationError, match="region"):
+        IAMCredentialProvider(name=NAME, user_id=USER, session=regionless)
+
+
+# -- the token's lifecycle ---------------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def token_time(token: str) -> datetime.datetime:
+    stamp = dict(parse_qsl(token.partition("?")[2]))["X-Amz-Date"]
+    return datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def test_token_is_cached_refreshed_ahead_in_the_background_and_never_nearly_expired() -> None:
+    clock = FakeClock()
+    session = CountingSession()
+    iam = provider(clock, session, refresh_margin=300)
+    try:
+        user, first = iam.get_credentials()
+        assert user == USER
+        assert iam.get_credentials()[1] == first  # cached
+        assert session.threads == [threading.current_thread().name]  # startup: once, inline
+
+        clock.advance(TOKEN_LIFETIME - 300 - 1)  # not due yet
+        time.sleep(0.05)
+        assert iam.get_credentials()[1] == first
+        clock.advance(2)  # due: re-signed in the background, the old one served meanwhile
+        assert iam.get_credentials()[1] == first
+        wait_for(lambda: iam.get_credentials()[1] != first)
+        second = iam.get_credentials()[1]
+        assert token_time(second) == datetime.datetime.fromtimestamp(clock.now, UTC)
+        # credentials were resolved again only off the request path
+        assert set(session.threads[1:]) == {"kvcache-iam-refresh"}
+
+        session.fail = True  # the refresher cannot resolve credentials any more ...
+        clock.advance(TOKEN_LIFETIME - 60 + 1)  # ... and the token is within a minute of expiry
+        third = iam.get_credentials()[1]
+        assert third != second  # never handed out: signed now, with the cached credentials
+        assert token_time(third) == datetime.datetime.fromtimestamp(clock.now, UTC)
+        assert session.threads.count(threading.current_thread().name) == 1
+    finally:
+        iam.close()
+
+
+def test_a_slow_credential_source_never_delays_a_connection() -> None:
+    clock = FakeClock()
+    session = CountingSession()
+    iam = provider(clock, session)
+    try:
+        iam.get_credentials()
+        session.delay = 1.0  # IMDS / STS being slow
+        clock.advance(TOKEN_LIFETIME - 200)  # due
+        started = time.monotonic()
+        for _ in range(20):
+            iam.get_credentials()
+        assert time.monotonic() - started < 0.5
+        wait_for(lambda: len(session.threads) >= 2)
+    finally:
+        iam.close()
+
+
+def test_a_failing_refresh_is_logged_once_and_retried(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    session = CountingSession()
+    iam = provider(clock, session)
+    try:
+        first = iam.get_credentials()[1]
+        session.fail = True
+        clock.advance(TOKEN_LIFETIME - 200)
+        wait_for(lambda: len(session.threads) >= 2)
+        for _ in range(3):  # later attempts, RETRY_AFTER apart
+            clock.advance(6)
+            count = len(session.threads)
+            wait_for(lambda count=count: len(session.threads) > count)  # type: ignore[misc]
+        assert iam.get_credentials()[1] == first  # still valid: still served
+        warnings = [r for r in caplog.records if r.name == "kvcache.aws"]
+        assert len(warnings) == 1
+        assert "RuntimeError" in warnings[0].getMessage()
+        session.fail = False
+        clock.advance(6)
+        wait_for(lambda: iam.get_credentials()[1] != first)
+    finally:
+        iam.close()
+
+
+def test_tokens_and_secrets_stay_out_of_reprs_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    iam = provider(FakeClock())
+    try:
+        token = iam.get_credentials()[1]
+        signature = dict(parse_qsl(token.partition("?")[2]))["X-Amz-Signature"]
+        text = repr(iam) + caplog.text
+        assert signature not in text
+        assert SECRET_KEY not in text
+        settings = KVCacheSettings(
+            url="rediss://127.0.0.1:1/0", iam={"enabled": True, "name": NAME, "user_id": USER}
+        )
+        assert signature not in repr(settings)
+    finally:
+        iam.close()
+
+
+def test_the_refresher_stops_with_its_provider() -> None:
+    iam = provider(FakeClock())
+    iam.get_credentials()
+    assert any(t.name == "kvcache-iam-refresh" for t in threading.enumerate())
+    iam.close()
+    wait_for(lambda: not any(t.name == "kvcache-iam-refresh" for t in threading.enumerate()))
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+IAM = {"enabled": True, "name": NAME, "user_id": USER, "region": REGION}
+
+
+@pytest.mark.parametrize(
+    ("url", "iam", "message"),
+    [
+        ("redis://cache.example:6379/0", IAM, "needs TLS"),
+        ("rediss://app-user:secret@cache.example:6379", IAM, "must not carry a password"),
+        ("rediss://someone@cache.example:6379", IAM, "user name must be iam.user_id"),
+        ("rediss://cache.example", {"enabled": True, "name": NAME}, "iam.user_id"),
+        ("rediss://cache.example", {**IAM, "service": "memorydb", "serverless": True}, "only"),
+        ("rediss://cache.example", {**IAM, "max_connection_age": 13 * 3600}, "max_connection_age"),
+    ],
+)
+def test_iam_settings_are_checked(url: str, iam: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message) as caught:
+        KVCacheSettings(url=url, iam=iam)
+    assert "secret" not in str(caught.value)
+
+
+def test_iam_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "URL": "rediss://app-user@cache.example:6379/0",
+        "IAM__ENABLED": "true",
+        "IAM__SERVICE": "memorydb",
+        "IAM__NAME": "Orders",
+        "IAM__USER_ID": USER,
+        "IAM__REGION": REGION,
+        "IAM__MAX_CONNECTION_AGE": "3600",
+    }.items():
+        monkeypatch.setenv(f"KVCACHE_{name}", value)
+    settings = KVCacheSettings()
+    assert settings.iam.service == "memorydb"
+    assert settings.iam.max_connection_age == 3600
+    assert settings.redis_url == "rediss://cache.example:6379/0"  # the provider gives the user
+
+
+# -- an IAM-enforcing stand-in: real TLS redis-servers --------------------------------------------
+
+
+class IAMStandIn:
+    """Plays ElastiCache's IAM check on real servers: the ACL user's passwords are exactly
+    the tokens ``allow`` names (by their signing time); ``kill`` drops the user's
+    connections, as a node restart or AWS's 12-hour limit would."""
+
+    def __init__(self, admins: list[redis.Redis]) -> None:
+        self.admins = admins
+
+    @staticmethod
+    def token_at(when: float) -> str:
+        return sign_token(
+            frozen(),
+            service="elasticache",
+            name=NAME,
+            user_id=USER,
+            region=REGION,
+            at=datetime.datetime.fromtimestamp(when, UTC),
+        )
+
+    def allow(self, *times: float) -> None:
+        self.set_passwords(*(self.token_at(when) for when in times))
+
+    def set_passwords(self, *passwords: str) -> None:
+        rules = [f">{password}" for password in passwords]
+        for admin in self.admins:
+            admin.execute_command(
+                "ACL", "SETUSER", USER, "reset", "on", *rules, "~*", "&*", "+@all"
+            )
+            admin.execute_command("ACL", "LOG", "RESET")
+
+    def refused(self) -> int:
+        """AUTH attempts the servers refused since the passwords were last set."""
+        return sum(
+            int(entry["count"])
+            for admin in self.admins
+            for entry in admin.acl_log()
+            if entry["reason"] == "auth"
+        )
+
+    def kill(self) -> int:
+        return sum(int(a.execute_command("CLIENT", "KILL", "USER", USER)) for a in self.admins)
+
+    def connection_ids(self) -> set[str]:
+        ids = set()
+        for admin in self.admins:
+            for client in admin.client_list():
+                if client.get("user") == USER:
+                    ids.add(f"{admin.connection_pool.connection_kwargs['port']}:{client['id']}")
+        return ids
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    return TLSFiles.generate(str(tmp_path_factory.mktemp("tls")))
+
+
+@pytest.fixture(scope="module")
+def tls_server(tls: TLSFiles) -> Iterator[RedisServer]:
+    with RedisServer(tls=tls) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tls: TLSFiles) -> Iterator[RedisClusterServer]:
+    with RedisClusterServer(primaries=3, tls=tls) as cluster:
+        yield cluster
+
+
+def stand_in_for(target: RedisServer | RedisClusterServer, tls: TLSFiles) -> IAMStandIn:
+    ports = target.primary_ports if isinstance(target, RedisClusterServer) else [target.port]
+    return IAMStandIn([redis.Redis(port=p, **tls.client_options()) for p in ports])
+
+
+@pytest.fixture(params=["sync", "async"])
+def make_cache(
+    request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
+) -> Iterator[Callable[..., Any]]:
+    made: list[Any] = []
+
+    def make(url: str, provider: Any, iam: Any = None, **options: Any) -> Any:
+        """A cache authenticating with ``provider``, READY; ``iam``: IAM settings."""
+        settings = KVCacheSettings(url=url, iam={**IAM, **(iam or {})}, **options)
+        if request.param == "sync":
+            cache: Any = Cache(
+                open_store(settings, credential_provider=provider), **settings.cache_options()
+            )
+        else:
+            store = open_async_store(settings, credential_provider=provider)
+            cache = Blocking(AsyncCache(store, **settings.cache_options()), loop)
+        made.append(cache)
+        assert cache.connect(timeout=10) is State.READY
+        return cache
+
+    yield make
+    for cache in made:
+        cache.close()
+
+
+def wait_ready(cache: Any, timeout: float = 10.0) -> None:
+    wait_for(lambda: cache.get("probe") is None and cache.state is State.READY, timeout)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("target", ["standalone", "cluster"])
+def test_reconnects_with_a_fresh_token_after_expiry_with_no_caller_visible_error(
+    target: str,
+    request: pytest.FixtureRequest,
+    tls: TLSFiles,
+    make_cache: Callable[..., Any],
+) -> None:
+    server = request.getfixturevalue("tls_server" if target == "standalone" else "tls_cluster")
+    stand_in = stand_in_for(server, tls)
+    clock = FakeClock()
+    stand_in.allow(clock.now)
+    iam = provider(clock)
+    try:
+        cache = make_cache(server.url, iam, mode=target)
+        with Traffic(cache, [f"k{i}" for i in range(60)]) as traffic:
+            traffic.run_for(0.3)
+            for _ in range(3):
+                # The token expires: the server takes only the one valid now, and every
+                # connection is dropped (AWS drops them too, at the latest after 12 h).
+                signed = iam.signed
+                stand_in.allow(clock.advance(TOKEN_LIFETIME))
+                assert stand_in.kill() >= 1
+                traffic.run_for(0.5)
+                wait_ready(cache)
+                assert iam.signed > signed
+                assert stand_in.connection_ids()  # connected again, with the new token
+            # Refresh-ahead: a token signed in the background before the old one expires
+            # is what the next connections use; the old one is then revoked.
+            before = clock.now
+            clock.advance(TOKEN_LIFETIME - 200)
+            stand_in.allow(before, clock.now)
+            wait_for(lambda: token_time(iam.get_credentials()[1]).timestamp() == clock.now)
+            signed = iam.signed
+            stand_in.allow(clock.now)  # the old token is gone
+            stand_in.kill()
+            traffic.run_for(0.5)
+            wait_ready(cache)
+            assert iam.signed == signed  # reconnected with the token signed ahead
+        assert traffic.exceptions == []
+        assert traffic.wrong == []
+    finally:
+        iam.close()
+        stand_in.set_passwords("unused")
+
+
+@pytest.mark.redis
+def test_a_refused_token_is_replaced_once_then_the_cache_degrades(
+    tls_server: RedisServer, tls: TLSFiles, make_cache: Callable[..., Any]
+) -> None:
+    stand_in = stand_in_for(tls_server, tls)
+    clock = FakeClock()
+    stand_in.allow(clock.now)
+    iam = provider(clock)
+    try:
+        cache = make_cache(tls_server.url, iam)
+        assert cache.set("k", 1)
+        # The server stops accepting a token the provider still thinks valid (revoked,
+        # or a skewed clock): one WRONGPASS, one new token, accepted.
+        clock.advance(60)
+        stand_in.allow(clock.now)
+        stand_in.kill()
+        signed = iam.signed
+        wait_ready(cache)  # (asyncio may see the dropped connection only when it writes)
+        assert cache.get("k") == 1
+        assert iam.signed == signed + 1
+        assert stand_in.refused() == 1
+        # Nothing it signs is accepted: each connection attempt (the call's, then the
+        # prober's) tries twice, with one new token, then fails; calls are answered from
+        # memory, with no exception.
+        stand_in.set_passwords("not-a-token")
+        stand_in.kill()
+        signed = iam.signed
+        assert cache.get("k") in (None, 1)
+        assert cache.state is State.DEGRADED
+        time.sleep(1.0)  # the prober keeps trying
+        attempts = iam.signed - signed
+        assert attempts >= 2
+        assert stand_in.refused() in (2 * attempts, 2 * attempts + 1)  # +1: one in flight
+        stand_in.allow(clock.now)  # accepted again: the prober brings it back
+        wait_ready(cache)
+    finally:
+        iam.close()
+        stand_in.set_passwords("unused")
+
+
+@pytest.mark.redis
+def test_connections_older_than_the_max_age_are_reopened_when_idle(
+    tls_server: RedisServer, tls: TLSFiles, make_cache: Callable[..., Any]
+) -> None:
+    stand_in = stand_in_for(tls_server, tls)
+    clock = FakeClock()
+    stand_in.allow(clock.now)
+    iam = provider(clock)
+    try:
+        cache = make_cache(tls_server.url, iam, iam={"max_connection_age": 0.3})
+        assert cache.set("k", 1)
+        first = stand_in.connection_ids()
+        assert first
+        time.sleep(0.5)
+        assert cache.get("k") == 1  # the connection is re-opened before this command
+        second = stand_in.connection_ids()
+        assert second
+        assert not first & second
+        assert cache.stats.errors == 0
+    finally:
+        iam.close()
+        stand_in.set_passwords("unused")
+
+
+def test_iam_settings_build_an_iam_provider_for_every_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From settings alone (boto3's chain: here the environment), no I/O at construction."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    settings = KVCacheSettings(url="rediss://app-user@cache.example:6379/0", iam=IAM)
+    store: Any = open_store(settings)
+    kwargs = store._client.connection_pool.connection_kwargs
+    provider_made = kwargs["credential_provider"]
+    assert isinstance(provider_made, IAMCredentialProvider)
+    assert "username" not in kwargs
+    assert "password" not in kwargs
+    user, token = provider_made.get_credentials()
+    assert user == USER
+    assert token.startswith(f"{NAME}/?Action=connect&User={USER}&")
+    provider_made.close()
+    store.close()
