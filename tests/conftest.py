@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import redis
 
-from kvcache import AsyncCache, Cache, MemoryStore
+from kvcache import AsyncCache, Cache, MemoryStore, State
+from kvcache.settings import KVCacheSettings
+from kvcache.stores import open_async_store, open_store
 from kvcache.testing import RedisServerNotFound, find_redis_server
 
 pytest_plugins = ["kvcache.testing.pytest_plugin"]
@@ -184,3 +186,22 @@ class Traffic:
         before = self.calls
         time.sleep(seconds)
         assert self.calls > before, "traffic stalled"
+
+
+def ready_cache(
+    kind: str,
+    settings: KVCacheSettings,
+    loop: asyncio.AbstractEventLoop,
+    prepare: Callable[[Any], None] | None = None,
+    **store_options: Any,
+) -> Any:
+    """A READY ``Cache`` ("sync") or ``AsyncCache`` seen through ``Blocking`` ("async") on
+    ``settings``; ``prepare(store)`` runs before the cache is made."""
+    store: Any = (open_store if kind == "sync" else open_async_store)(settings, **store_options)
+    if prepare is not None:
+        prepare(store)
+    cache: Any = (Cache if kind == "sync" else AsyncCache)(store, **settings.cache_options())
+    if kind == "async":
+        cache = Blocking(cache, loop)
+    assert cache.connect(timeout=10) is State.READY
+    return cache

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import Blocking, Traffic
-from kvcache import AsyncCache, Cache, State
+from conftest import Traffic, ready_cache
+from kvcache import Cache, State
 from kvcache.settings import KVCacheSettings
 from kvcache.state import StateChange
-from kvcache.stores import RedisStore, open_async_store, open_store
+from kvcache.stores import RedisStore
 from kvcache.testing import ChaosProxy
 from kvcache.testing.cluster import RedisClusterServer
 
@@ -39,17 +39,14 @@ def make_cache(
 
     def make(url: str, remap: Callable[[int], int] | None = None, **options: Any) -> Any:
         """A cluster cache on ``url``, READY; ``remap``: node port -> port to dial instead."""
+
+        def prepare(store: Any) -> None:
+            if remap is not None:
+                store.remap = lambda where: (where[0], remap(where[1]))
+
         settings = KVCacheSettings(url=url, topology_interval=INTERVAL, **options)
-        facade: Any = Cache if request.param == "sync" else AsyncCache
-        store: Any = open_store(settings) if request.param == "sync" else open_async_store(settings)
-        if remap is not None:
-            store.remap = lambda where: (where[0], remap(where[1]))
-        cache = facade(store, **settings.cache_options())
-        if request.param == "async":
-            cache = Blocking(cache, loop)
-        made.append(cache)
-        assert cache.connect(timeout=10) is State.READY
-        return cache
+        made.append(ready_cache(request.param, settings, loop, prepare))
+        return made[-1]
 
     yield make
     for cache in made:

@@ -10,10 +10,13 @@ reconnect with a fresh token by itself, with no error reaching the caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import hmac
 import logging
+import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,12 +32,11 @@ from botocore.model import ServiceId
 from botocore.signers import RequestSigner
 from pydantic import ValidationError
 
-from conftest import Blocking, Traffic
-from kvcache import AsyncCache, Cache, State
+from conftest import Traffic, ready_cache
+from kvcache import Cache, State
 from kvcache.aws import TOKEN_LIFETIME, IAMCredentialProvider, sign_token
 from kvcache.errors import ConfigurationError
 from kvcache.settings import KVCacheSettings
-from kvcache.stores import open_async_store, open_store
 from kvcache.testing import RedisClusterServer, RedisServer, TLSFiles
 
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
@@ -453,9 +455,25 @@ def tls_cluster(tls: TLSFiles) -> Iterator[RedisClusterServer]:
         yield cluster
 
 
-def stand_in_for(target: RedisServer | RedisClusterServer, tls: TLSFiles) -> IAMStandIn:
+@contextlib.contextmanager
+def enforcing(
+    target: RedisServer | RedisClusterServer, tls: TLSFiles
+) -> Iterator[tuple[IAMStandIn, FakeClock, IAMCredentialProvider]]:
+    """The target's IAM stand-in, accepting the token of now; a clock; a provider on it."""
     ports = target.primary_ports if isinstance(target, RedisClusterServer) else [target.port]
-    return IAMStandIn([redis.Redis(port=p, **tls.client_options()) for p in ports])
+    stand_in = IAMStandIn([redis.Redis(port=p, **tls.client_options()) for p in ports])
+    clock = FakeClock()
+    stand_in.allow(clock.now)
+    iam = provider(clock)
+    try:
+        yield stand_in, clock, iam
+    finally:
+        iam.close()
+        stand_in.set_passwords("unused")
+
+
+def server_for(target: str, request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue("tls_server" if target == "standalone" else "tls_cluster")
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -467,16 +485,8 @@ def make_cache(
     def make(url: str, provider: Any, iam: Any = None, **options: Any) -> Any:
         """A cache authenticating with ``provider``, READY; ``iam``: IAM settings."""
         settings = KVCacheSettings(url=url, iam={**IAM, **(iam or {})}, **options)
-        if request.param == "sync":
-            cache: Any = Cache(
-                open_store(settings, credential_provider=provider), **settings.cache_options()
-            )
-        else:
-            store = open_async_store(settings, credential_provider=provider)
-            cache = Blocking(AsyncCache(store, **settings.cache_options()), loop)
-        made.append(cache)
-        assert cache.connect(timeout=10) is State.READY
-        return cache
+        made.append(ready_cache(request.param, settings, loop, credential_provider=provider))
+        return made[-1]
 
     yield make
     for cache in made:
@@ -495,12 +505,8 @@ def test_reconnects_with_a_fresh_token_after_expiry_with_no_caller_visible_error
     tls: TLSFiles,
     make_cache: Callable[..., Any],
 ) -> None:
-    server = request.getfixturevalue("tls_server" if target == "standalone" else "tls_cluster")
-    stand_in = stand_in_for(server, tls)
-    clock = FakeClock()
-    stand_in.allow(clock.now)
-    iam = provider(clock)
-    try:
+    server = server_for(target, request)
+    with enforcing(server, tls) as (stand_in, clock, iam):
         cache = make_cache(server.url, iam, mode=target)
         with Traffic(cache, [f"k{i}" for i in range(60)]) as traffic:
             traffic.run_for(0.3)
@@ -528,20 +534,13 @@ def test_reconnects_with_a_fresh_token_after_expiry_with_no_caller_visible_error
             assert iam.signed == signed  # reconnected with the token signed ahead
         assert traffic.exceptions == []
         assert traffic.wrong == []
-    finally:
-        iam.close()
-        stand_in.set_passwords("unused")
 
 
 @pytest.mark.redis
 def test_a_refused_token_is_replaced_once_then_the_cache_degrades(
     tls_server: RedisServer, tls: TLSFiles, make_cache: Callable[..., Any]
 ) -> None:
-    stand_in = stand_in_for(tls_server, tls)
-    clock = FakeClock()
-    stand_in.allow(clock.now)
-    iam = provider(clock)
-    try:
+    with enforcing(tls_server, tls) as (stand_in, clock, iam):
         cache = make_cache(tls_server.url, iam)
         assert cache.set("k", 1)
         # The server stops accepting a token the provider still thinks valid (revoked,
@@ -568,50 +567,70 @@ def test_a_refused_token_is_replaced_once_then_the_cache_degrades(
         assert stand_in.refused() in (2 * attempts, 2 * attempts + 1)  # +1: one in flight
         stand_in.allow(clock.now)  # accepted again: the prober brings it back
         wait_ready(cache)
-    finally:
-        iam.close()
-        stand_in.set_passwords("unused")
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("target", ["standalone", "cluster"])
 def test_connections_older_than_the_max_age_are_reopened_when_idle(
-    tls_server: RedisServer, tls: TLSFiles, make_cache: Callable[..., Any]
+    target: str, request: pytest.FixtureRequest, tls: TLSFiles, make_cache: Callable[..., Any]
 ) -> None:
-    stand_in = stand_in_for(tls_server, tls)
-    clock = FakeClock()
-    stand_in.allow(clock.now)
-    iam = provider(clock)
-    try:
-        cache = make_cache(tls_server.url, iam, iam={"max_connection_age": 0.3})
-        assert cache.set("k", 1)
+    server = server_for(target, request)
+    keys = {f"k{i}": i for i in range(30)}  # on every node of the cluster
+    with enforcing(server, tls) as (stand_in, _clock, iam):
+        cache = make_cache(server.url, iam, iam={"max_connection_age": 0.3}, mode=target)
+        assert cache.set_many(keys)
         first = stand_in.connection_ids()
-        assert first
+        assert len(first) == len(stand_in.admins)  # one per node
         time.sleep(0.5)
-        assert cache.get("k") == 1  # the connection is re-opened before this command
+        assert cache.get_many(list(keys)) == keys  # each re-opened before this command
         second = stand_in.connection_ids()
-        assert second
+        assert len(second) == len(stand_in.admins)
         assert not first & second
         assert cache.stats.errors == 0
-    finally:
-        iam.close()
-        stand_in.set_passwords("unused")
+        assert cache.stats.fallback_hits == 0
 
 
-def test_iam_settings_build_an_iam_provider_for_every_connection(
+def test_iam_settings_alone_give_every_connection_a_provider_closed_with_the_cache(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """From settings alone (boto3's chain: here the environment), no I/O at construction."""
+    """From settings alone (boto3's chain: here the environment); no I/O at construction."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
     settings = KVCacheSettings(url="rediss://app-user@cache.example:6379/0", iam=IAM)
-    store: Any = open_store(settings)
-    kwargs = store._client.connection_pool.connection_kwargs
-    provider_made = kwargs["credential_provider"]
-    assert isinstance(provider_made, IAMCredentialProvider)
+    cache = Cache.from_settings(settings)
+    kwargs = cache.store._client.connection_pool.connection_kwargs  # type: ignore[union-attr]
+    made = kwargs["credential_provider"]
+    assert isinstance(made, IAMCredentialProvider)
     assert "username" not in kwargs
     assert "password" not in kwargs
-    user, token = provider_made.get_credentials()
+    user, token = made.get_credentials()
     assert user == USER
     assert token.startswith(f"{NAME}/?Action=connect&User={USER}&")
-    provider_made.close()
-    store.close()
+    assert any(t.name == "kvcache-iam-refresh" for t in threading.enumerate())
+    cache.close()
+    wait_for(lambda: not any(t.name == "kvcache-iam-refresh" for t in threading.enumerate()))
+
+
+def _child_refreshes(iam: Any, clock: FakeClock, queue: Any) -> None:
+    clock.advance(TOKEN_LIFETIME - 200)  # due: only a refresher thread of its own can sign
+    deadline = time.monotonic() + 5
+    while iam.signed < 2 and time.monotonic() < deadline:
+        iam.get_credentials()
+        time.sleep(0.01)
+    queue.put(iam.signed)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_a_forked_worker_gets_a_refresher_of_its_own() -> None:
+    clock = FakeClock()
+    iam = provider(clock)
+    try:
+        iam.get_credentials()  # the parent's refresher runs; it does not exist in a child
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_child_refreshes, args=(iam, clock, queue))
+        child.start()
+        assert queue.get(timeout=10) == 2
+        child.join(10)
+    finally:
+        iam.close()

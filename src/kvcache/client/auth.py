@@ -47,12 +47,22 @@ class ConnectionPolicy:
         provider: CredentialProvider,
         max_age: float | None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        owned: bool = False,
     ) -> None:
+        """``owned``: the provider was made for this cache, and ``close()`` closes it (one
+        the caller passed in is the caller's to close)."""
         self.provider = provider
         self.max_age = max_age
+        self._owned = owned
         self._clock = clock
         self._expires: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._retrying: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def close(self) -> None:
+        close = getattr(self.provider, "close", None)
+        if self._owned and close is not None:
+            close()
 
     def kwargs(self, is_async: bool) -> dict[str, Any]:
         return {

@@ -50,20 +50,22 @@ def connection_policy(
     """What every connection of one cache authenticates with: ``credential_provider`` if
     given, else an IAM token provider when ``iam.enabled``; None for the URL's password."""
     iam = settings.iam
-    if credential_provider is None and iam.enabled:
-        from ..aws import IAMCredentialProvider
-
-        credential_provider = IAMCredentialProvider(
-            iam.service,
-            name=iam.name or "",  # (the settings checked both are given)
-            user_id=iam.user_id or "",
-            region=iam.region,
-            serverless=iam.serverless,
-            refresh_margin=iam.refresh_margin,
-        )
-    if credential_provider is None:
+    max_age = iam.max_connection_age if iam.enabled else None
+    if credential_provider is not None:
+        return ConnectionPolicy(credential_provider, max_age)
+    if not iam.enabled:
         return None
-    return ConnectionPolicy(credential_provider, iam.max_connection_age if iam.enabled else None)
+    from ..aws import IAMCredentialProvider
+
+    made = IAMCredentialProvider(
+        iam.service,
+        name=iam.name or "",  # (the settings checked both are given)
+        user_id=iam.user_id or "",
+        region=iam.region,
+        serverless=iam.serverless,
+        refresh_margin=iam.refresh_margin,
+    )
+    return ConnectionPolicy(made, max_age, owned=True)
 
 
 def _from_url(

@@ -35,8 +35,12 @@ def _limits(settings: KVCacheSettings) -> dict[str, Any]:
     }
 
 
-def _cluster_options(settings: KVCacheSettings) -> dict[str, Any]:
-    return {"mode": settings.resolved_mode, "topology_interval": settings.topology_interval}
+def _cluster_options(settings: KVCacheSettings, policy: Any) -> dict[str, Any]:
+    return {
+        "mode": settings.resolved_mode,
+        "topology_interval": settings.topology_interval,
+        "auth": policy,
+    }
 
 
 def _clustered(settings: KVCacheSettings) -> bool:
@@ -56,13 +60,13 @@ def open_store(
         return MemoryStore(settings.memory_maxsize)
     policy = connection_policy(settings, credential_provider)  # one for every node
     if not _clustered(settings):
-        return RedisStore(sync_client(settings, policy=policy), **_limits(settings))
+        return RedisStore(sync_client(settings, policy=policy), **_limits(settings), auth=policy)
     return RedisClusterStore(
         lambda host, port: RedisStore(
             sync_client(settings, (host, port), policy), cluster=True, **_limits(settings)
         ),
         seed_address(settings),
-        **_cluster_options(settings),
+        **_cluster_options(settings, policy),
     )
 
 
@@ -76,7 +80,9 @@ def open_async_store(
         return MemoryStore(settings.memory_maxsize)
     policy = connection_policy(settings, credential_provider)
     if not _clustered(settings):
-        return AsyncRedisStore(lambda: async_client(settings, policy=policy), **_limits(settings))
+        return AsyncRedisStore(
+            lambda: async_client(settings, policy=policy), **_limits(settings), auth=policy
+        )
     return AsyncRedisClusterStore(
         lambda host, port: AsyncRedisStore(
             lambda: async_client(settings, (host, port), policy),
@@ -84,5 +90,5 @@ def open_async_store(
             **_limits(settings),
         ),
         seed_address(settings),
-        **_cluster_options(settings),
+        **_cluster_options(settings, policy),
     )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import ClassVar, Generic, Literal, TypeVar
 
 from ..topology import Remap, address, split_address
-from .redis import AsyncRedisStore, RedisStore
+from .redis import AsyncRedisStore, Closeable, RedisStore
 
 N = TypeVar("N", RedisStore, AsyncRedisStore)
 ClusterMode = Literal["auto", "cluster"]
@@ -31,17 +31,20 @@ class _ClusterStoreBase(Generic[N]):
         mode: ClusterMode = "auto",
         address_remap: Remap | None = None,
         topology_interval: float = 5.0,
+        auth: Closeable | None = None,
     ) -> None:
         """``make_node(host, port)``: a store for one node (no I/O). ``seed``: the
         configured endpoint; it stays a place to ask for the topology whatever the cluster
         says. ``mode``: "cluster" insists on a cluster; "auto" also serves a server that is
         not one (as a one-node topology). ``address_remap``: maps the addresses the cluster
-        announces to ones this process can reach."""
+        announces to ones this process can reach. ``auth``: what the nodes' connections
+        authenticate with, closed with the store."""
         self._make_node: Callable[[str, int], N] = make_node
         self.seed = address(*seed)
         self.mode = mode
         self.remap = address_remap
         self.topology_interval = topology_interval
+        self._auth = auth
         self._nodes: dict[str, N] = {}
         self._lock = threading.Lock()
 
@@ -76,6 +79,8 @@ class RedisClusterStore(_ClusterStoreBase[RedisStore]):
     def close(self) -> None:
         for store in self._all():
             store.close()
+        if self._auth is not None:
+            self._auth.close()
 
 
 class AsyncRedisClusterStore(_ClusterStoreBase[AsyncRedisStore]):
@@ -85,3 +90,5 @@ class AsyncRedisClusterStore(_ClusterStoreBase[AsyncRedisStore]):
         """Close this event loop's connections to every node."""
         for store in self._all():
             await store.close()
+        if self._auth is not None:
+            self._auth.close()

@@ -87,6 +87,10 @@ def step_timeout(client: Any, connect_timeout: float | None) -> float:
     return float(kwargs.get("socket_connect_timeout") or kwargs.get("socket_timeout") or 1.0)
 
 
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
 class Breaker(Protocol):
     """What the adapter offers a store: see ``RedisStore``."""
 
@@ -208,9 +212,13 @@ class RedisStore:
         connect_timeout: float | None = None,
         *,
         cluster: bool = False,
+        auth: Closeable | None = None,
     ) -> None:
+        """``auth``: what the client's connections authenticate with (an IAM token
+        refresher), closed with the store."""
         self._client: Any = client  # redis-py types replies as Union[Awaitable, Any]
         self.cluster = cluster  # a cluster node: multi-key commands one slot at a time
+        self._auth = auth
         self._max_in_flight = max_in_flight
         self._wait = wait_timeout
         self._step = step_timeout(client, connect_timeout)
@@ -354,6 +362,8 @@ class RedisStore:
 
     def close(self) -> None:
         self._client.close()
+        if self._auth is not None:
+            self._auth.close()
 
 
 class AsyncRedisStore:
@@ -372,9 +382,11 @@ class AsyncRedisStore:
         connect_timeout: float | None = None,
         *,
         cluster: bool = False,
+        auth: Closeable | None = None,
     ) -> None:
         self._connect = connect
         self.cluster = cluster  # see RedisStore
+        self._auth = auth  # see RedisStore
         self._max_in_flight = max_in_flight
         self._wait_timeout = wait_timeout
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
@@ -535,6 +547,8 @@ class AsyncRedisStore:
             self._current = None
         if current is not None:
             await current.client.aclose()
+        if self._auth is not None:
+            self._auth.close()
 
 
 class _LoopClient:
