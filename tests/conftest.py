@@ -193,15 +193,19 @@ def ready_cache(
     settings: KVCacheSettings,
     loop: asyncio.AbstractEventLoop,
     prepare: Callable[[Any], None] | None = None,
+    *,
+    expect: State = State.READY,
+    timeout: float = 10.0,
     **store_options: Any,
 ) -> Any:
-    """A READY ``Cache`` ("sync") or ``AsyncCache`` seen through ``Blocking`` ("async") on
-    ``settings``; ``prepare(store)`` runs before the cache is made."""
+    """A ``Cache`` ("sync") or ``AsyncCache`` seen through ``Blocking`` ("async") on
+    ``settings``, in the state ``expect`` after ``connect(timeout)`` (which waits for READY
+    that long); ``prepare(store)`` runs first."""
     store: Any = (open_store if kind == "sync" else open_async_store)(settings, **store_options)
     if prepare is not None:
         prepare(store)
     cache: Any = (Cache if kind == "sync" else AsyncCache)(store, **settings.cache_options())
     if kind == "async":
         cache = Blocking(cache, loop)
-    assert cache.connect(timeout=10) is State.READY
+    assert cache.connect(timeout=timeout) is expect
     return cache

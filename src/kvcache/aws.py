@@ -26,10 +26,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from redis.credentials import CredentialProvider
+from redis.exceptions import AuthenticationError
 
 from . import forksafe
 from .errors import ConfigurationError
@@ -95,14 +96,20 @@ class Session(Protocol):
 
 @dataclass(frozen=True)
 class _Token:
-    value: str
-    signed_at: float  # clock seconds
+    value: str = field(repr=False)
+    signed_at: int  # clock seconds, as X-Amz-Date has them (whole seconds)
 
     def usable(self, now: float) -> bool:
-        return now - self.signed_at < TOKEN_LIFETIME - SAFETY_MARGIN
+        """Valid for more than SAFETY_MARGIN; a clock that went back makes it unusable."""
+        return 0 <= now - self.signed_at < TOKEN_LIFETIME - SAFETY_MARGIN
 
     def due(self, now: float, refresh_margin: float) -> bool:
-        return now - self.signed_at >= TOKEN_LIFETIME - refresh_margin
+        return not 0 <= now - self.signed_at < TOKEN_LIFETIME - refresh_margin
+
+
+class CredentialsUnavailable(AuthenticationError):
+    """No AWS credentials to sign a token with. An ``AuthenticationError`` to redis-py, so a
+    connection that meets it is closed, and to kvcache a reason to degrade, not to crash."""
 
 
 class IAMCredentialProvider(CredentialProvider):
@@ -133,6 +140,7 @@ class IAMCredentialProvider(CredentialProvider):
             raise ConfigurationError(
                 f"refresh_margin must be between {SAFETY_MARGIN:g} and {TOKEN_LIFETIME} s"
             )
+        self._own_session = session is None  # then a forked child makes its own
         if session is None:
             session = _default_session()
         region = region or session.region_name
@@ -152,13 +160,19 @@ class IAMCredentialProvider(CredentialProvider):
         self._credentials_stale = False  # the server refused a token: resolve again
         self.signed = 0  # tokens signed so far (observability, tests)
         self._closed = False
-        self.after_fork()
+        self._session_stale = False
+        self._new_threading()
         forksafe.register(self)
 
-    def after_fork(self) -> None:
+    def _new_threading(self) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def after_fork(self) -> None:
+        self._new_threading()
+        # The parent's session may hold a lock (a refresh in progress) and connections.
+        self._session_stale = self._own_session
 
     def __repr__(self) -> str:  # never the token
         return (
@@ -187,7 +201,12 @@ class IAMCredentialProvider(CredentialProvider):
                 token = self._token
                 if token is None or not token.usable(now):
                     if self._credentials is None:  # startup: the one inline resolution
-                        self._credentials = self._resolve()
+                        try:
+                            self._credentials = self._resolve()
+                        except Exception as exc:
+                            raise CredentialsUnavailable(
+                                f"IAM credentials unavailable ({type(exc).__name__})"
+                            ) from exc
                     token = self._sign(self._credentials)
         self._start_refresher()
         return token.value
@@ -205,13 +224,15 @@ class IAMCredentialProvider(CredentialProvider):
         self._wake.set()
 
     def _resolve(self) -> Any:
+        if self._session_stale:
+            self._session, self._session_stale = _default_session(), False
         credentials = self._session.get_credentials()
         if credentials is None:
             raise ConfigurationError("no AWS credentials found for IAM authentication")
         return credentials.get_frozen_credentials()
 
     def _sign(self, credentials: Any) -> _Token:
-        now = self._clock()
+        now = int(self._clock())
         value = sign_token(
             credentials,
             service=self.service,
@@ -228,9 +249,10 @@ class IAMCredentialProvider(CredentialProvider):
     # -- the background refresher ----------------------------------------------------------
 
     def _start_refresher(self) -> None:
-        if self._thread is None and not self._closed:
+        thread = self._thread
+        if (thread is None or not thread.is_alive()) and not self._closed:
             with self._lock:
-                if self._thread is None:
+                if self._thread is thread:
                     self._thread = threading.Thread(
                         target=_refresh_loop,
                         args=(weakref.ref(self), self._wake),
@@ -241,30 +263,32 @@ class IAMCredentialProvider(CredentialProvider):
 
     def _due(self) -> bool:
         now = self._clock()
-        if self._failed_at is not None and now - self._failed_at < RETRY_AFTER:
+        if self._failed_at is not None and 0 <= now - self._failed_at < RETRY_AFTER:
             return False
         token = self._token
         return self._credentials_stale or token is None or token.due(now, self.refresh_margin)
 
     def _refresh(self) -> None:
-        """Resolve the credentials (this may call IMDS or STS) and sign a new token."""
+        """Resolve the credentials (this may call IMDS or STS) and sign a new token. A
+        failure is logged once per streak and retried RETRY_AFTER later; meanwhile
+        connections keep the current token while it is usable."""
         try:
             credentials = self._resolve()
-        except Exception as exc:  # reported, then retried; connections keep the old token
+            with self._lock:
+                token = self._token
+                fresh = token is not None and not token.due(self._clock(), self.refresh_margin)
+                if not (fresh and credentials == self._credentials):  # else nothing changes
+                    self._sign(credentials)
+                self._credentials = credentials
+                self._credentials_stale = False
+        except Exception as exc:
             if self._failed_at is None:
                 log.warning(
                     "kvcache: IAM credentials could not be refreshed (%s); will retry",
                     type(exc).__name__,
                 )
             self._failed_at = self._clock()
-            return
-        with self._lock:
-            token = self._token
-            fresh = token is not None and not token.due(self._clock(), self.refresh_margin)
-            if not (fresh and credentials == self._credentials):  # else nothing would change
-                self._sign(credentials)
-            self._credentials = credentials
-            self._credentials_stale = False
+        else:
             self._failed_at = None
 
 
@@ -274,8 +298,11 @@ def _refresh_loop(ref: weakref.ref[IAMCredentialProvider], wake: threading.Event
         provider = ref()
         if provider is None or provider._closed:
             return
-        if provider._due():
-            provider._refresh()
+        try:
+            if provider._due():
+                provider._refresh()
+        except Exception as exc:  # never die (a broken clock?): no fresh token otherwise
+            log.debug("kvcache: IAM refresher: %s", type(exc).__name__)
         del provider  # hold no reference while asleep
         wake.wait(RECHECK)
         wake.clear()

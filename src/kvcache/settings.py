@@ -49,7 +49,7 @@ _CREDENTIAL_PARAM = re.compile(r"(^|&)(password|username)=[^&]*", re.IGNORECASE)
 
 
 def _url_user(url: str) -> tuple[str, str]:
-    """The URL's user name and password (either may be empty)."""
+    """The URL's user name and password from its user info (either may be empty)."""
     info = url.partition("?")[0].partition("://")[2].rpartition("@")[0]
     user, _, password = info.partition(":")
     return unquote(user), unquote(password)
@@ -186,6 +186,8 @@ class KVCacheSettings(BaseSettings):
     def _check_iam_url(self) -> None:
         if self.scheme != "rediss":
             raise ValueError("IAM authentication needs TLS: use a rediss:// URL")
+        if _CREDENTIAL_PARAM.search(self.url.partition("?")[2]):
+            raise ValueError("with IAM authentication the URL must not carry username=/password=")
         user, password = _url_user(self.url)
         if password:
             raise ValueError("with IAM authentication the URL must not carry a password")
@@ -195,6 +197,13 @@ class KVCacheSettings(BaseSettings):
     def __repr_args__(self) -> Any:
         yield "url", redact_url(self.url)
         yield from super().__repr_args__()
+
+    @property
+    def url_credentials(self) -> bool:
+        """Does the URL carry a user name or password (user info, or query parameters)?"""
+        return any(_url_user(self.url)) or bool(
+            _CREDENTIAL_PARAM.search(self.url.partition("?")[2])
+        )
 
     @property
     def scheme(self) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import redis
 import redis.asyncio
 from redis.credentials import CredentialProvider
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 log = logging.getLogger("kvcache.client")
 
@@ -87,36 +87,56 @@ class ConnectionPolicy:
 
     # The handshake hooks (redis-py's ``redis_connect_func``). A refused AUTH may have
     # closed the socket (redis-py does on WRONGPASS), so the retry is a whole new connect,
-    # which runs the hook again: ``_retrying`` makes that second run the last.
+    # which runs the hook again: ``_retrying`` makes that second run the last. redis-py
+    # closes the socket after a RedisError only; anything else (a credential provider's own
+    # error, a cancellation) must not leave an unauthenticated socket in the pool.
 
     def _connect(self, connection: Any) -> None:
         try:
-            connection.on_connect()
-        except (AuthenticationError, ResponseError) as exc:
-            if connection in self._retrying or not self._retry_after(exc):
-                raise
-            self._retrying.add(connection)
             try:
-                connection.disconnect()
-                connection.connect()
-            finally:
-                self._retrying.discard(connection)
-            return
+                connection.on_connect()
+            except (AuthenticationError, ResponseError) as exc:
+                if connection in self._retrying or not self._retry_after(exc):
+                    raise
+                self._retrying.add(connection)
+                try:
+                    connection.disconnect()
+                    connection.connect()
+                finally:
+                    self._retrying.discard(connection)
+                return
+        except RedisError:
+            raise
+        except Exception as exc:
+            connection.disconnect()
+            raise AuthenticationError(f"credentials unavailable ({type(exc).__name__})") from exc
+        except BaseException:  # a cancellation: no half-open socket either
+            connection.disconnect()
+            raise
         self._connected(connection)
 
     async def _connect_async(self, connection: Any) -> None:
         try:
-            await connection.on_connect()
-        except (AuthenticationError, ResponseError) as exc:
-            if connection in self._retrying or not self._retry_after(exc):
-                raise
-            self._retrying.add(connection)
             try:
-                await connection.disconnect()
-                await connection.connect()
-            finally:
-                self._retrying.discard(connection)
-            return
+                await connection.on_connect()
+            except (AuthenticationError, ResponseError) as exc:
+                if connection in self._retrying or not self._retry_after(exc):
+                    raise
+                self._retrying.add(connection)
+                try:
+                    await connection.disconnect()
+                    await connection.connect()
+                finally:
+                    self._retrying.discard(connection)
+                return
+        except RedisError:
+            raise
+        except Exception as exc:
+            await connection.disconnect()
+            raise AuthenticationError(f"credentials unavailable ({type(exc).__name__})") from exc
+        except BaseException:  # a cancellation: no half-open socket either
+            await connection.disconnect()
+            raise
         self._connected(connection)
 
     def _retry_after(self, exc: Exception) -> bool:

@@ -52,6 +52,10 @@ def connection_policy(
     iam = settings.iam
     max_age = iam.max_connection_age if iam.enabled else None
     if credential_provider is not None:
+        if not iam.enabled and settings.url_credentials:  # (under IAM, redis_url has none)
+            raise ConfigurationError(
+                "with a credential_provider the URL must not carry credentials"
+            )
         return ConnectionPolicy(credential_provider, max_age)
     if not iam.enabled:
         return None
