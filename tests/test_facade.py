@@ -76,6 +76,16 @@ def test_set_many_needs_a_mapping(cache: Any) -> None:
         cache.set_many([("a", 1)])
 
 
+def test_add_stores_only_absent_keys(cache: Any) -> None:
+    assert cache.add("a", 1) is True
+    assert cache.add("a", 2) is False
+    assert cache.get("a") == 1
+    cache.delete("a")
+    assert cache.add("a", 3, ttl=60) is True
+    assert 0 < cache.ttl("a") <= 60
+    assert cache.stats.sets == 2
+
+
 def test_incr_decr(cache: Any) -> None:
     assert cache.incr("n") == 1
     assert cache.incr("n", 10) == 11

@@ -86,6 +86,10 @@ def test_ask_commands_cover_every_one_key_call() -> None:
     commands, finish = ask_commands("set", (b"k", b"v", 100))
     assert commands == [("SET", b"k", b"v", "PX", 100)]
     assert finish([True]) is None
+    commands, finish = ask_commands("add", (b"k", b"v", None))
+    assert commands == [("SET", b"k", b"v", "NX")]
+    assert finish([True]) is True
+    assert finish([None]) is False
     commands, finish = ask_commands("incr", (b"k", 2, None))
     assert commands == [("INCRBY", b"k", 2)]
     assert finish([5]) == 5

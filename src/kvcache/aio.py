@@ -58,6 +58,9 @@ class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
     async def set(self, key: Key, value: Any, ttl: float | None = None) -> bool:
         return await arun(self._ops.set(key, value, ttl))
 
+    async def add(self, key: Key, value: Any, ttl: float | None = None) -> bool:
+        return await arun(self._ops.add(key, value, ttl))
+
     async def set_many(self, mapping: Mapping[Key, Any], ttl: float | None = None) -> bool:
         return await arun(self._ops.set_many(mapping, ttl))
 

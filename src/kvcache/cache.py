@@ -61,6 +61,10 @@ class Cache(CacheBase[Store | RedisClusterStore]):
         """Store ``value``; ``ttl`` in seconds (None: the default TTL, FOREVER: no expiry)."""
         return run(self._ops.set(key, value, ttl))
 
+    def add(self, key: Key, value: Any, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent (atomic, SET NX); True if stored."""
+        return run(self._ops.add(key, value, ttl))
+
     def set_many(self, mapping: Mapping[Key, Any], ttl: float | None = None) -> bool:
         return run(self._ops.set_many(mapping, ttl))
 

@@ -136,6 +136,17 @@ class Operations:
         self.stats.sets += 1
         return True
 
+    def add(self, key: Key, value: Any, ttl: float | None) -> Op[bool]:
+        full, payload, ttl_ms = self.keys.build(key), self.codec.encode(value), self.ttl_ms(ttl)
+        added: bool
+        try:
+            added, _ = yield from self.adapter.call("add", full, payload, ttl_ms, writes=(full,))
+        except StoreError as exc:
+            return self.failed("add", exc, key, False)
+        if added:
+            self.stats.sets += 1
+        return added
+
     def set_many(self, mapping: Mapping[Key, Any], ttl: float | None) -> Op[bool]:
         if not isinstance(mapping, Mapping):
             raise InvalidValueError("set_many expects a mapping of keys to values")

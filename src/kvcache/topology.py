@@ -159,6 +159,8 @@ def ask_commands(method: str, args: tuple[Any, ...]) -> tuple[list[tuple[Any, ..
         return [("PTTL", args[0])], lambda r: r[0]
     if method == "set":
         return [_set(args[0], args[1], args[2])], lambda r: None
+    if method == "add":
+        return [(*_set(args[0], args[1], args[2]), "NX")], lambda r: r[0] is not None
     if method == "set_many":
         return [_set(key, value, args[1]) for key, value in args[0]], lambda r: None
     if method == "delete_many":

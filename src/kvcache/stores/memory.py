@@ -80,6 +80,14 @@ class MemoryStore:
         with self._lock:
             self._entries[key] = (value, deadline)
 
+    def add(self, key: bytes, value: bytes, ttl_ms: int | None) -> bool:
+        deadline = self._deadline(ttl_ms)
+        with self._lock:
+            if self._entries.get(key) is not None:
+                return False
+            self._entries[key] = (value, deadline)
+            return True
+
     def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
         deadline = self._deadline(ttl_ms)
         with self._lock:

@@ -316,6 +316,9 @@ class RedisStore:
     def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
         self._call(self._client.set, key, value, px=ttl_ms)
 
+    def add(self, key: bytes, value: bytes, ttl_ms: int | None) -> bool:
+        return bool(self._call(self._client.set, key, value, px=ttl_ms, nx=True))
+
     def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
         pipe = self._client.pipeline(transaction=False)
         _queue_set_many(pipe, items, ttl_ms, self.cluster)
@@ -480,6 +483,10 @@ class AsyncRedisStore:
     async def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
         here = self._here()
         await here.run(here.client.set, key, value, px=ttl_ms)
+
+    async def add(self, key: bytes, value: bytes, ttl_ms: int | None) -> bool:
+        here = self._here()
+        return bool(await here.run(here.client.set, key, value, px=ttl_ms, nx=True))
 
     async def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
         here = self._here()
