@@ -1,0 +1,1 @@
+"""Framework integrations: Django, Flask-Caching, FastAPI (each imports its framework)."""
