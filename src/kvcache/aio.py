@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from .drivers import arun
 from .errors import CacheUnavailableError, StoreError
 from .facade import CacheBase
-from .keys import Key
+from .keys import K, Key
 from .ops import MISSING
 from .settings import KVCacheSettings
 from .singleflight import AsyncSingleFlight
@@ -52,7 +52,7 @@ class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
     async def get(self, key: Key, default: Any = None) -> Any:
         return await arun(self._ops.get(key, default))
 
-    async def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
+    async def get_many(self, keys: Iterable[K]) -> dict[K, Any]:
         return await arun(self._ops.get_many(keys))
 
     async def set(self, key: Key, value: Any, ttl: float | None = None) -> bool:
@@ -61,7 +61,7 @@ class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
     async def add(self, key: Key, value: Any, ttl: float | None = None) -> bool:
         return await arun(self._ops.add(key, value, ttl))
 
-    async def set_many(self, mapping: Mapping[Key, Any], ttl: float | None = None) -> bool:
+    async def set_many(self, mapping: Mapping[K, Any], ttl: float | None = None) -> bool:
         return await arun(self._ops.set_many(mapping, ttl))
 
     async def delete(self, key: Key) -> bool:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from .drivers import run
 from .errors import CacheUnavailableError, StoreError
 from .facade import CacheBase
-from .keys import Key
+from .keys import K, Key
 from .ops import MISSING
 from .settings import KVCacheSettings
 from .singleflight import SingleFlight
@@ -53,7 +53,7 @@ class Cache(CacheBase[Store | RedisClusterStore]):
     def get(self, key: Key, default: Any = None) -> Any:
         return run(self._ops.get(key, default))
 
-    def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
+    def get_many(self, keys: Iterable[K]) -> dict[K, Any]:
         """The found keys and their values; missing keys are left out."""
         return run(self._ops.get_many(keys))
 
@@ -65,7 +65,7 @@ class Cache(CacheBase[Store | RedisClusterStore]):
         """Store ``value`` only if ``key`` is absent (atomic, SET NX); True if stored."""
         return run(self._ops.add(key, value, ttl))
 
-    def set_many(self, mapping: Mapping[Key, Any], ttl: float | None = None) -> bool:
+    def set_many(self, mapping: Mapping[K, Any], ttl: float | None = None) -> bool:
         return run(self._ops.set_many(mapping, ttl))
 
     def delete(self, key: Key) -> bool:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 from .errors import ConfigurationError, InvalidKeyError
 
 Key = str | bytes
+K = TypeVar("K", bound=Key)  # the caller's key type: get_many(list[str]) -> dict[str, Any]
 
 DEFAULT_MAX_KEY_LENGTH = 1024  # bytes, after UTF-8 encoding; Redis allows 512 MB, no cache needs it
 

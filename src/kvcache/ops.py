@@ -17,7 +17,7 @@ from .adapter import ALL_KEYS, Adapter
 from .codec import INT64_MAX, INT64_MIN, Codec
 from .errors import InvalidKeyError, InvalidValueError, SerializationError, StoreError
 from .events import Emitter, ErrorEvent
-from .keys import Key, KeySpace
+from .keys import K, Key, KeySpace
 from .sharding import ShardedAdapter
 from .stats import Stats
 from .ttl import check_ttl, from_pttl, to_millis
@@ -61,7 +61,7 @@ class Operations:
     def ttl_ms(self, ttl: float | None) -> int | None:
         return self._default_ttl_ms if ttl is None else to_millis(check_ttl(ttl))
 
-    def build_all(self, keys: Iterable[Key]) -> tuple[list[Key], list[bytes]]:
+    def build_all(self, keys: Iterable[K]) -> tuple[list[K], list[bytes]]:
         """Distinct user keys (first-seen order) and their full keys."""
         if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
             raise InvalidKeyError(f"expected an iterable of keys, not {type(keys).__name__}")
@@ -112,7 +112,7 @@ class Operations:
             return self.failed("get", exc, key, default)
         return self.read(raw, key, default, offline)
 
-    def get_many(self, keys: Iterable[Key]) -> Op[dict[Key, Any]]:
+    def get_many(self, keys: Iterable[K]) -> Op[dict[K, Any]]:
         distinct, full = self.build_all(keys)
         if not full:
             return {}
@@ -120,7 +120,7 @@ class Operations:
             raws, offline = yield from self.adapter.call("get_many", full)
         except StoreError as exc:
             return self.failed("get_many", exc, None, {})
-        found = {}
+        found: dict[K, Any] = {}
         for key, raw in zip(distinct, raws, strict=True):
             value = self.read(raw, key, MISSING, offline, "get_many")
             if value is not MISSING:
@@ -147,7 +147,7 @@ class Operations:
             self.stats.sets += 1
         return added
 
-    def set_many(self, mapping: Mapping[Key, Any], ttl: float | None) -> Op[bool]:
+    def set_many(self, mapping: Mapping[K, Any], ttl: float | None) -> Op[bool]:
         if not isinstance(mapping, Mapping):
             raise InvalidValueError("set_many expects a mapping of keys to values")
         ttl_ms = self.ttl_ms(ttl)

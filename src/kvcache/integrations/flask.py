@@ -1,0 +1,134 @@
+"""A Flask-Caching backend on kvcache: cachelib's cache API, kvcache's resilience.
+
+    app.config.update(
+        CACHE_TYPE="kvcache.integrations.flask.KVCache",
+        CACHE_REDIS_URL="redis://127.0.0.1:6379/0",
+        CACHE_KEY_PREFIX="myapp_",       # Redis keys "myapp_<key>"; clear() deletes only those
+        CACHE_DEFAULT_TIMEOUT=300,       # 0: never expires
+        CACHE_OPTIONS={"op_timeout": 0.25, "mode": "cluster"},  # any kvcache setting
+    )
+    cache = flask_caching.Cache(app)
+
+Values are pickled (``@cache.memoize`` stores whatever a function returns), signed with a key
+derived from the app's ``SECRET_KEY`` unless the options name a ``signing_key`` or another
+``serializer``. Timeouts follow cachelib: None is the default timeout, 0 never expires; a
+negative one stores nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import math
+from typing import Any
+
+from flask import Flask
+from flask_caching.backends.base import BaseCache
+
+from ..cache import Cache
+from ..settings import KVCacheSettings
+from ..ttl import FOREVER
+
+CONNECT_WAIT = 1.0  # seconds the app's start waits for Redis (then it serves from memory)
+
+
+class KVCache(BaseCache):
+    def __init__(self, cache: Cache, default_timeout: int = 300) -> None:
+        super().__init__(default_timeout=default_timeout)
+        self._cache = cache
+
+    @classmethod
+    def factory(
+        cls, app: Flask, config: dict[str, Any], args: list[Any], kwargs: dict[str, Any]
+    ) -> KVCache:
+        """Flask-Caching's backend contract: built from the app's CACHE_* configuration."""
+        options = {name.lower(): value for name, value in kwargs.items()}
+        default_timeout = options.pop("default_timeout", 300)
+        options.pop("ignore_delete_many_errors", None)
+        connect_wait = float(options.pop("connect_wait", CONNECT_WAIT))
+        prefix = str(config.get("CACHE_KEY_PREFIX") or "flask:")
+        if len(prefix) > 1 and not prefix[-1].isalnum():  # "app_": cachelib's "app_<key>"
+            options.setdefault("namespace", prefix[:-1])
+            options.setdefault("separator", prefix[-1])
+        else:  # "app": "app:<key>" (an empty separator would let clear() reach "apple...")
+            options.setdefault("namespace", prefix)
+        if "serializer" not in options:
+            options["serializer"] = "pickle"
+            secret = app.config.get("SECRET_KEY")
+            if "signing_key" not in options and secret:
+                material = secret if isinstance(secret, bytes) else str(secret).encode()
+                digest = hashlib.sha256(b"kvcache.integrations.flask:" + material)
+                options["signing_key"] = digest.hexdigest()
+        url = config.get("CACHE_REDIS_URL") or "redis://127.0.0.1:6379/0"
+        cache = Cache.from_settings(KVCacheSettings(url=url, **options))
+        cache.connect(connect_wait)
+        return cls(cache, default_timeout=default_timeout)
+
+    @property
+    def kvcache(self) -> Cache:
+        """The kvcache ``Cache`` underneath: ``health()``, ``state``, ``stats``, events."""
+        return self._cache
+
+    def _ttl(self, timeout: int | float | datetime.timedelta | None) -> float | None:
+        """Seconds for kvcache: FOREVER for 0, None when nothing is to be stored."""
+        if timeout is None:
+            timeout = self.default_timeout
+        if isinstance(timeout, datetime.timedelta):
+            timeout = math.ceil(timeout.total_seconds())
+        if timeout == 0:
+            return FOREVER
+        return None if timeout < 0 else float(timeout)
+
+    def get(self, key: str) -> Any:
+        return self._cache.get(key)
+
+    def get_many(self, *keys: str) -> list[Any]:
+        found = self._cache.get_many(keys)
+        return [found.get(key) for key in keys]
+
+    def get_dict(self, *keys: str) -> dict[str, Any]:
+        found = self._cache.get_many(keys)
+        return {key: found.get(key) for key in keys}
+
+    def set(self, key: str, value: Any, timeout: Any = None) -> bool:
+        ttl = self._ttl(timeout)
+        if ttl is None:
+            self._cache.delete(key)
+            return True
+        return self._cache.set(key, value, ttl)
+
+    def add(self, key: str, value: Any, timeout: Any = None) -> bool:
+        ttl = self._ttl(timeout)
+        if ttl is None:
+            return not self._cache.has(key)
+        return self._cache.add(key, value, ttl)
+
+    def set_many(self, mapping: dict[str, Any], timeout: Any = None) -> list[Any]:
+        """The keys stored (all of them, or none when Redis and the fallback refused)."""
+        ttl = self._ttl(timeout)
+        if ttl is None:
+            self._cache.delete_many(mapping)
+            return list(mapping)
+        return list(mapping) if self._cache.set_many(mapping, ttl) else []
+
+    def delete(self, key: str) -> bool:
+        return self._cache.delete(key)
+
+    def delete_many(self, *keys: str) -> list[Any]:
+        """The keys now absent: all of them (a key that was not there counts as deleted)."""
+        self._cache.delete_many(keys)
+        return list(keys)
+
+    def has(self, key: str) -> bool:
+        return self._cache.has(key)
+
+    def clear(self) -> bool:
+        """Delete this cache's keys (its prefix), never the whole database."""
+        self._cache.clear()
+        return True
+
+    def inc(self, key: str, delta: int = 1) -> int | None:
+        return self._cache.incr(key, delta)
+
+    def dec(self, key: str, delta: int = 1) -> int | None:
+        return self._cache.decr(key, delta)

@@ -1,0 +1,161 @@
+"""The Flask-Caching backend, through Flask-Caching itself (``cached``, ``memoize``,
+``delete_memoized``, ``clear``) and Flask's test client, against a real redis-server, then
+with Redis blackholed through a ChaosProxy."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask_caching import Cache as FlaskCache
+
+from kvcache import State
+from kvcache.testing import ChaosProxy, RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+class App:
+    """A Flask app whose views count how often they really run."""
+
+    def __init__(self, url: str, **config: Any) -> None:
+        self.app = Flask(__name__)
+        self.app.config.update(
+            SECRET_KEY="a test secret key",
+            CACHE_TYPE="kvcache.integrations.flask.KVCache",
+            CACHE_REDIS_URL=url,
+            CACHE_KEY_PREFIX="app_",
+            CACHE_DEFAULT_TIMEOUT=60,
+            **config,
+        )
+        self.cache = FlaskCache(self.app)
+        self.runs = {"page": 0, "square": 0}
+
+        @self.app.route("/page")
+        @self.cache.cached(timeout=30)
+        def page() -> str:
+            self.runs["page"] += 1
+            return f"page {self.runs['page']}"
+
+        @self.cache.memoize(timeout=30)
+        def square(n: int) -> dict[str, int]:
+            self.runs["square"] += 1
+            return {"n": n, "square": n * n}
+
+        self.square = square
+
+        @self.app.route("/square/<int:n>")
+        def square_view(n: int) -> dict[str, int]:
+            return square(n)
+
+        self.client = self.app.test_client()
+
+    @property
+    def backend(self) -> Any:
+        return self.cache.cache
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[App]:
+    made = App(redis_url)
+    yield made
+    made.backend.kvcache.close()
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_url) as client:
+        yield client
+
+
+def test_cached_view_runs_once(app: App, raw: redis.Redis) -> None:
+    assert app.client.get("/page").text == "page 1"
+    assert app.client.get("/page").text == "page 1"
+    assert app.runs["page"] == 1
+    assert any(key.startswith(b"app_view/") for key in raw.scan_iter("app_*"))
+
+
+def test_memoize_and_delete_memoized(app: App) -> None:
+    assert app.client.get("/square/4").json == {"n": 4, "square": 16}
+    assert app.client.get("/square/4").json == {"n": 4, "square": 16}
+    assert app.runs["square"] == 1
+    app.cache.delete_memoized(app.square, 4)
+    assert app.client.get("/square/4").json == {"n": 4, "square": 16}
+    assert app.runs["square"] == 2
+    app.cache.delete_memoized(app.square)  # every argument
+    app.client.get("/square/4")
+    assert app.runs["square"] == 3
+
+
+def test_clear_stays_in_the_prefix(app: App, raw: redis.Redis) -> None:
+    app.client.get("/page")
+    raw.set("someone_else", b"x")
+    assert app.cache.clear() is True
+    assert list(raw.scan_iter("app_*")) == []
+    assert raw.get("someone_else") == b"x"
+    app.client.get("/page")
+    assert app.runs["page"] == 2
+
+
+def test_cachelib_api_semantics(app: App, raw: redis.Redis) -> None:
+    cache = app.cache
+    assert cache.set("a", {"x": 1}) is True
+    assert cache.get("a") == {"x": 1}
+    assert cache.add("a", 2) is False
+    assert cache.add("b", 2) is True
+    assert cache.get_many("a", "b", "missing") == [{"x": 1}, 2, None]
+    assert cache.get_dict("a", "missing") == {"a": {"x": 1}, "missing": None}
+    assert sorted(cache.set_many({"c": 3, "d": 4})) == ["c", "d"]
+    assert cache.has("c")
+    assert cache.delete("c") is True
+    assert cache.delete("c") is False
+    assert cache.delete_many("d", "missing") == ["d", "missing"]
+    backend = app.backend  # (Flask-Caching's Cache does not proxy inc/dec)
+    assert backend.inc("counter") == 1  # cachelib: a missing key starts at 0
+    assert backend.inc("counter", 5) == 6
+    assert backend.dec("counter", 2) == 4
+    cache.set("forever", 1, timeout=0)  # 0: never expires
+    assert raw.ttl("app_forever") == -1
+    cache.set("default", 1)
+    assert 50 < raw.ttl("app_default") <= 60
+    cache.set("gone", 1)
+    cache.set("gone", 2, timeout=-1)  # negative: nothing stored
+    assert cache.get("gone") is None
+    assert app.backend.kvcache.stats.errors == 0
+
+
+def test_values_are_pickled_and_signed(app: App, raw: redis.Redis) -> None:
+    app.cache.set("obj", {1, 2, 3})  # not JSON: pickle
+    assert app.cache.get("obj") == {1, 2, 3}
+    raw.set("app_obj", raw.get("app_obj")[:-1] + b"!")
+    assert app.cache.get("obj") is None  # tampered: not unpickled
+
+
+@pytest.fixture
+def proxy(redis_server: RedisServer) -> Iterator[ChaosProxy]:
+    with ChaosProxy(redis_server.host, redis_server.port) as made:
+        yield made
+
+
+def test_pages_keep_rendering_fast_while_redis_is_blackholed(proxy: ChaosProxy) -> None:
+    app = App(proxy.url)
+    try:
+        assert app.backend.kvcache.state is State.READY
+        assert app.client.get("/square/3").status_code == 200
+        proxy.blackhole()
+        slowest = 0.0
+        for n in range(20):
+            started = time.monotonic()
+            for path in ("/page", f"/square/{n}"):
+                assert app.client.get(path).status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+        assert slowest < 1.0  # one call pays op_timeout (0.25 s) to open the breaker
+        assert app.backend.kvcache.state is State.DEGRADED
+        assert app.client.get("/square/3").json == {"n": 3, "square": 9}
+    finally:
+        proxy.up()
+        app.backend.kvcache.close()
