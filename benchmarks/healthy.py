@@ -6,7 +6,9 @@ Each round times every contender once, in a shuffled order, so drift on a shared
 all of them alike; the table shows the median µs per operation over the rounds and ratios.
 Contenders: raw redis-py on bytes (GET/SET/MGET, no decoding: the target's baseline),
 redis-py + json (what one writes by hand to cache objects), and kvcache (JSON by default).
-Sync and asyncio are measured apart.
+Sync and asyncio are measured apart. Then the Django backend against django-redis and
+Django's own RedisCache (each with its defaults: pickle; kvcache's pickle is HMAC-signed),
+through Django's cache API, in the same interleaved way.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import redis
 import redis.asyncio
@@ -108,13 +111,44 @@ async def async_contenders(url: str) -> dict[str, dict[str, Callable[[], Awaitab
     }
 
 
+DJANGO = {
+    "kvcache": "kvcache.integrations.django.KVCache",
+    "django-redis": "django_redis.cache.RedisCache",
+    "django": "django.core.cache.backends.redis.RedisCache",
+}
+
+
+def django_contenders(url: str) -> dict[str, dict[str, Callable[[], object]]]:
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        SECRET_KEY="a benchmark secret key",
+        CACHES={
+            name: {"BACKEND": backend, "LOCATION": url, "KEY_PREFIX": name}
+            for name, backend in DJANGO.items()
+        },
+    )
+    django.setup()
+    from django.core.cache import caches
+
+    keys = [f"k{i}" for i in range(MANY)]
+    for name in DJANGO:
+        caches[name].set_many(dict.fromkeys(keys, VALUE))
+    return {
+        "django get": {name: partial(caches[name].get, "k0") for name in DJANGO},
+        "django set": {name: partial(caches[name].set, "k1", VALUE) for name in DJANGO},
+        f"django get_many({MANY})": {name: partial(caches[name].get_many, keys) for name in DJANGO},
+    }
+
+
 def shuffled(names: list[str]) -> list[str]:
     return random.sample(names, len(names))
 
 
 def measure(url: str, rounds: int, ops: int) -> dict[str, dict[str, float]]:
     samples: dict[str, dict[str, list[float]]] = {}
-    for operation, contenders in sync_contenders(url).items():
+    for operation, contenders in {**sync_contenders(url), **django_contenders(url)}.items():
         for _ in range(rounds):
             for name in shuffled(list(contenders)):
                 timed(ops // 10, contenders[name])  # warm-up
@@ -139,11 +173,22 @@ def measure(url: str, rounds: int, ops: int) -> dict[str, dict[str, float]]:
 def report(medians: dict[str, dict[str, float]]) -> str:
     head = ("operation", "redis-py µs", "+json µs", "kvcache µs", "vs raw", "vs +json")
     lines = ["{:<22} {:>12} {:>9} {:>11} {:>7} {:>9}".format(*head), "-" * 76]
+    django = {op: by_name for op, by_name in medians.items() if op.startswith("django")}
     for operation, by_name in medians.items():
+        if operation in django:
+            continue
         raw, by_hand, ours = by_name["redis-py"], by_name["redis-py+json"], by_name["kvcache"]
         lines.append(
             f"{operation:<22} {raw:>12.1f} {by_hand:>9.1f} {ours:>11.1f}"
             f" {ours / raw:>6.2f}x {ours / by_hand:>8.2f}x"
+        )
+    head = ("operation", "django µs", "django-redis µs", "kvcache µs", "vs django-redis")
+    lines += ["", "{:<22} {:>10} {:>16} {:>11} {:>16}".format(*head), "-" * 79]
+    for operation, by_name in django.items():
+        ours, peer = by_name["kvcache"], by_name["django-redis"]
+        lines.append(
+            f"{operation:<22} {by_name['django']:>10.1f} {peer:>16.1f} {ours:>11.1f}"
+            f" {ours / peer:>15.2f}x"
         )
     return "\n".join(lines)
 

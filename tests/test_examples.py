@@ -12,9 +12,9 @@ import pytest
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-def run(script: str, url: str) -> str:
+def run(script: str, url: str, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / script)],
+        [sys.executable, str(EXAMPLES / script), *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -44,3 +44,20 @@ def test_async_basic(url: str) -> None:
     assert "state: ready" in out
     assert "100 concurrent requests, 1 computation" in out
     assert "'errors': 0" in out
+
+
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [("django_app.py", ["check-pages"]), ("flask_app.py", []), ("fastapi_app.py", [])],
+)
+def test_web_apps_cache_their_expensive_call(script: str, args: list[str], url: str) -> None:
+    out = run(script, url, *args).splitlines()
+    first, second, state = out[-3:]
+    assert first.startswith("/report/7 ")
+    assert "'rows': 700" in first
+    assert "'rows': 700" in second
+    slow = float(first.partition("'ms': ")[2].partition(",")[0].rstrip("}"))
+    fast = float(second.partition("'ms': ")[2].partition(",")[0].rstrip("}"))
+    assert slow >= 250  # computed (0.3 s)
+    assert fast < 100  # from the cache
+    assert "'state': 'ready'" in state

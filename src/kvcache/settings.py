@@ -123,7 +123,9 @@ class KVCacheSettings(BaseSettings):
     serializer: Literal["json", "pickle"] | InstanceOf[Serializer] = Field(
         "json", description="json, pickle, or (in code) any Serializer object"
     )
-    signing_key: SecretStr | None = Field(None, description="HMAC key for signed pickle")
+    signing_key: SecretStr | None = Field(
+        None, description="key for signed pickle (a keyed BLAKE2b MAC)"
+    )
     compress_threshold: int | None = Field(DEFAULT_COMPRESS_THRESHOLD, ge=0)
     max_key_length: int = Field(DEFAULT_MAX_KEY_LENGTH, ge=1, le=512 * 1024 * 1024)
     throw_on_errors: bool = False
