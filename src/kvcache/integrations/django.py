@@ -28,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Generator, Iterable, Mapping
+from typing import Any, TypeVar
 
 from django.conf import settings as django_settings
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, default_key_func
@@ -41,6 +41,10 @@ from ..ttl import FOREVER
 
 CONNECT_WAIT = 1.0  # seconds the first use waits for Redis (then it serves from memory)
 MAX_KEY_LENGTH = 64 * 1024  # Django sets no limit of its own; memcached-style warnings remain
+
+T = TypeVar("T")
+Call = tuple[Any, ...]  # ("method", *args): a call on the kvcache cache
+Op = Generator[Call, Any, T]  # a backend operation, run by _run or _arun
 
 _shared: dict[str, tuple[Cache, AsyncCache]] = {}
 _lock = threading.Lock()
@@ -113,7 +117,8 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
 
     def validate_key(self, key: str) -> None:
         """kvcache validates keys itself (InvalidKeyError). Django's memcached-portability
-        warnings (~4 µs a key) say nothing about Redis; django-redis skips them too."""
+        warnings (~4 µs a key) say nothing about Redis; django-redis skips them too. (So
+        the methods call ``make_key``, not ``make_and_validate_key``.)"""
 
     def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> float | None:
         """Seconds for kvcache: FOREVER for None, 0 for "do not cache" (0 or less)."""
@@ -123,177 +128,181 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
             return FOREVER
         return max(0.0, float(timeout))
 
-    def _sync(self) -> Cache:
+    # -- one body per operation, two drivers -------------------------------------------------
+    # Each operation is written once, as a generator that yields the kvcache calls it needs
+    # ("method", *args) and receives their results; ``_run`` carries them out on the Cache,
+    # ``_arun`` awaits them on the AsyncCache (the same pattern as kvcache's own core).
+
+    def _run(self, operation: Generator[Call, Any, T]) -> T:
+        cache = self._cache
         if not self._ready:  # the first use in this process waits for Redis, briefly
-            self._cache.connect(self._connect_wait)
+            cache.connect(self._connect_wait)
             self._ready = True
-        return self._cache
+        try:
+            call = next(operation)
+            while True:
+                call = operation.send(getattr(cache, call[0])(*call[1:]))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
-    async def _aio(self) -> AsyncCache:
+    async def _arun(self, operation: Generator[Call, Any, T]) -> T:
+        cache = self._async
         if not self._async_ready:
-            await self._async.connect(self._connect_wait)
+            await cache.connect(self._connect_wait)
             self._async_ready = True
-        return self._async
+        try:
+            call = next(operation)
+            while True:
+                call = operation.send(await getattr(cache, call[0])(*call[1:]))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
-    # -- the BaseCache API ---------------------------------------------------------------------
+    def _add(self, key: Any, value: Any, timeout: Any, version: Any) -> Op[bool]:
+        name, ttl = self.make_key(key, version), self.get_backend_timeout(timeout)
+        if ttl != 0:
+            return bool((yield ("add", name, value, ttl)))
+        added = yield ("add", name, value)  # "would it have been added?", and nothing stays
+        if added:
+            yield ("delete", name)
+        return bool(added)
+
+    def _get(self, key: Any, default: Any, version: Any) -> Op[Any]:
+        return (yield ("get", self.make_key(key, version), default))
+
+    def _set(self, key: Any, value: Any, timeout: Any, version: Any) -> Op[None]:
+        name, ttl = self.make_key(key, version), self.get_backend_timeout(timeout)
+        yield ("set", name, value, ttl) if ttl != 0 else ("delete", name)
+
+    def _touch(self, key: Any, timeout: Any, version: Any) -> Op[bool]:
+        name, ttl = self.make_key(key, version), self.get_backend_timeout(timeout)
+        return bool((yield ("touch", name, ttl) if ttl != 0 else ("delete", name)))
+
+    def _delete(self, key: Any, version: Any) -> Op[bool]:
+        return bool((yield ("delete", self.make_key(key, version))))
+
+    def _get_many(self, keys: Iterable[Any], version: Any) -> Op[dict[Any, Any]]:
+        names = {self.make_key(key, version): key for key in keys}
+        found = yield ("get_many", names)
+        return {names[name]: value for name, value in found.items()}
+
+    def _has_key(self, key: Any, version: Any) -> Op[bool]:
+        return bool((yield ("has", self.make_key(key, version))))
+
+    def _incr(self, key: Any, delta: int, version: Any) -> Op[int]:
+        name = self.make_key(key, version)
+        if not (yield ("has", name)):  # as Django's RedisCache: missing is an error, not 0
+            raise ValueError(f"Key '{key}' not found")
+        value = yield ("incr", name, delta)
+        if value is None:  # kvcache answered "failed" (no fallback, throw_on_errors off)
+            raise ValueError(f"Key '{key}' could not be incremented")
+        return int(value)
+
+    def _set_many(self, data: Mapping[Any, Any], timeout: Any, version: Any) -> Op[list[Any]]:
+        if not data:
+            return []
+        named = {self.make_key(key, version): value for key, value in data.items()}
+        ttl = self.get_backend_timeout(timeout)
+        if ttl == 0:
+            yield ("delete_many", named)
+            return []
+        return [] if (yield ("set_many", named, ttl)) else list(data)
+
+    def _delete_many(self, keys: Iterable[Any], version: Any) -> Op[None]:
+        names = [self.make_key(key, version) for key in keys]
+        if names:
+            yield ("delete_many", names)
+
+    def _clear(self) -> Op[bool]:
+        yield ("clear",)
+        return True
+
+    # -- the BaseCache API -----------------------------------------------------------------
 
     def add(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> bool:
-        key = self.make_and_validate_key(key, version=version)
-        ttl = self.get_backend_timeout(timeout)
-        cache = self._sync()
-        if ttl == 0:  # "would it have been added?", and nothing stays
-            added = cache.add(key, value)
-            if added:
-                cache.delete(key)
-            return added
-        return cache.add(key, value, ttl)
+        return self._run(self._add(key, value, timeout, version))
 
     async def aadd(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> bool:
-        key = self.make_and_validate_key(key, version=version)
-        ttl = self.get_backend_timeout(timeout)
-        cache = await self._aio()
-        if ttl == 0:
-            added = await cache.add(key, value)
-            if added:
-                await cache.delete(key)
-            return added
-        return await cache.add(key, value, ttl)
+        return await self._arun(self._add(key, value, timeout, version))
 
     def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
-        return self._sync().get(self.make_and_validate_key(key, version=version), default)
+        return self._run(self._get(key, default, version))
 
     async def aget(self, key: Any, default: Any = None, version: Any = None) -> Any:
-        key = self.make_and_validate_key(key, version=version)
-        return await (await self._aio()).get(key, default)
+        return await self._arun(self._get(key, default, version))
 
     def set(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> None:
-        key = self.make_and_validate_key(key, version=version)
-        ttl = self.get_backend_timeout(timeout)
-        if ttl == 0:
-            self._sync().delete(key)
-        else:
-            self._sync().set(key, value, ttl)
+        self._run(self._set(key, value, timeout, version))
 
     async def aset(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> None:
-        key = self.make_and_validate_key(key, version=version)
-        ttl = self.get_backend_timeout(timeout)
-        cache = await self._aio()
-        if ttl == 0:
-            await cache.delete(key)
-        else:
-            await cache.set(key, value, ttl)
+        await self._arun(self._set(key, value, timeout, version))
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
-        key = self.make_and_validate_key(key, version=version)
-        ttl = self.get_backend_timeout(timeout)
-        if ttl == 0:  # expire now
-            return self._sync().delete(key)
-        return self._sync().touch(key, ttl)
+        return self._run(self._touch(key, timeout, version))
 
     async def atouch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
-        key = self.make_and_validate_key(key, version=version)
-        ttl = self.get_backend_timeout(timeout)
-        cache = await self._aio()
-        if ttl == 0:
-            return await cache.delete(key)
-        return await cache.touch(key, ttl)
+        return await self._arun(self._touch(key, timeout, version))
 
     def delete(self, key: Any, version: Any = None) -> bool:
-        return self._sync().delete(self.make_and_validate_key(key, version=version))
+        return self._run(self._delete(key, version))
 
     async def adelete(self, key: Any, version: Any = None) -> bool:
-        key = self.make_and_validate_key(key, version=version)
-        return await (await self._aio()).delete(key)
+        return await self._arun(self._delete(key, version))
 
     def get_many(self, keys: Iterable[Any], version: Any = None) -> dict[Any, Any]:
-        names = {self.make_and_validate_key(key, version=version): key for key in keys}
-        found = self._sync().get_many(names)
-        return {names[name]: value for name, value in found.items()}
+        return self._run(self._get_many(keys, version))
 
     async def aget_many(self, keys: Iterable[Any], version: Any = None) -> dict[Any, Any]:
-        names = {self.make_and_validate_key(key, version=version): key for key in keys}
-        found = await (await self._aio()).get_many(names)
-        return {names[name]: value for name, value in found.items()}
+        return await self._arun(self._get_many(keys, version))
 
     def has_key(self, key: Any, version: Any = None) -> bool:
-        return self._sync().has(self.make_and_validate_key(key, version=version))
+        return self._run(self._has_key(key, version))
 
     async def ahas_key(self, key: Any, version: Any = None) -> bool:
-        key = self.make_and_validate_key(key, version=version)
-        return await (await self._aio()).has(key)
+        return await self._arun(self._has_key(key, version))
 
     def incr(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        name = self.make_and_validate_key(key, version=version)
-        cache = self._sync()
-        if not cache.has(name):  # as Django's RedisCache: missing is an error, not a 0
-            raise ValueError(f"Key '{key}' not found")
-        return _counted(cache.incr(name, delta), key)
+        return self._run(self._incr(key, delta, version))
 
     async def aincr(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        name = self.make_and_validate_key(key, version=version)
-        cache = await self._aio()
-        if not await cache.has(name):
-            raise ValueError(f"Key '{key}' not found")
-        return _counted(await cache.incr(name, delta), key)
+        return await self._arun(self._incr(key, delta, version))
 
     def decr(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        return self.incr(key, -delta, version)
+        return self._run(self._incr(key, -delta, version))
 
     async def adecr(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        return await self.aincr(key, -delta, version)
+        return await self._arun(self._incr(key, -delta, version))
 
     def set_many(
         self, data: Mapping[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> list[Any]:
         """The keys that could not be stored (all of them when Redis refused the batch)."""
-        if not data:
-            return []
-        named = {self.make_and_validate_key(key, version=version): v for key, v in data.items()}
-        ttl = self.get_backend_timeout(timeout)
-        if ttl == 0:
-            self._sync().delete_many(named)
-            return []
-        return [] if self._sync().set_many(named, ttl) else list(data)
+        return self._run(self._set_many(data, timeout, version))
 
     async def aset_many(
         self, data: Mapping[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> list[Any]:
-        if not data:
-            return []
-        named = {self.make_and_validate_key(key, version=version): v for key, v in data.items()}
-        ttl = self.get_backend_timeout(timeout)
-        cache = await self._aio()
-        if ttl == 0:
-            await cache.delete_many(named)
-            return []
-        return [] if await cache.set_many(named, ttl) else list(data)
+        return await self._arun(self._set_many(data, timeout, version))
 
     def delete_many(self, keys: Iterable[Any], version: Any = None) -> None:
-        names = [self.make_and_validate_key(key, version=version) for key in keys]
-        if names:
-            self._sync().delete_many(names)
+        self._run(self._delete_many(keys, version))
 
     async def adelete_many(self, keys: Iterable[Any], version: Any = None) -> None:
-        names = [self.make_and_validate_key(key, version=version) for key in keys]
-        if names:
-            await (await self._aio()).delete_many(names)
+        await self._arun(self._delete_many(keys, version))
 
     def clear(self) -> bool:
         """Delete this cache's keys (its namespace), never the whole database."""
-        self._sync().clear()
-        return True
+        return self._run(self._clear())
 
     async def aclear(self) -> bool:
-        await (await self._aio()).clear()
-        return True
+        return await self._arun(self._clear())
 
     def close(self, **kwargs: Any) -> None:
         """Django calls this after each request: the pooled connections stay open."""
@@ -312,9 +321,3 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
     def async_kvcache(self) -> AsyncCache:
         """The ``AsyncCache`` the async methods use (its own connections, same keys)."""
         return self._async
-
-
-def _counted(value: int | None, key: Any) -> int:
-    if value is None:  # kvcache answered "failed" (e.g. throw_on_errors off, no fallback)
-        raise ValueError(f"Key '{key}' could not be incremented")
-    return value

@@ -33,7 +33,7 @@ from ..errors import (
     StoreError,
 )
 from ..keys import scan_pattern
-from ..topology import slot_groups
+from ..topology import set_command, slot_groups
 
 T = TypeVar("T")
 
@@ -155,7 +155,7 @@ def _queue_set_many(
 ) -> None:
     if ttl_ms is not None:
         for key, value in items:
-            pipe.set(key, value, px=ttl_ms)
+            pipe.execute_command(*set_command(key, value, ttl_ms))
     elif not cluster:
         pipe.mset(dict(items))
     else:  # a cluster node takes MSET only within one slot
@@ -314,10 +314,11 @@ class RedisStore:
         return _merge_get_many(keys, groups, self._call(pipe.execute))
 
     def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
-        self._call(self._client.set, key, value, px=ttl_ms)
+        self._call(self._client.execute_command, *set_command(key, value, ttl_ms))
 
     def add(self, key: bytes, value: bytes, ttl_ms: int | None) -> bool:
-        return bool(self._call(self._client.set, key, value, px=ttl_ms, nx=True))
+        command = set_command(key, value, ttl_ms, nx=True)
+        return bool(self._call(self._client.execute_command, *command))
 
     def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
         pipe = self._client.pipeline(transaction=False)
@@ -482,11 +483,12 @@ class AsyncRedisStore:
 
     async def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
         here = self._here()
-        await here.run(here.client.set, key, value, px=ttl_ms)
+        await here.run(here.client.execute_command, *set_command(key, value, ttl_ms))
 
     async def add(self, key: bytes, value: bytes, ttl_ms: int | None) -> bool:
         here = self._here()
-        return bool(await here.run(here.client.set, key, value, px=ttl_ms, nx=True))
+        command = set_command(key, value, ttl_ms, nx=True)
+        return bool(await here.run(here.client.execute_command, *command))
 
     async def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
         here = self._here()
