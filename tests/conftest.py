@@ -209,3 +209,16 @@ def ready_cache(
         cache = Blocking(cache, loop)
     assert cache.connect(timeout=timeout) is expect
     return cache
+
+
+PAGE_BOUND = 1.0  # seconds: a page while Redis is blackholed (one call pays op_timeout 0.25)
+
+
+def slowest_page(request: Callable[[int], None], pages: int = 20) -> float:
+    """Seconds the slowest of ``request(0)`` … ``request(pages - 1)`` took."""
+    slowest = 0.0
+    for n in range(pages):
+        started = time.monotonic()
+        request(n)
+        slowest = max(slowest, time.monotonic() - started)
+    return slowest
