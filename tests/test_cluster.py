@@ -176,7 +176,9 @@ def test_scale_out_scale_in_and_failover_under_traffic(make_cache: Callable[...,
                 proxies[port] = ChaosProxy("127.0.0.1", port).start()
             return proxies[port].port
 
-        cache = make_cache(cluster.url, remap=remap, mode="cluster")
+        # A generous op_timeout: 5 nodes, proxies and traffic on 2 shared cores stall now
+        # and then for longer than the default 0.25 s, which degrades a shard for a moment.
+        cache = make_cache(cluster.url, remap=remap, mode="cluster", op_timeout=1.0)
         keys = [f"k{i}" for i in range(150)]
         try:
             with Traffic(cache, keys) as traffic:
@@ -203,7 +205,7 @@ def test_scale_out_scale_in_and_failover_under_traffic(make_cache: Callable[...,
             assert traffic.exceptions == []
             assert traffic.wrong == []
             assert proxies[victim].accepted == 0
-            assert cache.state is State.READY
+            _wait_ready(cache)
             assert len(cache.health().shards) == 2
         finally:
             for proxy in proxies.values():

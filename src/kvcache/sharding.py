@@ -40,6 +40,7 @@ from .topology import RefreshSchedule, Topology, address, ask_commands, split_ad
 
 log = logging.getLogger("kvcache")
 _READY = State.READY
+_CLOSED = State.CLOSED
 
 ONE, MANY, ITEMS, ALL = "one", "many", "items", "all"
 SHAPES = {  # how each store method names its keys: args[0] is a key, a key list, items...
@@ -167,6 +168,8 @@ class ShardedAdapter:
                 if shape is ALL:
                     return (yield from self._everywhere(method, args))
                 return (yield from self._grouped(method, args))
+            except _MapChanged:
+                continue  # a new map was installed meanwhile: route by it
             except RedirectError as redirect:
                 if redirect.kind == "MOVED":
                     self._moved(redirect)
@@ -185,7 +188,10 @@ class ShardedAdapter:
             writes = ALL_KEYS
         else:
             writes = _keys(method, args)
-        return (yield from self._shard(name).call(method, *args, writes=writes))
+        shard = self._shard(name)
+        if shard.machine.state is _CLOSED and self.root.machine.state is not _CLOSED:
+            raise _MapChanged(name)  # retired since the call picked it: its node left
+        return (yield from shard.call(method, *args, writes=writes))
 
     def _grouped(self, method: str, args: tuple[Any, ...]) -> Routed:
         """A multi-key call, one sub-call per shard (the node store pipelines per slot)."""
@@ -274,6 +280,10 @@ class ShardedAdapter:
             return shard
         with self._lock:
             shard = self.shards.get(name)
+            if shard is None and self.topology is not None and name not in self.topology.primaries:
+                # The owner was picked by a map that has since been replaced (its node left):
+                # a shard made for it now would dial the node that left, and never recover.
+                raise _MapChanged(name)
             if shard is None:
                 store = self.nodes.node(name)
                 store.cluster = self.topology is None or self.topology.cluster
@@ -349,11 +359,21 @@ class ShardedAdapter:
 
     def _install(self, topology: Topology) -> Generator[Call, Any, None]:
         with self._lock:
+            if self.topology == topology:
+                return
+            left = {n: s for n, s in self.shards.items() if n not in topology.primaries}
+        # What a leaving shard wrote while it was away (its journal) may be older where
+        # those keys live now (a promoted replica, the node that took its slots): delete it
+        # there *before* any call is routed by the new map, or a read there could answer a
+        # value older than one written during the outage. If that fails, the map is not
+        # installed; the next check tries again.
+        for shard in left.values():
+            yield from self._delete_journaled(shard, topology)
+        with self._lock:
             old = self.topology
             if old == topology:
                 return
             self.topology = topology
-            left = {n: s for n, s in self.shards.items() if n not in topology.primaries}
             self.shards = {n: s for n, s in self.shards.items() if n not in left}
         for name in topology.primaries:
             self._shard(name)
@@ -369,12 +389,34 @@ class ShardedAdapter:
             store = self.nodes.forget(name)
             if store is not None:
                 yield (store, "close")  # no more connections to a node that left
-            # What it journaled while away now lives on other shards: delete it there.
+            # Written in the moment since: through the router, whose breakers journal it
+            # again if a node fails.
             keys, clear_all = shard.journal.take()
             if clear_all:
                 yield from self.route("clear", (self.prefix,))
             elif keys:
                 yield from self.route("delete_many", (keys,))
+
+    def _delete_journaled(self, shard: Adapter, topology: Topology) -> Generator[Call, Any, None]:
+        """Apply ``shard``'s journal on the nodes that own its keys in ``topology``."""
+        keys, clear_all = shard.journal.take()
+        try:
+            if clear_all:
+                for name in topology.primaries:
+                    yield (self.nodes.node(name), "clear", self.prefix)
+            elif keys:
+                by_node: dict[str, list[bytes]] = {}
+                for key in keys:
+                    by_node.setdefault(topology.owner(key), []).append(key)
+                for name, group in by_node.items():
+                    yield (self.nodes.node(name), "delete_many", group)
+        except BaseException:
+            shard.journal.restore(keys, clear_all)
+            raise
+
+
+class _MapChanged(Exception):
+    """The shard a call was routed to left with the last topology change: route again."""
 
 
 def _retire(shard: Adapter) -> None:
