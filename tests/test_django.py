@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +41,7 @@ from django.urls import path
 from django.views.decorators.cache import cache_page
 
 from kvcache import State
+from kvcache.codec import PLAIN
 from kvcache.integrations.django import close_all
 from kvcache.testing import ChaosProxy, RedisServer
 
@@ -220,7 +222,9 @@ def test_large_and_unpicklable_values(cache: Any) -> None:
 
 def test_values_are_signed_with_a_key_from_secret_key(cache: Any, raw: redis.Redis) -> None:
     cache.set("k", {"a": 1})
-    raw.set("django:1:k", raw.get("django:1:k")[:-1] + b"!")  # tampered
+    stored = raw.get("django:1:k")
+    assert stored == PLAIN + pickle.dumps({"a": 1}, pickle.HIGHEST_PROTOCOL) + stored[-32:]
+    raw.set("django:1:k", PLAIN + pickle.dumps({"planted": True}))  # valid, but unsigned
     assert cache.get("k", "default") == "default"
 
 
@@ -337,3 +341,48 @@ def test_set_many_reports_every_key_when_nothing_can_store_them(
     with override_settings(CACHES=entry):
         assert sorted(default_cache.set_many({"a": 1, "b": 2})) == ["a", "b"]
         assert default_cache.get("a", "default") == "default"
+
+
+def test_a_process_waits_for_redis_once_not_per_thread(blackholed: ChaosProxy) -> None:
+    """Django makes a backend per thread (per request task under ASGI): with Redis down,
+    only the process's first use waits (while STARTING), never each new backend object."""
+    blackholed.refuse()
+    with override_settings(CACHES=caches_on(blackholed.url, OPTIONS={"CONNECT_WAIT": 0.5})):
+        caches["default"].get("k")  # the first uses: each waits at most CONNECT_WAIT
+        asyncio.run(caches["default"].aget("k"))
+        took: list[float] = []
+
+        def request() -> None:
+            started = time.monotonic()
+            caches["default"].get("k")  # a new backend object in this thread
+            asyncio.run(caches["default"].aget("k"))
+            took.append(time.monotonic() - started)
+
+        threads = [threading.Thread(target=request) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(took) == 4
+        assert max(took) < 0.3  # no new backend object paid CONNECT_WAIT again
+
+
+def test_backends_held_across_close_all_get_new_caches(cache: Any) -> None:
+    cache.set("k", 1)
+    close_all()
+    cache.set("k", 2)  # the same backend object: new shared caches, no CacheClosedError
+    assert cache.get("k") == 2
+    assert cache.kvcache.state is State.READY
+
+
+def test_option_names_in_any_case(redis_url: str, raw: redis.Redis) -> None:
+    entry = {"BACKEND": BACKEND, "LOCATION": redis_url, "KEY_PREFIX": "p"}
+    entry["OPTIONS"] = {"namespace": "ns", "connect_wait": 0.5, "Op_Timeout": 0.5}
+    with override_settings(CACHES={"default": entry}):
+        default_cache.set("k", 1)
+    assert raw.exists("ns:p:1:k")  # the prefix is kept when the namespace differs
+
+
+def test_a_timeout_past_a_century_is_forever(cache: Any, raw: redis.Redis) -> None:
+    cache.set("k", 1, timeout=200 * 365 * 86400)
+    assert raw.ttl("django:1:k") == -1

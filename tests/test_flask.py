@@ -4,6 +4,7 @@ with Redis blackholed through a ChaosProxy."""
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from flask_caching import Cache as FlaskCache
 
 from conftest import PAGE_BOUND, slowest_page
 from kvcache import State
+from kvcache.codec import PLAIN
 from kvcache.testing import ChaosProxy, RedisServer
 
 pytestmark = pytest.mark.redis
@@ -128,11 +130,26 @@ def test_cachelib_api_semantics(app: App, raw: redis.Redis) -> None:
     assert app.backend.kvcache.stats.errors == 0
 
 
+def test_the_default_configuration_works(redis_url: str, raw: redis.Redis) -> None:
+    app = Flask(__name__)
+    app.config.update(CACHE_TYPE="kvcache.integrations.flask.KVCache", CACHE_REDIS_URL=redis_url)
+    cache = FlaskCache(app)  # Flask-Caching's default prefix: "flask_cache_"
+    try:
+        assert cache.set("k", 1)
+        assert cache.get("k") == 1
+        assert raw.exists("flask_cache_:k")
+        assert cache.set("/" + "x" * 2000, 1)  # long view keys (paths) are fine
+    finally:
+        cache.cache.kvcache.close()
+
+
 def test_values_are_pickled_and_signed(app: App, raw: redis.Redis) -> None:
     app.cache.set("obj", {1, 2, 3})  # not JSON: pickle
     assert app.cache.get("obj") == {1, 2, 3}
-    raw.set("app_obj", raw.get("app_obj")[:-1] + b"!")
-    assert app.cache.get("obj") is None  # tampered: not unpickled
+    stored = raw.get("app_obj")
+    assert stored == PLAIN + pickle.dumps({1, 2, 3}, pickle.HIGHEST_PROTOCOL) + stored[-32:]
+    raw.set("app_obj", PLAIN + pickle.dumps({"planted"}))  # valid pickle, but unsigned
+    assert app.cache.get("obj") is None  # not unpickled
 
 
 @pytest.fixture

@@ -277,6 +277,24 @@ def test_a_clear_during_the_outage_clears_redis_on_recovery(
     assert admin.keys("n:*") == []
 
 
+def test_add_while_redis_is_away_never_claims_a_key_another_process_holds(
+    open_cache: Any, proxy: ChaosProxy, admin: Any
+) -> None:
+    """add() is a lock for many callers: during an outage it cannot know who holds the key,
+    so it answers False, and recovery leaves the holder's key alone."""
+    cache = open_cache(proxy.url, namespace="n", **FAST)
+    admin.set("n:lock", b"held by another process")
+    proxy.reset()
+    cache.get("x")
+    wait_until(lambda: cache.state is State.DEGRADED, RECOVERY)
+    assert cache.add("lock", "mine") is False
+    assert cache.add("free", "mine") is False  # not even a free one: nothing is known
+    proxy.up()
+    wait_until(lambda: cache.state is State.READY, RECOVERY)
+    assert admin.get("n:lock") == b"held by another process"
+    assert cache.add("free", "mine") is True
+
+
 # -- Forks ---------------------------------------------------------------------------------
 
 

@@ -62,7 +62,9 @@ class Cache(CacheBase[Store | RedisClusterStore]):
         return run(self._ops.set(key, value, ttl))
 
     def add(self, key: Key, value: Any, ttl: float | None = None) -> bool:
-        """Store ``value`` only if ``key`` is absent (atomic, SET NX); True if stored."""
+        """Store ``value`` only if ``key`` is absent (atomic, SET NX); True if stored. While
+        Redis is away it answers False: only Redis knows whether another process holds the
+        key (``add`` is often a lock), so the fallback never claims it."""
         return run(self._ops.add(key, value, ttl))
 
     def set_many(self, mapping: Mapping[K, Any], ttl: float | None = None) -> bool:

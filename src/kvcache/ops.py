@@ -140,12 +140,15 @@ class Operations:
         full, payload, ttl_ms = self.keys.build(key), self.codec.encode(value), self.ttl_ms(ttl)
         added: bool
         try:
-            added, _ = yield from self.adapter.call("add", full, payload, ttl_ms, writes=(full,))
+            # Not journaled, and False while Redis is away: only Redis knows whether another
+            # process holds the key (add is often a lock), and recovery must not delete it.
+            added, offline = yield from self.adapter.call("add", full, payload, ttl_ms)
         except StoreError as exc:
             return self.failed("add", exc, key, False)
-        if added:
+        if added and not offline:
             self.stats.sets += 1
-        return added
+            return True
+        return False
 
     def set_many(self, mapping: Mapping[K, Any], ttl: float | None) -> Op[bool]:
         if not isinstance(mapping, Mapping):

@@ -56,7 +56,7 @@ SHAPES = {  # how each store method names its keys: args[0] is a key, a key list
     "set_many": ITEMS,
     "clear": ALL,
 }
-WRITES = frozenset({"set", "add", "incr", "delete_many", "set_many", "clear"})  # journaled
+WRITES = frozenset({"set", "incr", "delete_many", "set_many", "clear"})  # journaled when away
 MAX_REDIRECTS = 5
 MIN_CHECK_GAP = 0.5  # seconds: the most often the topology is checked, however asked
 CANDIDATES = 2  # random known primaries asked for the topology, before the seed

@@ -37,7 +37,8 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, default_
 from ..aio import AsyncCache
 from ..cache import Cache
 from ..settings import KVCacheSettings
-from ..ttl import FOREVER
+from ..state import State
+from ..ttl import FOREVER, MAX_TTL
 
 CONNECT_WAIT = 1.0  # seconds the first use waits for Redis (then it serves from memory)
 MAX_KEY_LENGTH = 64 * 1024  # Django sets no limit of its own; memcached-style warnings remain
@@ -46,14 +47,40 @@ T = TypeVar("T")
 Call = tuple[Any, ...]  # ("method", *args): a call on the kvcache cache
 Op = Generator[Call, Any, T]  # a backend operation, run by _run or _arun
 
-_shared: dict[str, tuple[Cache, AsyncCache]] = {}
+
+class _Shared:
+    """The kvcache caches of one configuration, for every thread's backend object, and
+    whether the process already waited for Redis (once, and only while STARTING)."""
+
+    def __init__(self, settings: KVCacheSettings, connect_wait: float) -> None:
+        self.cache = Cache.from_settings(settings)
+        self.async_cache = AsyncCache.from_settings(settings)
+        self.connect_wait = connect_wait
+        self.waited = False  # set once the first sync use waited (or had no need to)
+        self.async_waited = False
+        self.closed = False
+
+    def sync(self) -> Cache:
+        if self.cache.state is State.STARTING:
+            self.cache.connect(self.connect_wait)
+        self.waited = True
+        return self.cache
+
+    async def aio(self) -> AsyncCache:
+        if self.async_cache.state is State.STARTING:
+            await self.async_cache.connect(self.connect_wait)
+        self.async_waited = True
+        return self.async_cache
+
+
+_shared: dict[str, _Shared] = {}
 _lock = threading.Lock()
 
 
 def _settings(location: str, options: Mapping[str, Any], namespace: str) -> KVCacheSettings:
-    """kvcache settings from a CACHES entry: OPTIONS names are kvcache's, in any case."""
+    """kvcache settings from a CACHES entry's OPTIONS (upper-cased names of kvcache's)."""
     chosen = {name.lower(): value for name, value in options.items()}
-    chosen.setdefault("namespace", namespace)
+    chosen["namespace"] = namespace
     chosen.setdefault("max_key_length", MAX_KEY_LENGTH)
     if "serializer" not in chosen:
         chosen["serializer"] = "pickle"
@@ -64,47 +91,53 @@ def _settings(location: str, options: Mapping[str, Any], namespace: str) -> KVCa
     return KVCacheSettings(url=location, **chosen)
 
 
-def _caches(location: str, options: Mapping[str, Any], namespace: str) -> tuple[Cache, AsyncCache]:
-    """One sync and one async kvcache cache per configuration, for every thread."""
+def _shared_for(location: str, options: Mapping[str, Any], namespace: str) -> _Shared:
+    """One pair of kvcache caches per configuration, for every thread."""
+    connect_wait = float(options.get("CONNECT_WAIT", CONNECT_WAIT))
+    kvcache_options = {k: v for k, v in options.items() if k not in ("CONNECT_WAIT", "NAMESPACE")}
     described = repr((location, namespace, sorted((k, repr(v)) for k, v in options.items())))
     key = hashlib.sha256(described.encode()).hexdigest()  # (the URL may hold a password)
     with _lock:
-        pair = _shared.get(key)
-        if pair is None:
-            settings = _settings(location, options, namespace)
-            pair = _shared[key] = (
-                Cache.from_settings(settings),
-                AsyncCache.from_settings(settings),
-            )
-    return pair
+        shared = _shared.get(key)
+        if shared is None:
+            settings = _settings(location, kvcache_options, namespace)
+            shared = _shared[key] = _Shared(settings, connect_wait)
+    return shared
 
 
 def close_all() -> None:
     """Close every shared kvcache cache (their probers and connections), from outside any
-    event loop: at process exit, or between tests. Backends made afterwards get new ones."""
+    event loop: at process exit, or between tests. Backend objects Django still holds get
+    new ones on their next call."""
     with _lock:
-        pairs = list(_shared.values())
+        closing = list(_shared.values())
         _shared.clear()
-    for sync, async_cache in pairs:
-        sync.close()
+    for shared in closing:
+        shared.closed = True
+        shared.waited = shared.async_waited = False  # their next call looks again
+        shared.cache.close()
         # Stops its prober; its connections belong to event loops that close them.
-        asyncio.run(async_cache.close())
+        asyncio.run(shared.async_cache.close())
 
 
 class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
     def __init__(self, location: str, params: dict[str, Any]) -> None:
         super().__init__(params)
-        options = dict(params.get("OPTIONS") or {})
-        self._connect_wait = float(options.pop("CONNECT_WAIT", CONNECT_WAIT))
+        options = {str(k).upper(): v for k, v in (params.get("OPTIONS") or {}).items()}
         namespace = str(options.get("NAMESPACE") or self.key_prefix or "django")
         # Django's default key function puts the prefix in front; kvcache's namespace is
         # that prefix already, so only "<version>:<key>" is left to add.
         self._short_keys = self.key_func is default_key_func and (
             not self.key_prefix or namespace == self.key_prefix
         )
-        self._cache, self._async = _caches(location, options, namespace)
-        self._ready = False
-        self._async_ready = False
+        self._where = (location, options, namespace)
+        self._shared = _shared_for(*self._where)
+
+    def _current(self) -> _Shared:
+        """The shared caches; new ones after ``close_all()``."""
+        if self._shared.closed:
+            self._shared = _shared_for(*self._where)
+        return self._shared
 
     # -- keys and timeouts ---------------------------------------------------------------------
 
@@ -124,7 +157,7 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
         """Seconds for kvcache: FOREVER for None, 0 for "do not cache" (0 or less)."""
         if timeout is DEFAULT_TIMEOUT:
             timeout = self.default_timeout
-        if timeout is None:
+        if timeout is None or timeout > MAX_TTL:  # (Django stores 200 years too)
             return FOREVER
         return max(0.0, float(timeout))
 
@@ -134,10 +167,8 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
     # ``_arun`` awaits them on the AsyncCache (the same pattern as kvcache's own core).
 
     def _run(self, operation: Generator[Call, Any, T]) -> T:
-        cache = self._cache
-        if not self._ready:  # the first use in this process waits for Redis, briefly
-            cache.connect(self._connect_wait)
-            self._ready = True
+        shared = self._shared
+        cache = shared.cache if shared.waited else self._current().sync()
         try:
             call = next(operation)
             while True:
@@ -146,10 +177,8 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
             return done.value  # type: ignore[no-any-return]
 
     async def _arun(self, operation: Generator[Call, Any, T]) -> T:
-        cache = self._async
-        if not self._async_ready:
-            await cache.connect(self._connect_wait)
-            self._async_ready = True
+        shared = self._shared
+        cache = shared.async_cache if shared.async_waited else await self._current().aio()
         try:
             call = next(operation)
             while True:
@@ -315,9 +344,9 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
     @property
     def kvcache(self) -> Cache:
         """The kvcache ``Cache`` underneath: ``health()``, ``state``, ``stats``, events."""
-        return self._cache
+        return self._current().cache
 
     @property
     def async_kvcache(self) -> AsyncCache:
         """The ``AsyncCache`` the async methods use (its own connections, same keys)."""
-        return self._async
+        return self._current().async_cache

@@ -3,7 +3,7 @@
     app.config.update(
         CACHE_TYPE="kvcache.integrations.flask.KVCache",
         CACHE_REDIS_URL="redis://127.0.0.1:6379/0",
-        CACHE_KEY_PREFIX="myapp_",       # Redis keys "myapp_<key>"; clear() deletes only those
+        CACHE_KEY_PREFIX="myapp_",       # Redis keys "myapp_<key>"; clear() scans "myapp_*"
         CACHE_DEFAULT_TIMEOUT=300,       # 0: never expires
         CACHE_OPTIONS={"op_timeout": 0.25, "mode": "cluster"},  # any kvcache setting
     )
@@ -30,6 +30,7 @@ from ..settings import KVCacheSettings
 from ..ttl import FOREVER
 
 CONNECT_WAIT = 1.0  # seconds the app's start waits for Redis (then it serves from memory)
+MAX_KEY_LENGTH = 64 * 1024  # view keys carry the request path; cachelib sets no limit
 
 
 class KVCache(BaseCache):
@@ -46,11 +47,14 @@ class KVCache(BaseCache):
         default_timeout = options.pop("default_timeout", 300)
         options.pop("ignore_delete_many_errors", None)
         connect_wait = float(options.pop("connect_wait", CONNECT_WAIT))
-        prefix = str(config.get("CACHE_KEY_PREFIX") or "flask:")
-        if len(prefix) > 1 and not prefix[-1].isalnum():  # "app_": cachelib's "app_<key>"
+        options.setdefault("max_key_length", MAX_KEY_LENGTH)
+        prefix = str(config.get("CACHE_KEY_PREFIX") or "flask")
+        last = prefix[-1]
+        if len(prefix) > 1 and not last.isalnum() and last not in prefix[:-1]:
+            # "app_": namespace "app", separator "_": cachelib's own "app_<key>"
             options.setdefault("namespace", prefix[:-1])
-            options.setdefault("separator", prefix[-1])
-        else:  # "app": "app:<key>" (an empty separator would let clear() reach "apple...")
+            options.setdefault("separator", last)
+        else:  # "app", "flask_cache_" (the default): "<prefix>:<key>"
             options.setdefault("namespace", prefix)
         if "serializer" not in options:
             options["serializer"] = "pickle"
