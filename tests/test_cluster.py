@@ -5,6 +5,7 @@ one shard cut off through a ChaosProxy), with Cache and with AsyncCache."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -80,11 +81,14 @@ def test_keys_go_to_their_slot_owners_and_clear_scans_every_primary(
 
 
 def test_resharding_under_traffic_follows_moved_and_ask(
-    shared_cluster: RedisClusterServer, make_cache: Callable[..., Any]
+    shared_cluster: RedisClusterServer,
+    make_cache: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A generous op_timeout: MIGRATE blocks its node briefly, and on a loaded CI machine a
     # 250 ms timeout would (rightly) open that shard's breaker, which is not what this tests.
     cache = make_cache(shared_cluster.url, mode="cluster", op_timeout=2.0)
+    caplog.set_level(logging.DEBUG, logger="kvcache")
     keys = [f"user:{i}" for i in range(200)]
     slots = sorted({shared_cluster.keyslot(b"kvcache:" + k.encode()) for k in keys[:40]})
     with Traffic(cache, keys) as traffic:
@@ -103,6 +107,11 @@ def test_resharding_under_traffic_follows_moved_and_ask(
     assert stats.fallback_hits == stats.fallback_misses == 0  # no shard was ever down
     assert stats.errors == 0
     assert cache.state is State.READY
+    # Slots moved, primaries did not: the new maps are logged at DEBUG, not at INFO each time
+    # the nodes briefly disagree.
+    topology = [r for r in caplog.records if "cluster topology" in r.getMessage()]
+    assert topology
+    assert all(r.levelno == logging.DEBUG for r in topology)
     for key in keys[:40]:  # every key readable where it lives now
         cache.set(key, "after")
         assert cache.get(key) == "after"

@@ -377,11 +377,14 @@ class ShardedAdapter:
             self.shards = {n: s for n, s in self.shards.items() if n not in left}
         for name in topology.primaries:
             self._shard(name)
-        before = old.primaries if old is not None else frozenset()
-        log.info(
+        joined = topology.primaries - (old.primaries if old is not None else frozenset())
+        # A line per change of primaries; slots moving between them (a resharding, where
+        # nodes briefly disagree and the map flips back and forth) only at DEBUG.
+        log.log(
+            logging.INFO if joined or left else logging.DEBUG,
             "kvcache: cluster topology: %d primaries (joined: %s; left: %s)",
             len(topology.primaries),
-            ", ".join(sorted(topology.primaries - before)) or "none",
+            ", ".join(sorted(joined)) or "none",
             ", ".join(sorted(left)) or "none",
         )
         for name, shard in left.items():
