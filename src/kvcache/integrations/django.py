@@ -41,7 +41,7 @@ from ..state import State
 from ..ttl import FOREVER, MAX_TTL
 
 CONNECT_WAIT = 1.0  # seconds the first use waits for Redis (then it serves from memory)
-MAX_KEY_LENGTH = 64 * 1024  # Django sets no limit of its own; memcached-style warnings remain
+MAX_KEY_LENGTH = 64 * 1024  # Django sets no limit of its own (and its key warnings are skipped)
 
 T = TypeVar("T")
 Call = tuple[Any, ...]  # ("method", *args): a call on the kvcache cache
