@@ -128,7 +128,10 @@ def test_a_command_is_bounded_by_op_timeout(open_cache: Any, redis_url: str) -> 
         elapsed = time.perf_counter() - started
         admin.client_unpause()
     assert elapsed < 1.0
-    assert [(c.previous, c.current) for c in changes] == [(State.READY, State.DEGRADED)]
+    transitions = [(c.previous, c.current) for c in changes]
+    assert transitions[0] == (State.READY, State.DEGRADED)
+    # once unpaused, the prober may already have seen it back
+    assert transitions[1:] in ([], [(State.DEGRADED, State.READY)])
     assert isinstance(changes[0].error, CacheUnavailableError)
     assert "Timeout" in str(changes[0].error)
     assert cache.stats.errors == 1
