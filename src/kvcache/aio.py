@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from .drivers import arun
 from .errors import CacheUnavailableError, StoreError
@@ -26,6 +26,8 @@ class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
 
     Construction does no I/O and needs no event loop: the first connect starts with the
     first call (served by the fallback meanwhile) or with ``await cache.connect()``."""
+
+    is_async: ClassVar[bool] = True  # for drivers.arun: are its methods coroutines?
 
     _takes_async_store = True
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from .drivers import run
 from .errors import CacheUnavailableError, StoreError
@@ -30,6 +30,8 @@ class Cache(CacheBase[Store | RedisClusterStore]):
     ``error`` event is emitted. Bad input (keys, TTLs, unserializable values) always raises
     a ``kvcache`` exception before any I/O.
     """
+
+    is_async: ClassVar[bool] = False  # for drivers.arun: are its methods coroutines?
 
     def __init__(self, store: Store | RedisClusterStore | None = None, **options: Any) -> None:
         super().__init__(store if store is not None else MemoryStore(), **options)

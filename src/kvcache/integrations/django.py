@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from django.conf import settings as django_settings
@@ -36,6 +36,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, default_
 
 from ..aio import AsyncCache
 from ..cache import Cache
+from ..drivers import Op, arun, run
 from ..settings import KVCacheSettings
 from ..state import State
 from ..ttl import FOREVER, MAX_TTL
@@ -44,8 +45,6 @@ CONNECT_WAIT = 1.0  # seconds the first use waits for Redis (then it serves from
 MAX_KEY_LENGTH = 64 * 1024  # Django sets no limit of its own (and its key warnings are skipped)
 
 T = TypeVar("T")
-Call = tuple[Any, ...]  # ("method", *args): a call on the kvcache cache
-Op = Generator[Call, Any, T]  # a backend operation, run by _run or _arun
 
 
 class _Shared:
@@ -161,88 +160,80 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
             return FOREVER
         return max(0.0, float(timeout))
 
-    # -- one body per operation, two drivers -------------------------------------------------
-    # Each operation is written once, as a generator that yields the kvcache calls it needs
-    # ("method", *args) and receives their results; ``_run`` carries them out on the Cache,
-    # ``_arun`` awaits them on the AsyncCache (the same pattern as kvcache's own core).
+    # -- one body per operation, run by kvcache's two drivers -------------------------------
+    # Each operation is written once, as a generator that yields the calls it needs,
+    # ``(cache, "method", *args)``; ``drivers.run`` carries them out on the Cache,
+    # ``drivers.arun`` awaits them on the AsyncCache, as for kvcache's own core.
 
-    def _run(self, operation: Generator[Call, Any, T]) -> T:
+    def _run(self, operation: Callable[..., Op[T]], *args: Any) -> T:
         shared = self._shared
         cache = shared.cache if shared.waited else self._current().sync()
-        try:
-            call = next(operation)
-            while True:
-                call = operation.send(getattr(cache, call[0])(*call[1:]))
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+        return run(operation(cache, *args))
 
-    async def _arun(self, operation: Generator[Call, Any, T]) -> T:
+    async def _arun(self, operation: Callable[..., Op[T]], *args: Any) -> T:
         shared = self._shared
         cache = shared.async_cache if shared.async_waited else await self._current().aio()
-        try:
-            call = next(operation)
-            while True:
-                call = operation.send(await getattr(cache, call[0])(*call[1:]))
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+        return await arun(operation(cache, *args))
 
-    def _add(self, key: Any, value: Any, timeout: Any, version: Any) -> Op[bool]:
+    def _add(self, cache: Any, key: Any, value: Any, timeout: Any, version: Any) -> Op[bool]:
         name, ttl = self.make_key(key, version), self.get_backend_timeout(timeout)
         if ttl != 0:
-            return bool((yield ("add", name, value, ttl)))
-        added = yield ("add", name, value)  # "would it have been added?", and nothing stays
+            return bool((yield (cache, "add", name, value, ttl)))
+        added = yield (cache, "add", name, value)  # "would it have been added?"; nothing stays
         if added:
-            yield ("delete", name)
+            yield (cache, "delete", name)
         return bool(added)
 
-    def _get(self, key: Any, default: Any, version: Any) -> Op[Any]:
-        return (yield ("get", self.make_key(key, version), default))
+    def _get(self, cache: Any, key: Any, default: Any, version: Any) -> Op[Any]:
+        return (yield (cache, "get", self.make_key(key, version), default))
 
-    def _set(self, key: Any, value: Any, timeout: Any, version: Any) -> Op[None]:
+    def _set(self, cache: Any, key: Any, value: Any, timeout: Any, version: Any) -> Op[None]:
         name, ttl = self.make_key(key, version), self.get_backend_timeout(timeout)
-        yield ("set", name, value, ttl) if ttl != 0 else ("delete", name)
+        yield (cache, "set", name, value, ttl) if ttl != 0 else (cache, "delete", name)
 
-    def _touch(self, key: Any, timeout: Any, version: Any) -> Op[bool]:
+    def _touch(self, cache: Any, key: Any, timeout: Any, version: Any) -> Op[bool]:
         name, ttl = self.make_key(key, version), self.get_backend_timeout(timeout)
-        return bool((yield ("touch", name, ttl) if ttl != 0 else ("delete", name)))
+        return bool((yield (cache, "touch", name, ttl) if ttl != 0 else (cache, "delete", name)))
 
-    def _delete(self, key: Any, version: Any) -> Op[bool]:
-        return bool((yield ("delete", self.make_key(key, version))))
+    def _delete(self, cache: Any, key: Any, version: Any) -> Op[bool]:
+        return bool((yield (cache, "delete", self.make_key(key, version))))
 
-    def _get_many(self, keys: Iterable[Any], version: Any) -> Op[dict[Any, Any]]:
+    def _get_many(self, cache: Any, keys: Iterable[Any], version: Any) -> Op[dict[Any, Any]]:
         names = {self.make_key(key, version): key for key in keys}
-        found = yield ("get_many", names)
+        found = yield (cache, "get_many", names)
         return {names[name]: value for name, value in found.items()}
 
-    def _has_key(self, key: Any, version: Any) -> Op[bool]:
-        return bool((yield ("has", self.make_key(key, version))))
+    def _has_key(self, cache: Any, key: Any, version: Any) -> Op[bool]:
+        return bool((yield (cache, "has", self.make_key(key, version))))
 
-    def _incr(self, key: Any, delta: int, version: Any) -> Op[int]:
+    def _incr(self, cache: Any, key: Any, delta: int, version: Any) -> Op[int]:
         name = self.make_key(key, version)
-        if not (yield ("has", name)):  # as Django's RedisCache: missing is an error, not 0
+        if not (yield (cache, "has", name)):  # as Django's RedisCache: missing is an error, not 0
             raise ValueError(f"Key '{key}' not found")
-        value = yield ("incr", name, delta)
+        value = yield (cache, "incr", name, delta)
         if value is None:  # kvcache answered "failed" (no fallback, throw_on_errors off)
             raise ValueError(f"Key '{key}' could not be incremented")
         return int(value)
 
-    def _set_many(self, data: Mapping[Any, Any], timeout: Any, version: Any) -> Op[list[Any]]:
+    def _set_many(
+        self, cache: Any, data: Mapping[Any, Any], timeout: Any, version: Any
+    ) -> Op[list[Any]]:
         if not data:
             return []
         named = {self.make_key(key, version): value for key, value in data.items()}
         ttl = self.get_backend_timeout(timeout)
         if ttl == 0:
-            yield ("delete_many", named)
+            yield (cache, "delete_many", named)
             return []
-        return [] if (yield ("set_many", named, ttl)) else list(data)
+        return [] if (yield (cache, "set_many", named, ttl)) else list(data)
 
-    def _delete_many(self, keys: Iterable[Any], version: Any) -> Op[None]:
+    def _delete_many(self, cache: Any, keys: Iterable[Any], version: Any) -> Op[None]:
         names = [self.make_key(key, version) for key in keys]
         if names:
-            yield ("delete_many", names)
+            yield (cache, "delete_many", names)
 
-    def _clear(self) -> Op[bool]:
-        yield ("clear",)
+    def _clear(self, cache: Any) -> Op[bool]:
+        yield (cache, "clear")
         return True
 
     # -- the BaseCache API -----------------------------------------------------------------
@@ -250,88 +241,88 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
     def add(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> bool:
-        return self._run(self._add(key, value, timeout, version))
+        return self._run(self._add, key, value, timeout, version)
 
     async def aadd(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> bool:
-        return await self._arun(self._add(key, value, timeout, version))
+        return await self._arun(self._add, key, value, timeout, version)
 
     def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
-        return self._run(self._get(key, default, version))
+        return self._run(self._get, key, default, version)
 
     async def aget(self, key: Any, default: Any = None, version: Any = None) -> Any:
-        return await self._arun(self._get(key, default, version))
+        return await self._arun(self._get, key, default, version)
 
     def set(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> None:
-        self._run(self._set(key, value, timeout, version))
+        self._run(self._set, key, value, timeout, version)
 
     async def aset(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> None:
-        await self._arun(self._set(key, value, timeout, version))
+        await self._arun(self._set, key, value, timeout, version)
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
-        return self._run(self._touch(key, timeout, version))
+        return self._run(self._touch, key, timeout, version)
 
     async def atouch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
-        return await self._arun(self._touch(key, timeout, version))
+        return await self._arun(self._touch, key, timeout, version)
 
     def delete(self, key: Any, version: Any = None) -> bool:
-        return self._run(self._delete(key, version))
+        return self._run(self._delete, key, version)
 
     async def adelete(self, key: Any, version: Any = None) -> bool:
-        return await self._arun(self._delete(key, version))
+        return await self._arun(self._delete, key, version)
 
     def get_many(self, keys: Iterable[Any], version: Any = None) -> dict[Any, Any]:
-        return self._run(self._get_many(keys, version))
+        return self._run(self._get_many, keys, version)
 
     async def aget_many(self, keys: Iterable[Any], version: Any = None) -> dict[Any, Any]:
-        return await self._arun(self._get_many(keys, version))
+        return await self._arun(self._get_many, keys, version)
 
     def has_key(self, key: Any, version: Any = None) -> bool:
-        return self._run(self._has_key(key, version))
+        return self._run(self._has_key, key, version)
 
     async def ahas_key(self, key: Any, version: Any = None) -> bool:
-        return await self._arun(self._has_key(key, version))
+        return await self._arun(self._has_key, key, version)
 
     def incr(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        return self._run(self._incr(key, delta, version))
+        return self._run(self._incr, key, delta, version)
 
     async def aincr(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        return await self._arun(self._incr(key, delta, version))
+        return await self._arun(self._incr, key, delta, version)
 
     def decr(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        return self._run(self._incr(key, -delta, version))
+        return self._run(self._incr, key, -delta, version)
 
     async def adecr(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        return await self._arun(self._incr(key, -delta, version))
+        return await self._arun(self._incr, key, -delta, version)
 
     def set_many(
         self, data: Mapping[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> list[Any]:
         """The keys that could not be stored (all of them when Redis refused the batch)."""
-        return self._run(self._set_many(data, timeout, version))
+        return self._run(self._set_many, data, timeout, version)
 
     async def aset_many(
         self, data: Mapping[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> list[Any]:
-        return await self._arun(self._set_many(data, timeout, version))
+        return await self._arun(self._set_many, data, timeout, version)
 
     def delete_many(self, keys: Iterable[Any], version: Any = None) -> None:
-        self._run(self._delete_many(keys, version))
+        self._run(self._delete_many, keys, version)
 
     async def adelete_many(self, keys: Iterable[Any], version: Any = None) -> None:
-        await self._arun(self._delete_many(keys, version))
+        await self._arun(self._delete_many, keys, version)
 
     def clear(self) -> bool:
         """Delete this cache's keys (its namespace), never the whole database."""
-        return self._run(self._clear())
+        return self._run(self._clear)
 
     async def aclear(self) -> bool:
-        return await self._arun(self._clear())
+        return await self._arun(self._clear)
 
     def close(self, **kwargs: Any) -> None:
         """Django calls this after each request: the pooled connections stay open."""
