@@ -36,8 +36,9 @@ from .journal import Journal
 from .keys import KeySpace
 from .state import Policy, State, StateChange, StateMachine
 from .stats import Stats
+from .telemetry import Telemetry
 
-log = logging.getLogger("kvcache")
+log = logging.getLogger("kvcache.adapter")
 _READY: Final = State.READY  # a module constant: the hot path's one comparison
 
 Call = tuple[Any, ...]  # (store, method name, *arguments)
@@ -106,10 +107,12 @@ class Adapter:
         starting: bool = True,
         shard: str | None = None,
         on_change: Callable[[StateChange], object] | None = None,
+        signals: Telemetry | None = None,
     ) -> None:
         """``starting=False``: READY at once (a cluster shard, found in a topology just
         fetched). ``shard``: the primary this adapter is the breaker of, named in its state
-        events. ``on_change``: told of each transition (the cluster router listens)."""
+        events. ``on_change``: told of each transition (the cluster router listens).
+        ``signals``: the cache's telemetry (state gauge, journal size, probe spans)."""
         self.primary = primary
         # A store that can be probed can fail and come back: it gets the breaker. One that
         # cannot (MemoryStore, a custom store) is always READY and its errors pass through.
@@ -132,6 +135,17 @@ class Adapter:
             # and asks us before a call that waited for one sends its command.
             primary.breaker = self
         self.supervisor: Supervisor | None = None  # attached by the facade's shell
+        self._observed = signals is not None and signals.enabled
+        self._probe_attributes: dict[str, str | int] = {}
+        if self._observed and self.probeable:
+            self._probe_attributes = {
+                **telemetry.server_attributes(primary),
+                "db.operation.name": "probe",
+                "kvcache.namespace": self.namespace,
+            }
+            if shard is not None:
+                self._probe_attributes["kvcache.shard"] = shard
+            telemetry.watch(self)
         forksafe.register(self)
 
     @property
@@ -282,15 +296,30 @@ class Adapter:
     def probe(self) -> Generator[Call, Any, None]:
         """One probe, if one is due: connect + AUTH + PING on a fresh connection; on success
         delete the journaled keys in Redis, turn READY, and empty the fallback."""
-        machine = self.machine
-        if not machine.probe_started():
+        if not self.machine.probe_started():
             return
+        traced = self._observed and telemetry.tracing()
+        span = telemetry.start_span("probe", self._probe_attributes) if traced else None
+        outcome: telemetry.Outcome = telemetry.OK
+        try:
+            outcome = yield from self._probe()
+        except BaseException as exc:
+            outcome = exc
+            raise
+        finally:
+            if span is not None:
+                telemetry.end_span(span, outcome)
+
+    def _probe(self) -> Generator[Call, Any, telemetry.Outcome]:
+        """The probe begun: its outcome is OK, or the error it failed with."""
+        machine = self.machine
         deleted = 0
         change: StateChange | None = None
+        failure: StoreError | None = None
         try:
             yield (self.primary, "ping")
             if machine.closed():  # close() came while we waited: leave the store alone
-                return
+                return telemetry.OK
             yield (self.primary, "reset")  # pooled connections from before the outage go
             machine.start_draining()  # from now on writes go to Redis: the journal only shrinks
             while not machine.closed():
@@ -309,13 +338,14 @@ class Adapter:
                 if change is not None:
                     break
         except StoreError as exc:
+            failure = exc
             change = machine.probe_failed(exc)
         except BaseException:  # cancelled (task, loop gone): let the next prober try
             machine.probe_abandoned()
             raise
-        if change is None:
-            return
-        self.publish(change, deleted)
+        if change is not None:
+            self.publish(change, deleted)
+        return failure or telemetry.OK
 
     def _settle(self) -> None:
         """Runs as the state turns READY, atomically with it."""
@@ -325,6 +355,7 @@ class Adapter:
 
     def close(self) -> None:
         change = self.machine.close()
+        telemetry.unwatch(self)
         if change is not None:
             self.publish(change)
 
@@ -333,18 +364,30 @@ class Adapter:
     def publish(self, change: StateChange, deleted: int = 0) -> None:
         """One log line, one telemetry signal, one event per transition; never per call."""
         where = repr(self.primary)
+        # Structured fields for JSON formatters and OpenTelemetry's logging bridge.
+        fields = {
+            "kvcache_namespace": self.namespace,
+            "kvcache_state": change.current.value,
+            "kvcache_previous": change.previous.value,
+            "kvcache_shard": self.shard,
+            "kvcache_store": where,
+            "kvcache_error": None if change.error is None else telemetry.error_type(change.error),
+            "kvcache_seconds": round(change.duration, 3),
+        }
         if change.current is State.DEGRADED:
             if change.first_connect_failed:
                 log.warning(
                     "kvcache: cannot connect to %s%s; serving from memory, probing quietly",
                     where,
                     _reason(change.error),
+                    extra=fields,
                 )
             else:
                 log.warning(
                     "kvcache: lost %s%s; serving from memory until it answers",
                     where,
                     _reason(change.error),
+                    extra=fields,
                 )
         elif change.current is State.READY:
             log.info(
@@ -353,14 +396,16 @@ class Adapter:
                 change.duration,
                 change.previous.value,
                 deleted,
+                extra={**fields, "kvcache_journal_deleted": deleted},
             )
         else:
-            log.debug("kvcache: %s %s", where, change.current.value)
+            log.debug("kvcache: %s %s", where, change.current.value, extra=fields)
         if self.shard is not None:
             change = replace(change, shard=self.shard)
         if self._on_change is not None:
             self._on_change(change)
-        telemetry.state_changed(self.namespace, change)
+        if self._observed:
+            telemetry.state_changed(self.namespace, change)
         self.events.emit("state", change)
         if change.first_connect_failed:
             self.events.emit("connect_error", change)

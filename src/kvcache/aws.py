@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 from redis.credentials import CredentialProvider
 from redis.exceptions import AuthenticationError
 
-from . import forksafe
+from . import forksafe, telemetry
 from .errors import ConfigurationError
 
 log = logging.getLogger("kvcache.aws")
@@ -204,6 +204,7 @@ class IAMCredentialProvider(CredentialProvider):
                         try:
                             self._credentials = self._resolve()
                         except Exception as exc:
+                            telemetry.token_signed(ok=False)
                             raise CredentialsUnavailable(
                                 f"IAM credentials unavailable ({type(exc).__name__})"
                             ) from exc
@@ -244,6 +245,7 @@ class IAMCredentialProvider(CredentialProvider):
         )
         self._token = token = _Token(value, now)
         self.signed += 1
+        telemetry.token_signed(ok=True)
         return token
 
     # -- the background refresher ----------------------------------------------------------
@@ -282,6 +284,7 @@ class IAMCredentialProvider(CredentialProvider):
                 self._credentials = credentials
                 self._credentials_stale = False
         except Exception as exc:
+            telemetry.token_signed(ok=False)
             if self._failed_at is None:
                 log.warning(
                     "kvcache: IAM credentials could not be refreshed (%s); will retry",

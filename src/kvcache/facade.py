@@ -19,6 +19,7 @@ from .state import Policy, State
 from .stats import Stats
 from .stores import MemoryStore
 from .stores.memory import DEFAULT_FALLBACK_MAXSIZE, DEFAULT_FALLBACK_TTL
+from .telemetry import Telemetry
 
 S = TypeVar("S")
 Self = TypeVar("Self", bound="CacheBase[Any]")
@@ -45,6 +46,7 @@ class CacheBase(Generic[S]):
         policy: Policy | None = None,
         journal_size: int = 10_000,
         journal_overflow: Overflow = "clear",
+        telemetry: bool = True,
     ) -> None:
         is_async = getattr(store, "is_async", None)
         if not isinstance(is_async, bool):
@@ -57,6 +59,7 @@ class CacheBase(Generic[S]):
             raise ConfigurationError("fallback must be a non-blocking sync store (MemoryStore)")
         self._store = store
         keys = KeySpace(namespace, separator, max_key_length)
+        signals = Telemetry(keys.namespace, store, enabled=telemetry)
         # A cluster-aware store gets one breaker per primary (sharding.py).
         adapter_class = ShardedAdapter if getattr(store, "sharded", False) else Adapter
         self._adapter = adapter = adapter_class(
@@ -69,8 +72,10 @@ class CacheBase(Generic[S]):
             journal=Journal(journal_size, journal_overflow),
             throw_on_errors=bool(throw_on_errors),
             non_blocking=non_blocking,
+            signals=signals,
         )
-        self._ops = Operations(keys, Codec(serializer, compress_threshold), adapter, default_ttl)
+        codec = Codec(serializer, compress_threshold)
+        self._ops = Operations(keys, codec, adapter, default_ttl, signals)
         # A cache dropped without close() must not leave its prober probing forever.
         weakref.finalize(self, adapter.close)
 

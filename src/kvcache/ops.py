@@ -10,8 +10,8 @@ and ``AsyncCache`` differ only in the driver that runs these generators.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Generator, Iterable, Mapping
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from .adapter import ALL_KEYS, Adapter
 from .codec import INT64_MAX, INT64_MIN, Codec
@@ -20,13 +20,27 @@ from .events import Emitter, ErrorEvent
 from .keys import K, Key, KeySpace
 from .sharding import ShardedAdapter
 from .stats import Stats
+from .telemetry import (
+    FALLBACK,
+    FALLBACK_HIT,
+    FALLBACK_MISS,
+    HIT,
+    MISS,
+    OK,
+    Outcome,
+    Telemetry,
+)
 from .ttl import check_ttl, from_pttl, to_millis
 
-log = logging.getLogger("kvcache")
+log = logging.getLogger("kvcache.ops")
 
 T = TypeVar("T")
+P = ParamSpec("P")
 Call = tuple[Any, ...]  # (store, method name, *arguments)
 Op = Generator[Call, Any, T]
+Body = Generator[Call, Any, tuple[T, Outcome]]  # an operation's body: (value, outcome)
+BodyMethod = Callable[Concatenate["Operations", P], Body[T]]
+OpMethod = Callable[Concatenate["Operations", P], Op[T]]
 
 MISSING: Any = object()  # "no value" where None is a value
 
@@ -39,6 +53,24 @@ def check_amount(amount: object) -> int:
     return amount
 
 
+def observed(
+    operation: str, *, many: bool = False, per_key: bool = False
+) -> Callable[[BodyMethod[P, T]], OpMethod[P, T]]:
+    """An operation: its body, timed, traced and counted by the cache's telemetry.
+    ``many``: the first argument holds the keys (the span's batch size); ``per_key``: the
+    body counts its keys' outcomes itself."""
+
+    def decorate(body: BodyMethod[P, T]) -> OpMethod[P, T]:
+        def op(self: Operations, /, *args: P.args, **kwargs: P.kwargs) -> Op[T]:
+            batch = args[0] if many else None
+            return self.telemetry.observe(operation, body(self, *args, **kwargs), batch, per_key)
+
+        op.__name__, op.__doc__ = body.__name__, body.__doc__
+        return op
+
+    return decorate
+
+
 class Operations:
     def __init__(
         self,
@@ -46,10 +78,12 @@ class Operations:
         codec: Codec,
         adapter: Adapter | ShardedAdapter,
         default_ttl: float | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.keys = keys
         self.codec = codec
         self.adapter = adapter
+        self.telemetry = telemetry or Telemetry(keys.namespace, None, enabled=False)
         self._default_ttl_ms = to_millis(check_ttl(default_ttl, "default_ttl"))
         # The adapter's, as its stats and events: one cache, one setting.
         self.throw_on_errors = adapter.throw_on_errors
@@ -68,12 +102,14 @@ class Operations:
         by_full = {self.keys.build(key): key for key in keys}  # "k" and b"k" are one key
         return list(by_full.values()), list(by_full)
 
-    def failed(self, operation: str, error: StoreError, key: Key | None, result: T) -> T:
+    def failed(
+        self, operation: str, error: StoreError, key: Key | None, result: T
+    ) -> tuple[T, Outcome]:
         """A store call failed: count it, tell listeners, then raise or answer ``result``."""
         self.report(operation, error, key)
         if self.throw_on_errors:
             raise error
-        return result
+        return result, error
 
     def report(self, operation: str, error: Exception, key: Key | None) -> None:
         self.stats.errors += 1
@@ -82,7 +118,7 @@ class Operations:
 
     def read(
         self, raw: bytes | None, key: Key, default: Any, offline: bool, operation: str = "get"
-    ) -> Any:
+    ) -> tuple[Any, str]:
         """Decode and count: a hit or a miss, in Redis or (``offline``) in the fallback."""
         stats = self.stats
         if raw is not None:
@@ -93,18 +129,19 @@ class Operations:
             else:
                 if offline:
                     stats.fallback_hits += 1
-                else:
-                    stats.hits += 1
-                return value
+                    return value, FALLBACK_HIT
+                stats.hits += 1
+                return value, HIT
         if offline:
             stats.fallback_misses += 1
-        else:
-            stats.misses += 1
-        return default
+            return default, FALLBACK_MISS
+        stats.misses += 1
+        return default, MISS
 
     # -- operations ----------------------------------------------------------------------
 
-    def get(self, key: Key, default: Any) -> Op[Any]:
+    @observed("get")
+    def get(self, key: Key, default: Any) -> Body[Any]:
         full = self.keys.build(key)
         try:
             raw, offline = yield from self.adapter.call("get", full)
@@ -112,31 +149,38 @@ class Operations:
             return self.failed("get", exc, key, default)
         return self.read(raw, key, default, offline)
 
-    def get_many(self, keys: Iterable[K]) -> Op[dict[K, Any]]:
+    @observed("get_many", many=True, per_key=True)
+    def get_many(self, keys: Iterable[K]) -> Body[dict[K, Any]]:
         distinct, full = self.build_all(keys)
         if not full:
-            return {}
+            return {}, OK
         try:
             raws, offline = yield from self.adapter.call("get_many", full)
         except StoreError as exc:
             return self.failed("get_many", exc, None, {})
         found: dict[K, Any] = {}
+        outcomes: dict[str, int] = {}
         for key, raw in zip(distinct, raws, strict=True):
-            value = self.read(raw, key, MISSING, offline, "get_many")
+            value, outcome = self.read(raw, key, MISSING, offline, "get_many")
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if value is not MISSING:
                 found[key] = value
-        return found
+        for outcome, n in outcomes.items():
+            self.telemetry.count("get_many", outcome, n)
+        return found, FALLBACK if offline else OK
 
-    def set(self, key: Key, value: Any, ttl: float | None) -> Op[bool]:
+    @observed("set")
+    def set(self, key: Key, value: Any, ttl: float | None) -> Body[bool]:
         full, payload, ttl_ms = self.keys.build(key), self.codec.encode(value), self.ttl_ms(ttl)
         try:
-            yield from self.adapter.call("set", full, payload, ttl_ms, writes=(full,))
+            _, offline = yield from self.adapter.call("set", full, payload, ttl_ms, writes=(full,))
         except StoreError as exc:
             return self.failed("set", exc, key, False)
         self.stats.sets += 1
-        return True
+        return True, FALLBACK if offline else OK
 
-    def add(self, key: Key, value: Any, ttl: float | None) -> Op[bool]:
+    @observed("add")
+    def add(self, key: Key, value: Any, ttl: float | None) -> Body[bool]:
         full, payload, ttl_ms = self.keys.build(key), self.codec.encode(value), self.ttl_ms(ttl)
         added: bool
         try:
@@ -145,98 +189,110 @@ class Operations:
             added, offline = yield from self.adapter.call("add", full, payload, ttl_ms)
         except StoreError as exc:
             return self.failed("add", exc, key, False)
-        if added and not offline:
+        if offline:
+            return False, FALLBACK
+        if added:
             self.stats.sets += 1
-            return True
-        return False
+        return added, OK
 
-    def set_many(self, mapping: Mapping[K, Any], ttl: float | None) -> Op[bool]:
+    @observed("set_many", many=True)
+    def set_many(self, mapping: Mapping[K, Any], ttl: float | None) -> Body[bool]:
         if not isinstance(mapping, Mapping):
             raise InvalidValueError("set_many expects a mapping of keys to values")
         ttl_ms = self.ttl_ms(ttl)
         items = [(self.keys.build(key), self.codec.encode(value)) for key, value in mapping.items()]
         if not items:
-            return True
+            return True, OK
         try:
-            yield from self.adapter.call(
+            _, offline = yield from self.adapter.call(
                 "set_many", items, ttl_ms, writes=[full for full, _ in items]
             )
         except StoreError as exc:
             return self.failed("set_many", exc, None, False)
         self.stats.sets += len(items)
-        return True
+        return True, FALLBACK if offline else OK
 
-    def delete_many(self, keys: Iterable[Key]) -> Op[int]:
+    @observed("delete_many", many=True)
+    def delete_many(self, keys: Iterable[Key]) -> Body[int]:
         _, full = self.build_all(keys)
         if not full:
-            return 0
+            return 0, OK
         removed: int
         try:
-            removed, _ = yield from self.adapter.call("delete_many", full, writes=full)
+            removed, offline = yield from self.adapter.call("delete_many", full, writes=full)
         except StoreError as exc:
             return self.failed("delete_many", exc, None, 0)
         self.stats.deletes += removed
-        return removed
+        return removed, FALLBACK if offline else OK
 
-    def delete(self, key: Key) -> Op[bool]:
+    @observed("delete")
+    def delete(self, key: Key) -> Body[bool]:
         full = self.keys.build(key)
         removed: int
         try:
-            removed, _ = yield from self.adapter.call("delete_many", [full], writes=(full,))
+            removed, offline = yield from self.adapter.call("delete_many", [full], writes=(full,))
         except StoreError as exc:
             return self.failed("delete", exc, key, False)
         self.stats.deletes += removed
-        return removed > 0
+        return removed > 0, FALLBACK if offline else OK
 
-    def has(self, key: Key) -> Op[bool]:
+    @observed("has")
+    def has(self, key: Key) -> Body[bool]:
         full = self.keys.build(key)
         found: bool
         try:
-            found, _ = yield from self.adapter.call("exists", full)
+            found, offline = yield from self.adapter.call("exists", full)
         except StoreError as exc:
             return self.failed("has", exc, key, False)
-        return found
+        return found, FALLBACK if offline else OK
 
-    def incr(self, key: Key, amount: int) -> Op[int | None]:
+    @observed("incr")
+    def incr(self, key: Key, amount: int) -> Body[int | None]:
         return (yield from self._add(key, check_amount(amount)))
 
-    def decr(self, key: Key, amount: int) -> Op[int | None]:
+    @observed("decr")
+    def decr(self, key: Key, amount: int) -> Body[int | None]:
         return (yield from self._add(key, -check_amount(amount)))
 
-    def _add(self, key: Key, amount: int) -> Op[int | None]:
+    def _add(self, key: Key, amount: int) -> Body[int | None]:
         full = self.keys.build(key)
         value: int
         try:
-            value, _ = yield from self.adapter.call(
+            value, offline = yield from self.adapter.call(
                 "incr", full, amount, self.ttl_ms(None), writes=(full,)
             )
         except StoreError as exc:
             return self.failed("incr", exc, key, None)
-        return value
+        return value, FALLBACK if offline else OK
 
-    def ttl(self, key: Key) -> Op[float | None]:
+    @observed("ttl")
+    def ttl(self, key: Key) -> Body[float | None]:
         full = self.keys.build(key)
         try:
-            pttl, _ = yield from self.adapter.call("pttl", full)
+            pttl, offline = yield from self.adapter.call("pttl", full)
         except StoreError as exc:
             return self.failed("ttl", exc, key, None)
-        return from_pttl(pttl)
+        return from_pttl(pttl), FALLBACK if offline else OK
 
-    def touch(self, key: Key, ttl: float | None) -> Op[bool]:
+    @observed("touch")
+    def touch(self, key: Key, ttl: float | None) -> Body[bool]:
         full, ttl_ms = self.keys.build(key), self.ttl_ms(ttl)
         touched: bool
         try:
             # Not journaled: a TTL changed in the fallback leaves nothing stale in Redis.
-            touched, _ = yield from self.adapter.call("expire", full, ttl_ms)
+            touched, offline = yield from self.adapter.call("expire", full, ttl_ms)
         except StoreError as exc:
             return self.failed("touch", exc, key, False)
-        return touched
+        return touched, FALLBACK if offline else OK
 
-    def clear(self) -> Op[int]:
+    @observed("clear")
+    def clear(self) -> Body[int]:
         removed: int
         try:
-            removed, _ = yield from self.adapter.call("clear", self.keys.prefix, writes=ALL_KEYS)
+            removed, offline = yield from self.adapter.call(
+                "clear", self.keys.prefix, writes=ALL_KEYS
+            )
         except StoreError as exc:
             return self.failed("clear", exc, None, 0)
         self.stats.deletes += removed
-        return removed
+        return removed, FALLBACK if offline else OK

@@ -161,6 +161,9 @@ class KVCacheSettings(BaseSettings):
         5.0, gt=0, le=3600, description="seconds between cluster topology checks (jittered)"
     )
     iam: IAMSettings = Field(default_factory=IAMSettings)
+    telemetry: bool = Field(
+        True, description="OpenTelemetry metrics and spans (no-ops until an SDK is installed)"
+    )
 
     @field_validator("url")
     @classmethod
@@ -251,4 +254,5 @@ class KVCacheSettings(BaseSettings):
             "policy": Policy(self.connect_attempts, self.retry_base, self.retry_max),
             "journal_size": self.journal_size,
             "journal_overflow": self.journal_overflow,
+            "telemetry": self.telemetry,
         }

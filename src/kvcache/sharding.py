@@ -30,7 +30,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from . import forksafe
+from . import forksafe, telemetry
 from .adapter import ALL_KEYS, Adapter, Call, Health, Routed, Supervisor
 from .errors import CacheUnavailableError, KVCacheError, RedirectError, StoreError
 from .journal import Journal
@@ -38,7 +38,7 @@ from .keys import KeySpace
 from .state import State, StateChange, StateMachine
 from .topology import RefreshSchedule, Topology, address, ask_commands, split_address
 
-log = logging.getLogger("kvcache")
+log = logging.getLogger("kvcache.cluster")
 _READY = State.READY
 _CLOSED = State.CLOSED
 
@@ -78,6 +78,8 @@ class ShardedAdapter:
         self.stats = options["stats"]
         self.events = options["events"]
         self.throw_on_errors = options.get("throw_on_errors", False)
+        signals = options.get("signals")
+        self._observed = signals is not None and signals.enabled
         self._options = {"keys": keys, **options}
         self._fallback = fallback
         self._journal_bounds = (journal.maxsize, journal.overflow)
@@ -341,9 +343,15 @@ class ShardedAdapter:
             except StoreError as exc:
                 failure = exc
                 continue
-            yield from self._install(topology)
+            changed = yield from self._install(topology)
+            self._count_refresh("changed" if changed else "unchanged")
             return
+        self._count_refresh("failed")
         raise failure or CacheUnavailableError("no cluster node answered")
+
+    def _count_refresh(self, outcome: str) -> None:
+        if self._observed:
+            telemetry.topology_checked(self.namespace, outcome)
 
     def _topology_from(self, reply: Any, name: str) -> Topology:
         if reply is None:
@@ -357,10 +365,11 @@ class ShardedAdapter:
             raise CacheUnavailableError(f"{name}: the cluster has no slots assigned")
         return topology
 
-    def _install(self, topology: Topology) -> Generator[Call, Any, None]:
+    def _install(self, topology: Topology) -> Generator[Call, Any, bool]:
+        """Install ``topology`` unless it is the one in use; True if it was installed."""
         with self._lock:
             if self.topology == topology:
-                return
+                return False
             left = {n: s for n, s in self.shards.items() if n not in topology.primaries}
         # What a leaving shard wrote while it was away (its journal) may be older where
         # those keys live now (a promoted replica, the node that took its slots): delete it
@@ -372,7 +381,7 @@ class ShardedAdapter:
         with self._lock:
             old = self.topology
             if old == topology:
-                return
+                return False
             self.topology = topology
             self.shards = {n: s for n, s in self.shards.items() if n not in left}
         for name in topology.primaries:
@@ -399,6 +408,7 @@ class ShardedAdapter:
                 yield from self.route("clear", (self.prefix,))
             elif keys:
                 yield from self.route("delete_many", (keys,))
+        return True
 
     def _delete_journaled(self, shard: Adapter, topology: Topology) -> Generator[Call, Any, None]:
         """Apply ``shard``'s journal on the nodes that own its keys in ``topology``."""
@@ -452,6 +462,10 @@ class _Routed:
         """Up to three nodes asked, one after another."""
         seed = self._sharded.nodes.node(self._sharded.nodes.seed)
         return float((CANDIDATES + 1) * seed.probe_timeout)
+
+    @property
+    def address(self) -> tuple[str, int | None, int]:
+        return self._sharded.nodes.address  # type: ignore[no-any-return]
 
     def ping(self) -> Generator[Call, Any, None]:
         return self._sharded.refresh()

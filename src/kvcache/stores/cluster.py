@@ -48,6 +48,12 @@ class _ClusterStoreBase(Generic[N]):
         self._nodes: dict[str, N] = {}
         self._lock = threading.Lock()
 
+    @property
+    def address(self) -> tuple[str, int | None, int]:
+        """The configured endpoint, for telemetry (cluster nodes use database 0)."""
+        host, port = split_address(self.seed)
+        return host, port, 0
+
     def node(self, name: str) -> N:
         """The store for ``name`` ("host:port"), made on first use."""
         store = self._nodes.get(name)

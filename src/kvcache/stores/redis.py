@@ -47,8 +47,15 @@ _FAILURES = (redis.RedisError, OSError, asyncio.TimeoutError)  # the last: Pytho
 
 
 def translate(exc: BaseException) -> KVCacheError:
-    """The kvcache exception for a redis-py (or socket) failure. Messages never hold secrets:
-    redis-py's name host:port and the server's reply, not the credentials."""
+    """The kvcache exception for a redis-py (or socket) failure, caused by it from the start
+    (the breaker, telemetry and logs see the cause before it is raised). Messages never hold
+    secrets: redis-py's name host:port and the server's reply, not the credentials."""
+    error = _translated(exc)
+    error.__cause__ = exc
+    return error
+
+
+def _translated(exc: BaseException) -> KVCacheError:
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError | asyncio.TimeoutError):
         return CacheUnavailableError(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, AskError):  # MovedError too: a cluster node points elsewhere
@@ -117,6 +124,15 @@ def describe(client: redis.Redis | redis.asyncio.Redis) -> str:
     if "path" in where:
         return f"unix://{where['path']}?db={where.get('db', 0)}"
     return f"{where.get('host')}:{where.get('port')}/{where.get('db', 0)}"
+
+
+def address_of(client: redis.Redis | redis.asyncio.Redis) -> tuple[str, int | None, int]:
+    """(host or socket path, port or None, db): where a client connects, for telemetry."""
+    where = client.connection_pool.connection_kwargs
+    db = int(where.get("db") or 0)
+    if "path" in where:
+        return str(where["path"]), None, db
+    return str(where.get("host")), int(where.get("port") or 6379), db
 
 
 def _batches(keys: Iterator[bytes]) -> Iterator[list[bytes]]:
@@ -223,6 +239,7 @@ class RedisStore:
         self._wait = wait_timeout
         self._step = step_timeout(client, connect_timeout)
         self.breaker: Breaker | None = None
+        self.address = address_of(client)
         self._slots = self._new_slots()
         forksafe.register(self)
 
@@ -399,6 +416,7 @@ class AsyncRedisStore:
         self._current: _LoopClient | None = None  # the last loop's, swapped as one reference
         self._spare: redis.asyncio.Redis | None = connect()  # for the first loop; no I/O yet
         self._described = describe(self._spare)
+        self.address = address_of(self._spare)
         self._step = step_timeout(self._spare, connect_timeout)
         self.breaker: Breaker | None = None  # see RedisStore
         self._lock = threading.Lock()  # loops in several threads may meet the store at once
