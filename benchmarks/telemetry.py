@@ -23,7 +23,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from kvcache import Cache, MemoryStore
 from kvcache.testing import RedisServer
@@ -110,7 +110,7 @@ def main() -> None:
         metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
         report("SDK metrics (in-memory reader)", phase(made, args.rounds, args.ops))
         tracing = TracerProvider()
-        tracing.add_span_processor(SimpleSpanProcessor(Discard()))
+        tracing.add_span_processor(BatchSpanProcessor(Discard()))
         trace.set_tracer_provider(tracing)
         report("SDK metrics + traces (every span sampled)", phase(made, args.rounds, args.ops))
         for backend in made.values():

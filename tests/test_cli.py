@@ -239,3 +239,20 @@ def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert caught.value.code == 0
     assert capsys.readouterr().out.startswith("kvcache ")
+
+
+def test_doctor_when_cluster_is_refused_like_behind_a_proxy(
+    guarded: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with guarded.client() as admin:
+        admin.execute_command("ACL", "SETUSER", "app", "reset", "on", ">app-pass", "~*", "+@all")
+        admin.execute_command("ACL", "SETUSER", "app", "-cluster", "-info")
+    url = f"redis://app:app-pass@127.0.0.1:{guarded.port}/0"
+    status, report = doctor(capsys, "--url", url)
+    assert status == 0
+    assert statuses(report)["mode"] == "ok"
+    assert detail(report, "mode").endswith("mode=standalone fits a proxy")
+    assert detail(report, "auth") == "ACL user app: AUTH + PING accepted"
+    status, report = doctor(capsys, "--url", url + "?mode=auto")
+    assert status == 1
+    assert statuses(report)["mode"] == "fail"

@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import hashlib
 import hmac
+import json
 import logging
 import multiprocessing
 import os
@@ -35,6 +36,7 @@ from pydantic import ValidationError
 from conftest import Traffic, ready_cache
 from kvcache import Cache, State
 from kvcache.aws import TOKEN_LIFETIME, IAMCredentialProvider, sign_token
+from kvcache.cli import main
 from kvcache.errors import ConfigurationError
 from kvcache.settings import KVCacheSettings
 from kvcache.stores import open_store
@@ -704,3 +706,53 @@ def test_a_forked_worker_gets_a_refresher_of_its_own() -> None:
         child.join(10)
     finally:
         iam.close()
+
+
+# -- kvcache doctor under IAM ------------------------------------------------------------------
+
+
+def test_doctor_signs_a_token_and_checks_it_on_a_fresh_connection(
+    tls_server: RedisServer,
+    tls: TLSFiles,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "KVCACHE_IAM__ENABLED": "true",
+        "KVCACHE_IAM__NAME": NAME,
+        "KVCACHE_IAM__USER_ID": USER,
+        "KVCACHE_IAM__REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    stand_in = IAMStandIn([redis.Redis(port=tls_server.port, **tls.client_options())])
+    url = f"rediss://{USER}@127.0.0.1:{tls_server.port}/0?{tls.url_query()}"
+
+    def doctor() -> tuple[int, dict[str, Any], str]:
+        status = main(["doctor", "--url", url, "--json", "--samples", "3"])
+        out = capsys.readouterr().out
+        report = json.loads(out)
+        return status, {c["name"]: c for c in report["checks"]}, out
+
+    try:
+        now = int(time.time())  # the doctor signs a token of its own, at a whole second
+        stand_in.allow(*range(now - 2, now + 20))
+        status, checks, out = doctor()
+        assert status == 0, checks
+        assert checks["tls"]["status"] == "ok"
+        assert (
+            checks["auth"]["detail"] == f"IAM token for {USER} (elasticache): AUTH + PING accepted"
+        )
+        assert checks["cache"]["status"] == "ok"
+
+        stand_in.set_passwords("not-this-token")  # the server refuses whatever is signed
+        status, checks, out = doctor()
+        assert status == 1
+        assert checks["auth"]["status"] == "fail"
+        assert "AuthenticationError" in checks["auth"]["detail"]
+        assert checks["cache"]["status"] == "fail"
+        assert "X-Amz-Signature" not in out
+        assert SECRET_KEY not in out
+    finally:
+        stand_in.set_passwords("unused")

@@ -267,20 +267,28 @@ def _auth(settings: KVCacheSettings, client: Any, policy: Any) -> Check:
 
 
 def _mode(settings: KVCacheSettings, client: Any) -> Check:
-    info = client.info("server")
-    version = info.get("redis_version", "?")
+    """What the server is (standalone, cluster, or something that refuses CLUSTER: a proxy,
+    or an ACL without it), and whether ``mode`` fits it."""
+    import redis
+
+    configured = settings.resolved_mode
+    try:
+        version = client.info("server").get("redis_version", "?")
+    except redis.ResponseError:  # a proxy or an ACL may refuse INFO
+        version = "?"
     try:
         slots = client.execute_command("CLUSTER", "SLOTS")
-    except Exception as exc:
-        if "cluster support disabled" not in str(exc).lower():
-            raise
-        slots = None
-    configured = settings.resolved_mode
-    if slots is None:
-        detail = f"standalone server (Redis {version})"
-        if configured == "cluster":
-            return Check("mode", "fail", detail + "; but mode=cluster: use auto or standalone")
-        return Check("mode", "ok", detail, data={"server": "standalone", "version": version})
+    except redis.ResponseError as exc:
+        if "cluster support disabled" in str(exc).lower():
+            detail = f"standalone server (Redis {version})"
+            if configured == "cluster":
+                return Check("mode", "fail", detail + "; but mode=cluster: use auto or standalone")
+            return Check("mode", "ok", detail, data={"server": "standalone", "version": version})
+        detail = f"CLUSTER SLOTS refused ({exc}): a proxy, or an ACL without it"
+        data = {"server": "unknown", "version": version}
+        if configured == "standalone":  # one client for one address: what a proxy needs
+            return Check("mode", "ok", detail + "; mode=standalone fits a proxy", data=data)
+        return Check("mode", "fail", detail + f"; mode={configured} needs it", data=data)
     nodes = _slot_table(slots)
     covered = sum(node["slots"] for node in nodes)
     table = ", ".join(

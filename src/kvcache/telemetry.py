@@ -107,6 +107,7 @@ class _Series:
 
 
 _SERIES: dict[tuple[str, str, str], _Series] = {}
+_NONE: dict[str, _Series] = {}  # an empty lookup, shared
 _SERIES_LOCK = threading.Lock()
 
 
@@ -285,7 +286,9 @@ class Telemetry:
             value, _ = yield from body
             return value
         started = perf_counter()
-        span = start_span(operation, self._attributes(operation)) if tracing() else None
+        span = None
+        if trace._TRACER_PROVIDER is not None:  # tracing(), inline: this is every call
+            span = start_span(operation, self._attributes(operation))
         try:
             value, outcome = yield from body
         except BaseException as exc:  # bad input, throw_on_errors, a cancelled task
@@ -308,9 +311,11 @@ class Telemetry:
         tallied: bool,
     ) -> None:
         elapsed = perf_counter() - started
-        failed = isinstance(outcome, BaseException)
-        series = self._tally(operation, ERROR if failed else outcome)  # type: ignore[arg-type]
-        if not tallied or failed:
+        name = outcome if outcome.__class__ is str else ERROR  # else: the error it ended with
+        series = self._series.get(operation, _NONE).get(name)
+        if series is None:
+            series = self._tally(operation, name)
+        if not tallied or name is ERROR:
             series.count += 1
         _durations.record(elapsed, series.attributes)
         if span is not None:
