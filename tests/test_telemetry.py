@@ -5,6 +5,8 @@ names, attributes and span attributes on hits, misses, outages and recovery."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +24,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util._once import Once
 
-from kvcache import Cache, InvalidTTLError, InvalidValueError, KVCacheSettings, State
+from kvcache import (
+    Cache,
+    InvalidTTLError,
+    InvalidValueError,
+    KVCacheSettings,
+    MemoryStore,
+    State,
+    telemetry,
+)
 from kvcache.aws import CredentialsUnavailable, IAMCredentialProvider
 from kvcache.testing import ChaosProxy, RedisClusterServer, RedisServer
 
@@ -393,3 +403,23 @@ def test_one_structured_log_line_per_transition_none_per_call(
     assert lines[1].kvcache_error in {"ConnectionError", "TimeoutError"}  # type: ignore[attr-defined]
     per_call = [r for r in caplog.records if r.name == "kvcache.ops"]
     assert len(per_call) <= 1  # the one call that met the outage, at DEBUG
+
+
+def _count_in_child(cache: Cache, queue: Any) -> None:
+    cache.get("k")
+    queue.put(telemetry._SERIES[cache.namespace, "get", "miss"].count)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_a_forked_worker_counts_only_its_own_calls(ns: str) -> None:
+    cache = Cache(MemoryStore(), namespace=ns)
+    for _ in range(3):
+        cache.get("k")
+    assert operations(ns) == {("get", "miss"): 3}
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_count_in_child, args=(cache, queue))
+    child.start()
+    assert queue.get(timeout=10) == 1  # not 4: the parent's calls are the parent's to export
+    child.join(10)
+    assert operations(ns) == {("get", "miss"): 3}

@@ -27,6 +27,7 @@ another context), so instrumented redis-py spans are their siblings, not their c
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sized
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
 if TYPE_CHECKING:
@@ -86,10 +88,13 @@ _iam = _meter.create_counter(
 )
 
 
+# Has the application installed a tracer (meter) provider? opentelemetry-api's own proxies
+# check these globals; its public getters read os.environ on every call (1.4 µs, more than
+# the rest of a call's telemetry), and a no-op span costs 1 µs to make. Until a meter
+# provider exists, calls are not timed (the tallies always run: the counter is cumulative).
+
+
 def tracing() -> bool:
-    """Has the application installed a tracer provider? opentelemetry-api's own proxy
-    checks this global; its public getter reads ``os.environ`` on every call (1.4 µs, as
-    much as the rest of the telemetry of a call), and a no-op span costs 1 µs to make."""
     return trace._TRACER_PROVIDER is not None
 
 
@@ -123,6 +128,19 @@ def _series(namespace: str, operation: str, outcome: str) -> _Series:
                 }
             )
         return found
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker counts its own calls (it exports as a process of its own), and must
+    not inherit a lock another thread of the parent held."""
+    global _SERIES_LOCK
+    _SERIES_LOCK = threading.Lock()
+    for series in _SERIES.values():
+        series.count = 0
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _observe_operations(options: CallbackOptions) -> Iterator[Observation]:
@@ -285,9 +303,9 @@ class Telemetry:
         if not self.enabled:
             value, _ = yield from body
             return value
-        started = perf_counter()
+        started = perf_counter() if _metrics_api._METER_PROVIDER is not None else None
         span = None
-        if trace._TRACER_PROVIDER is not None:  # tracing(), inline: this is every call
+        if trace._TRACER_PROVIDER is not None:  # tracing(), inline
             span = start_span(operation, self._attributes(operation))
         try:
             value, outcome = yield from body
@@ -305,19 +323,19 @@ class Telemetry:
         self,
         operation: str,
         outcome: Outcome,
-        started: float,
+        started: float | None,
         span: Span | None,
         batch: object,
         tallied: bool,
     ) -> None:
-        elapsed = perf_counter() - started
         name = outcome if outcome.__class__ is str else ERROR  # else: the error it ended with
         series = self._series.get(operation, _NONE).get(name)
         if series is None:
             series = self._tally(operation, name)
         if not tallied or name is ERROR:
             series.count += 1
-        _durations.record(elapsed, series.attributes)
+        if started is not None:
+            _durations.record(perf_counter() - started, series.attributes)
         if span is not None:
             end_span(span, outcome, len(batch) if isinstance(batch, Sized) else 0)
 
