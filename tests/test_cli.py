@@ -234,6 +234,11 @@ def test_demo_against_a_given_url(redis_url: str) -> None:
     assert sum(s.fallback_hits + s.fallback_misses for s in timeline) > 0
 
 
+def test_demo_refuses_a_tls_url_it_cannot_proxy() -> None:
+    with pytest.raises(SystemExit, match="takes a redis:// URL"):
+        run(5, url="rediss://cache.example:6379/0", out=io.StringIO())
+
+
 def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["--version"])

@@ -172,6 +172,8 @@ def _target(url: str | None, out: TextIO) -> Iterator[tuple[str, ChaosProxy | No
     if url:
         from .client.factory import at_address
 
+        if not url.lower().startswith("redis://"):
+            raise SystemExit("kvcache demo --url takes a redis:// URL (the proxy cannot speak TLS)")
         host, port = _host_port(url)
         with ChaosProxy(host, port) as proxy:
             print(f"Using the Redis at {redact_url(url)}, through a ChaosProxy", file=out)
@@ -263,6 +265,7 @@ def run(
         if proxy is not None:
             proxy.up()
         final = cache.connect(timeout=5)
+        cache.clear()  # the demo's keys (namespace "demo"), on a given Redis too
     _summary(timeline, final, out)
     if plot:
         write_plot(timeline, plot)
