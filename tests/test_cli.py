@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from kvcache.cli import main
 from kvcache.demo import run
@@ -180,7 +181,9 @@ def test_doctor_rejects_unusable_settings(
 
 def test_demo_shows_traffic_served_through_both_outages() -> None:
     out = io.StringIO()
-    timeline = run(6, out=out, workers=2)
+    done = run(6, out=out, workers=2)
+    assert done.ok
+    timeline = done.seconds
     text = out.getvalue()
     assert [s.phase for s in timeline] == [
         "healthy", "healthy", "refused", "back", "partition", "back",
@@ -229,9 +232,12 @@ def test_demo_without_redis_server_runs_on_memory() -> None:
 
 def test_demo_against_a_given_url(redis_url: str) -> None:
     out = io.StringIO()
-    timeline = run(5, url=redis_url, out=out, workers=1)
+    done = run(5, url=redis_url, out=out, workers=1)
+    assert done.ok
     assert "through a ChaosProxy" in out.getvalue()
-    assert sum(s.fallback_hits + s.fallback_misses for s in timeline) > 0
+    assert sum(s.fallback_hits + s.fallback_misses for s in done.seconds) > 0
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.keys("demo:*") == []  # cleared at the end
 
 
 def test_demo_refuses_a_tls_url_it_cannot_proxy() -> None:

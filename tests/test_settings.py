@@ -115,6 +115,10 @@ def test_passwords_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
         ),
         (f"redis://h:1/0?Password={SECRET}&username=me", "redis://h:1/0?Password=***&username=***"),
         (f"redis://u:{SECRET}/with/slash@h/0", "redis://***@h/0"),
+        (
+            f"rediss://h:1/0?ssl_certfile=c.pem&ssl_password={SECRET}&ssl_ca_certs=ca.pem",
+            "rediss://h:1/0?ssl_certfile=c.pem&ssl_password=***&ssl_ca_certs=ca.pem",
+        ),
         ("memory://", "memory://"),
     ],
 )

@@ -4,6 +4,7 @@ names, attributes and span attributes on hits, misses, outages and recovery."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -25,6 +26,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util._once import Once
 
 from kvcache import (
+    AsyncCache,
     Cache,
     InvalidTTLError,
     InvalidValueError,
@@ -34,6 +36,7 @@ from kvcache import (
     telemetry,
 )
 from kvcache.aws import CredentialsUnavailable, IAMCredentialProvider
+from kvcache.client import connection_policy
 from kvcache.testing import ChaosProxy, RedisClusterServer, RedisServer
 
 READER = InMemoryMetricReader()
@@ -249,6 +252,8 @@ def test_an_outage_is_counted_as_fallback_and_traced_by_its_probes(
     assert cache.get("new") is None  # deleted in Redis on recovery, never served stale
     assert states(ns)[None, "ready"] == 1
     assert points("kvcache.journal.size", ns) == {frozenset(): 0}
+    # The probe's span ends just after READY is announced.
+    eventually(lambda: spans(ns, "probe")[-1].attributes["kvcache.outcome"] == "ok")
     probes = spans(ns, "probe")
     failed = [s for s in probes if s.attributes["kvcache.outcome"] == "error"]
     assert failed
@@ -267,11 +272,77 @@ def test_an_outage_is_counted_as_fallback_and_traced_by_its_probes(
     assert states(ns) == {}  # a closed cache leaves the gauge
 
 
+def test_probe_spans_are_roots_whatever_call_started_the_prober(
+    chaos_proxy: ChaosProxy, loop: asyncio.AbstractEventLoop, ns: str
+) -> None:
+    cache = AsyncCache.from_url(chaos_proxy.url, namespace=ns, op_timeout=0.25)
+    tracer = trace.get_tracer("app")
+
+    async def request() -> None:
+        await cache.connect(timeout=5)
+        chaos_proxy.refuse()
+        with tracer.start_as_current_span("GET /request"):  # the call that meets the outage
+            await cache.get("k")
+        await asyncio.sleep(0.5)  # the prober started by that call keeps probing
+        chaos_proxy.up()
+        await cache.connect(timeout=5)
+        await cache.close()
+
+    asyncio.run_coroutine_threadsafe(request(), loop).result(timeout=20)
+    (parent,) = [s for s in SPANS.get_finished_spans() if s.name == "GET /request"][-1:]
+    (get,) = [s for s in spans(ns, "get")]
+    assert get.parent is not None
+    assert get.parent.span_id == parent.context.span_id  # a call's span: the caller's child
+    probes = spans(ns, "probe")
+    assert len(probes) >= 2
+    assert all(s.parent is None for s in probes)
+
+
+def test_a_cancelled_call_ends_its_span_at_once(
+    chaos_proxy: ChaosProxy, loop: asyncio.AbstractEventLoop, ns: str
+) -> None:
+    cache = AsyncCache.from_url(chaos_proxy.url, namespace=ns, op_timeout=2.0)
+
+    async def cancelled() -> None:
+        await cache.connect(timeout=5)
+        chaos_proxy.latency(500)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(cache.get("k"), 0.05)
+        chaos_proxy.latency(0)
+        await cache.close()
+
+    asyncio.run_coroutine_threadsafe(cancelled(), loop).result(timeout=20)
+    (get,) = spans(ns, "get")
+    assert get.attributes["error.type"] == "CancelledError"
+    assert get.end_time is not None
+    assert get.start_time is not None
+    assert (get.end_time - get.start_time) / 1e9 < 0.4  # when cancelled, not much later
+    assert durations(ns) == {("get", "error"): 1}
+
+
+def test_a_custom_store_with_an_address_of_its_own_shape_is_fine(ns: str) -> None:
+    class Addressed(MemoryStore):
+        address = "10.0.0.1:6379"
+
+    cache = Cache(Addressed(), namespace=ns)
+    assert cache.set("k", 1)
+    assert operations(ns) == {("set", "ok"): 1}
+
+
 def test_telemetry_can_be_turned_off(
     redis_url: str, open_cache: Callable[..., Any], ns: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KVCACHE_TELEMETRY", "false")
     assert KVCacheSettings().telemetry is False
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    iam = {"enabled": True, "name": "c", "user_id": "u", "region": "eu-west-1"}
+    policy = connection_policy(KVCacheSettings(url="rediss://u@h:6379/0", iam=iam))
+    assert policy is not None
+    before = iam_counts()
+    policy.provider.token()
+    policy.close()
+    assert iam_counts() == before  # the provider the settings made counts nothing either
     cache = open_cache(redis_url, namespace=ns, telemetry=False)
     cache.set("a", 1)
     cache.get("a")

@@ -299,7 +299,7 @@ class Adapter:
         if not self.machine.probe_started():
             return
         traced = self._observed and telemetry.tracing()
-        span = telemetry.start_span("probe", self._probe_attributes) if traced else None
+        span = telemetry.start_span("probe", self._probe_attributes, root=True) if traced else None
         outcome: telemetry.Outcome = telemetry.OK
         try:
             outcome = yield from self._probe()

@@ -124,12 +124,14 @@ class IAMCredentialProvider(CredentialProvider):
         session: Session | None = None,
         refresh_margin: float = DEFAULT_REFRESH_MARGIN,
         clock: Callable[[], float] = time.time,
+        telemetry: bool = True,
     ) -> None:
         """``name``: the replication group, serverless cache or MemoryDB cluster name (not
         its endpoint). ``user_id``: the IAM-enabled user's id, which is also its name.
         ``region``: the cache's; by default the session's. ``session``: where credentials
         come from (default ``boto3.Session()``, the standard chain). ``refresh_margin``:
-        seconds before expiry the background re-signing starts. ``clock``: wall time."""
+        seconds before expiry the background re-signing starts. ``clock``: wall time.
+        ``telemetry``: count tokens signed (``kvcache.iam.token.refreshes``)."""
         if service not in SERVICES:
             raise ConfigurationError(f"service must be one of {', '.join(SERVICES)}")
         if not name or not user_id:
@@ -159,6 +161,7 @@ class IAMCredentialProvider(CredentialProvider):
         self._failed_at: float | None = None  # last failed background refresh
         self._credentials_stale = False  # the server refused a token: resolve again
         self.signed = 0  # tokens signed so far (observability, tests)
+        self._telemetry = telemetry
         self._closed = False
         self._session_stale = False
         self._new_threading()
@@ -204,7 +207,7 @@ class IAMCredentialProvider(CredentialProvider):
                         try:
                             self._credentials = self._resolve()
                         except Exception as exc:
-                            telemetry.token_signed(ok=False)
+                            self._count(ok=False)
                             raise CredentialsUnavailable(
                                 f"IAM credentials unavailable ({type(exc).__name__})"
                             ) from exc
@@ -232,6 +235,10 @@ class IAMCredentialProvider(CredentialProvider):
             raise ConfigurationError("no AWS credentials found for IAM authentication")
         return credentials.get_frozen_credentials()
 
+    def _count(self, ok: bool) -> None:
+        if self._telemetry:
+            telemetry.token_signed(ok)
+
     def _sign(self, credentials: Any) -> _Token:
         now = int(self._clock())
         value = sign_token(
@@ -245,7 +252,7 @@ class IAMCredentialProvider(CredentialProvider):
         )
         self._token = token = _Token(value, now)
         self.signed += 1
-        telemetry.token_signed(ok=True)
+        self._count(ok=True)
         return token
 
     # -- the background refresher ----------------------------------------------------------
@@ -284,7 +291,7 @@ class IAMCredentialProvider(CredentialProvider):
                 self._credentials = credentials
                 self._credentials_stale = False
         except Exception as exc:
-            telemetry.token_signed(ok=False)
+            self._count(ok=False)
             if self._failed_at is None:
                 log.warning(
                     "kvcache: IAM credentials could not be refreshed (%s); will retry",

@@ -49,7 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--duration", type=float, default=30.0, help="seconds (default 30; at least 5)"
     )
-    demo.add_argument("--url", help="a Redis to cut off (through a ChaosProxy), not a private one")
+    demo.add_argument(
+        "--url", help='a redis:// to cut off through a local proxy (its "demo:*" keys are cleared)'
+    )
     demo.add_argument("--workers", type=int, default=4, help="threads driving traffic")
     demo.add_argument("--plot", metavar="PNG", help="write the timeline as a picture (matplotlib)")
 

@@ -68,6 +68,18 @@ class Second:
         return self.states[-1] if self.states else "?"
 
 
+@dataclass
+class Demo:
+    seconds: list[Second]
+    final: State  # after Redis came back for good
+
+    @property
+    def ok(self) -> bool:
+        """Back to READY, no stale read, nothing raised to a caller."""
+        clean = not any(s.stale or s.raised for s in self.seconds)
+        return clean and self.final is State.READY
+
+
 class _Lines(logging.Handler):
     """The cache's own log lines (one per transition), shown under the second they came in."""
 
@@ -213,8 +225,8 @@ def run(
     workers: int = 4,
     plot: str | None = None,
     out: TextIO = sys.stdout,
-) -> list[Second]:
-    """Run the demonstration; returns its timeline (one ``Second`` per second)."""
+) -> Demo:
+    """Run the demonstration; returns its timeline and the state it ended in."""
     total = max(len(PHASES), round(duration))
     schedule: list[tuple[str, str]] = []  # second -> (phase, proxy mode)
     for name, mode, share in PHASES:
@@ -270,7 +282,7 @@ def run(
     if plot:
         write_plot(timeline, plot)
         print(f"Timeline written to {plot}", file=out)
-    return timeline
+    return Demo(timeline, final)
 
 
 def _summary(timeline: list[Second], final: State, out: TextIO) -> None:
@@ -351,5 +363,5 @@ def main_args(args: Any) -> int:
         except ImportError:
             print("--plot needs matplotlib: pip install 'kvcache[demo]'", file=sys.stderr)
             return 2
-    timeline = run(args.duration, url=args.url, workers=args.workers, plot=args.plot)
-    return 1 if any(s.stale or s.raised for s in timeline) else 0
+    done = run(args.duration, url=args.url, workers=args.workers, plot=args.plot)
+    return 0 if done.ok else 1

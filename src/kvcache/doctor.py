@@ -92,8 +92,8 @@ def masked_settings(settings: KVCacheSettings) -> dict[str, Any]:
 
 
 def diagnose(settings: KVCacheSettings, *, samples: int = 50) -> Report:
-    """Run every check against the settings' Redis (nothing is changed there but one
-    short-lived key of the doctor's own, in the namespace, set then deleted)."""
+    """Run every check against the settings' Redis (nothing is changed there but 16
+    short-lived keys of the doctor's own, in the namespace, each set then deleted)."""
     checks: list[Check] = []
     run = _Runner(checks)
     if settings.scheme == "memory":
@@ -158,10 +158,10 @@ def _network_checks(settings: KVCacheSettings, run: _Runner, samples: int) -> No
     try:
         run.check("tcp", lambda: _tcp(client_kwargs, timeout), needs_network=True)
         if settings.scheme == "rediss":
-            run.check("tls", lambda: _tls(host, port, client_kwargs, timeout), needs_network=True)
+            run.check("tls", lambda: _tls(client, timeout), needs_network=True)
         else:
             run.skip("tls", f"not used ({settings.scheme}://)")
-        run.check("auth", lambda: _auth(settings, client, policy), needs_network=True)
+        run.check("auth", lambda: _auth(settings, client, policy, timeout), needs_network=True)
         run.check("mode", lambda: _mode(settings, client), needs_network=True)
         run.check("latency", lambda: _latency(settings, client, samples), needs_network=True)
     finally:
@@ -214,21 +214,17 @@ def _tcp(kwargs: dict[str, Any], timeout: float) -> Check:
     return Check("tcp", "ok", f"connected to {peer[0]}:{peer[1]}")
 
 
-def _tls(host: str, port: int, kwargs: dict[str, Any], timeout: float) -> Check:
-    """The handshake redis-py would make, with the URL's TLS options."""
-    context = ssl.create_default_context(cafile=kwargs.get("ssl_ca_certs"))
-    reqs = kwargs.get("ssl_cert_reqs", "required")
-    context.check_hostname = bool(kwargs.get("ssl_check_hostname", True)) and reqs != "none"
-    if reqs in ("none", ssl.CERT_NONE):
-        context.verify_mode = ssl.CERT_NONE
-    if kwargs.get("ssl_certfile"):
-        context.load_cert_chain(kwargs["ssl_certfile"], kwargs.get("ssl_keyfile"))
-    with (
-        socket.create_connection((host, port), timeout=timeout) as raw,
-        context.wrap_socket(raw, server_hostname=host) as tls,
-    ):
+def _tls(client: Any, timeout: float) -> Check:
+    """redis-py's own TCP + TLS handshake, with every ``ssl_*`` option of the URL (CA file or
+    data, client certificate and its password, minimum version, ciphers). Bounded as a
+    whole: an encrypted key without its password would make OpenSSL prompt and wait."""
+    connection = client.connection_pool.make_connection()
+    tls = _bounded(connection._connect, timeout, "the TLS handshake")
+    try:
         version, cipher = tls.version(), (tls.cipher() or ("?",))[0]
         cert = tls.getpeercert() or {}
+    finally:
+        tls.close()
     detail = f"{version}, {cipher}"
     data: dict[str, Any] = {"version": version, "cipher": cipher}
     if "notAfter" in cert:
@@ -240,7 +236,7 @@ def _tls(host: str, port: int, kwargs: dict[str, Any], timeout: float) -> Check:
     return Check("tls", "ok", detail, data=data)
 
 
-def _auth(settings: KVCacheSettings, client: Any, policy: Any) -> Check:
+def _auth(settings: KVCacheSettings, client: Any, policy: Any, timeout: float) -> Check:
     """A fresh connection's whole handshake (AUTH with the password, ACL user or IAM
     token, then PING), as every new connection of the cache makes it."""
     kwargs = client.connection_pool.connection_kwargs
@@ -254,8 +250,8 @@ def _auth(settings: KVCacheSettings, client: Any, policy: Any) -> Check:
         how = "credential provider"
     else:
         how = "no credentials"
-    if settings.iam.enabled:
-        policy.provider.token()  # signed offline: CredentialsUnavailable says why not
+    if settings.iam.enabled:  # boto3's chain may ask IMDS or STS first: bounded
+        _bounded(policy.provider.token, timeout, "resolving AWS credentials")
     connection = client.connection_pool.make_connection()
     try:
         connection.connect()
@@ -382,7 +378,8 @@ def _cache_verdict(settings: KVCacheSettings) -> Check:
             data["shards"] = {name: s.state.value for name, s in health.shards.items()}
         if state is not State.READY:
             why = f" (last error: {health.last_error})" if health.last_error else ""
-            detail = f"{state.value.upper()}{why}: calls would be served from memory"
+            served = "served from memory" if settings.fallback == "memory" else "failing fast"
+            detail = f"{state.value.upper()}{why}: calls would be {served}"
             return Check("cache", "fail", detail, data=data)
         marker = uuid.uuid4().hex
         errors: list[ErrorEvent] = []

@@ -4,7 +4,10 @@ Operations (``ops.py``) and the adapter (``adapter.py``) are generators that ``y
 ``(target, method, *args)`` and get each result sent back (or a ``KVCacheError`` thrown in).
 ``run`` performs them on sync targets; ``arun`` also awaits the targets that are async.
 A target may answer with a generator of its own (a sub-operation: the cluster router's
-routed calls), which the driver runs in place.
+routed calls), which the driver runs in place. Anything else a target raises (a cancelled
+task, an interrupt, a bug) is thrown into the operation too, so it unwinds at once (its span
+ends, a probe lets the next one run) rather than whenever it is garbage-collected; it
+propagates unless the operation handles it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ def run(op: Op[T]) -> T:
                     result = run(result)
             except KVCacheError as exc:
                 call = op.throw(exc)
+            except BaseException as exc:
+                op.throw(exc)
+                raise
             else:
                 call = op.send(result)
     except StopIteration as done:
@@ -48,6 +54,9 @@ async def arun(op: Op[T]) -> T:
                     result = await arun(result)
             except KVCacheError as exc:
                 call = op.throw(exc)
+            except BaseException as exc:
+                op.throw(exc)
+                raise
             else:
                 call = op.send(result)
     except StopIteration as done:

@@ -35,8 +35,9 @@ _MODE_PARAM = re.compile(r"(^|&)mode=([^&]*)")
 
 
 def redact_url(url: str) -> str:
-    """The URL with its credentials masked (user info, and ``password``/``username`` query
-    parameters, as redis-py reads them for ``unix://``), fit for logs and reprs."""
+    """The URL with its credentials masked (user info, and ``username``, ``password``,
+    ``ssl_password`` and other ``*password``/``*token``/``*secret`` query parameters), fit
+    for logs and reprs."""
     head, question, query = url.partition("?")
     scheme, slashes, rest = head.partition("://")
     if "@" in rest:  # up to the last "@": a password with a raw "/" or "@" stays hidden too
@@ -45,7 +46,11 @@ def redact_url(url: str) -> str:
     return scheme + slashes + rest + question + query
 
 
-_CREDENTIAL_PARAM = re.compile(r"(^|&)(password|username)=[^&]*", re.IGNORECASE)
+# redis-py reads username/password from the query too, and passes ssl_password (a client
+# key's) and any other parameter on to the connection.
+_CREDENTIAL_PARAM = re.compile(
+    r"(^|&)(username|[a-z_]*password|[a-z_]*token|[a-z_]*secret)=[^&]*", re.IGNORECASE
+)
 
 
 def _url_user(url: str) -> tuple[str, str]:

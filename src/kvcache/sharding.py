@@ -343,7 +343,11 @@ class ShardedAdapter:
             except StoreError as exc:
                 failure = exc
                 continue
-            changed = yield from self._install(topology)
+            try:
+                changed = yield from self._install(topology)
+            except BaseException:
+                self._count_refresh("failed")
+                raise
             self._count_refresh("changed" if changed else "unchanged")
             return
         self._count_refresh("failed")

@@ -36,6 +36,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import Span, SpanKind, StatusCode
@@ -241,7 +242,7 @@ def token_signed(ok: bool) -> None:
 def server_attributes(store: Any) -> dict[str, str | int]:
     """Semantic-convention attributes of the Redis a store talks to ({} for others)."""
     address = getattr(store, "address", None)  # (host or socket path, port or None, db)
-    if address is None:
+    if not (isinstance(address, tuple) and len(address) == 3):  # not a Redis store of ours
         return {}
     host, port, db = address
     attributes: dict[str, str | int] = {
@@ -259,8 +260,12 @@ def error_type(error: BaseException) -> str:
     return type(error.__cause__ or error).__name__
 
 
-def start_span(name: str, attributes: Mapping[str, str | int]) -> Span:
-    return _tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+def start_span(name: str, attributes: Mapping[str, str | int], *, root: bool = False) -> Span:
+    """``root``: a span of its own trace (a probe: the async prober's task inherited the
+    context of whichever call started it, which has long ended)."""
+    return _tracer.start_span(
+        name, context=Context() if root else None, kind=SpanKind.CLIENT, attributes=attributes
+    )
 
 
 def end_span(span: Span, outcome: Outcome, batch: int = 0) -> None:

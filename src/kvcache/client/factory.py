@@ -68,6 +68,7 @@ def connection_policy(
         region=iam.region,
         serverless=iam.serverless,
         refresh_margin=iam.refresh_margin,
+        telemetry=settings.telemetry,
     )
     return ConnectionPolicy(made, max_age, owned=True)
 
