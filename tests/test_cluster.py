@@ -178,6 +178,15 @@ def test_one_shard_cut_off_degrades_only_its_keys(
             assert cache.get(key) == "during"
         assert time.monotonic() - started < 1.0
         assert cache.stats.fallback_hits + cache.stats.fallback_misses > fallback_before
+        before = cache.stats.as_dict()
+        mixed = healthy[:5] + on_dead[:3]  # one call, two shards Redis answers, one it cannot
+        assert cache.get_many(mixed) == {
+            **dict.fromkeys(healthy[:5], "before"),
+            **dict.fromkeys(on_dead[:3], "during"),
+        }
+        after = cache.stats.as_dict()
+        assert after["hits"] - before["hits"] == 5  # counted key by key, by who answered
+        assert after["fallback_hits"] - before["fallback_hits"] == 3
         shards = cache.health().shards
         assert [s.state for s in shards.values()].count(State.DEGRADED) == 1
         assert [c.shard for c in changes if c.current is State.DEGRADED] == [

@@ -42,7 +42,9 @@ log = logging.getLogger("kvcache.adapter")
 _READY: Final = State.READY  # a module constant: the hot path's one comparison
 
 Call = tuple[Any, ...]  # (store, method name, *arguments)
-Routed = Generator[Call, Any, tuple[Any, bool]]  # returns (result, served offline?)
+# returns (result, served offline?); for a cluster get_many that met a degraded shard, the
+# flag may be a list, one per key (sharding.py)
+Routed = Generator[Call, Any, tuple[Any, Any]]
 
 ALL_KEYS: Final[Sequence[bytes]] = (b"*",)
 """``writes`` of clear(): the whole namespace changed (compared by identity)."""

@@ -160,14 +160,16 @@ class Operations:
             return self.failed("get_many", exc, None, {})
         found: dict[K, Any] = {}
         outcomes: dict[str, int] = {}
-        for key, raw in zip(distinct, raws, strict=True):
-            value, outcome = self.read(raw, key, MISSING, offline, "get_many")
+        # A cluster get_many that met a degraded shard says, key by key, who answered.
+        flags = offline if isinstance(offline, list) else [offline] * len(distinct)
+        for key, raw, away in zip(distinct, raws, flags, strict=True):
+            value, outcome = self.read(raw, key, MISSING, away, "get_many")
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if value is not MISSING:
                 found[key] = value
         for outcome, n in outcomes.items():
             self.telemetry.count("get_many", outcome, n)
-        return found, FALLBACK if offline else OK
+        return found, FALLBACK if any(flags) else OK
 
     @observed("set")
     def set(self, key: Key, value: Any, ttl: float | None) -> Body[bool]:

@@ -212,16 +212,19 @@ class ShardedAdapter:
         for key in keys:
             by_shard.setdefault(self._owner(key), []).append(key)
         found: dict[bytes, Any] = {}
+        served_offline: set[bytes] = set()
         removed = 0
         for name, group in by_shard.items():
             result, away = yield from self._on_shard(name, method, (group,))
             offline = offline or away
             if method == "get_many":
                 found.update(zip(group, result, strict=True))
+                if away:
+                    served_offline.update(group)
             else:
                 removed += result
         if method == "get_many":
-            return [found[key] for key in keys], offline
+            return [found[key] for key in keys], _per_key(keys, served_offline)
         return removed, offline
 
     def _everywhere(self, method: str, args: tuple[Any, ...]) -> Routed:
@@ -240,12 +243,15 @@ class ShardedAdapter:
                 _, away = yield from self.route(method, ([item], args[1]))
                 offline = offline or away
             return None, offline
+        served_offline: set[bytes] = set()
         for key in args[0]:
             result, away = yield from self.route(method, ([key],))
             results.append(result)
-            offline = offline or away
+            offline = offline or bool(away)
+            if away:
+                served_offline.add(key)
         if method == "get_many":
-            return [values[0] for values in results], offline
+            return [values[0] for values in results], _per_key(args[0], served_offline)
         return sum(results), offline
 
     def _asking(self, redirect: RedirectError, method: str, args: tuple[Any, ...]) -> Routed:
@@ -434,6 +440,16 @@ class ShardedAdapter:
 
 class _MapChanged(Exception):
     """The shard a call was routed to left with the last topology change: route again."""
+
+
+def _per_key(keys: Sequence[bytes], served_offline: set[bytes]) -> bool | list[bool]:
+    """A get_many's "served offline": one flag for the call when its keys agree, else one per
+    key (some shards answered from Redis, a degraded one from its fallback)."""
+    if not served_offline:
+        return False
+    if len(served_offline) == len(set(keys)):
+        return True
+    return [key in served_offline for key in keys]
 
 
 def _retire(shard: Adapter) -> None:
