@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 import redis
 import redis.asyncio
 
-from kvcache import AsyncCache, Cache
+from kvcache import AsyncCache, Cache, KVCacheSettings
 from kvcache.testing import RedisServer
 
 VALUE = {"id": 12345, "name": "a typical cached object", "tags": ["a", "b", "c"], "ok": True}
@@ -193,19 +196,104 @@ def report(medians: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def near_hits(url: str, rounds: int, ops: int) -> dict[str, float]:
+    """µs per get: a near-cache hit, kvcache without it, raw redis-py; interleaved."""
+    settings = KVCacheSettings(url=url, namespace="near", near_cache={"enabled": True})
+    near = Cache.from_settings(settings)
+    plain = Cache.from_url(url, namespace="near")
+    raw = redis.Redis.from_url(url)
+    for cache in (near, plain):
+        cache.connect(timeout=5, raise_on_failure=True)
+    plain.set("k", VALUE)
+    deadline = time.monotonic() + 5
+    while near.stats.near_hits == 0 and time.monotonic() < deadline:  # listener ready, filled
+        near.get("k")
+    contenders = {
+        "near hit": lambda: near.get("k"),
+        "kvcache": lambda: plain.get("k"),
+        "redis-py": lambda: raw.get("near:k"),
+    }
+    samples: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name in shuffled(list(contenders)):
+            samples.setdefault(name, []).append(timed(ops, contenders[name]))
+    near.close()
+    plain.close()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _watch(url: str, ready: Any, seen: Any, stop: Any) -> None:
+    """Another process with a near cache: when did it first read each version?"""
+    cache = Cache.from_settings(
+        KVCacheSettings(url=url, namespace="delay", near_cache={"enabled": True})
+    )
+    cache.connect(timeout=5)
+    newest = 0
+    ready.put(True)
+    first: dict[int, float] = {}
+    while not stop.is_set():
+        value = cache.get("k")
+        if isinstance(value, int) and value > newest:
+            newest = value
+            first[value] = time.time()
+    seen.put(first)
+    cache.close()
+
+
+def invalidation_delays(url: str, writes: int) -> list[float]:
+    """ms from a write in this process to another process's first read of the new value."""
+    writer = Cache.from_settings(
+        KVCacheSettings(url=url, namespace="delay", near_cache={"enabled": True})
+    )
+    writer.connect(timeout=5, raise_on_failure=True)
+    writer.set("k", 0)
+    context = multiprocessing.get_context("spawn")
+    ready, seen, stop = context.Queue(), context.Queue(), context.Event()
+    child = context.Process(target=_watch, args=(url, ready, seen, stop))
+    child.start()
+    ready.get(timeout=60)
+    time.sleep(0.5)  # its listener is caught up and its L1 holds version 0
+    written: dict[int, float] = {}
+    for version in range(1, writes + 1):
+        written[version] = time.time()
+        writer.set("k", version)
+        time.sleep(0.01)
+    time.sleep(0.5)
+    stop.set()
+    first: dict[int, float] = seen.get(timeout=60)
+    child.join(10)
+    writer.close()
+    return sorted((first[v] - written[v]) * 1e3 for v in first)
+
+
+def percentile(ordered: list[float], p: float) -> float:
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--ops", type=int, default=2000)
     parser.add_argument("--url", help="an existing Redis (default: a private redis-server)")
+    parser.add_argument("--near-only", action="store_true", help="only the near cache figures")
     args = parser.parse_args()
-    if args.url:
-        medians = measure(args.url, args.rounds, args.ops)
-    else:
-        with RedisServer() as server:
-            medians = measure(server.url, args.rounds, args.ops)
-    print(f"median of {args.rounds} interleaved rounds x {args.ops} ops, one connection each")
-    print(report(medians))
+    with contextlib.ExitStack() as stack:
+        url = args.url or stack.enter_context(RedisServer()).url
+        if not args.near_only:
+            medians = measure(url, args.rounds, args.ops)
+            print(
+                f"median of {args.rounds} interleaved rounds x {args.ops} ops, one connection each"
+            )
+            print(report(medians))
+        hits = near_hits(url, args.rounds, args.ops)
+        print("\nnear cache, µs per get (medians of interleaved rounds):")
+        print("  ".join(f"{name} {value:.2f}" for name, value in hits.items()))
+        delays = invalidation_delays(url, 200)
+        print(
+            f"invalidation delay to another process, {len(delays)} writes: "
+            f"p50 {percentile(delays, 50):.2f} ms, p99 {percentile(delays, 99):.2f} ms, "
+            f"max {delays[-1]:.2f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from .drivers import arun
 from .errors import CacheUnavailableError, StoreError
 from .facade import CacheBase
 from .keys import K, Key
-from .ops import MISSING
+from .nearcache import MISSING
 from .settings import KVCacheSettings
 from .singleflight import AsyncSingleFlight
 from .state import State

@@ -11,6 +11,7 @@ from .errors import ConfigurationError
 from .events import Emitter, Handler
 from .journal import Journal, Overflow
 from .keys import DEFAULT_MAX_KEY_LENGTH, KeySpace
+from .nearcache import NearCache, NearCacheConfig
 from .ops import Operations
 from .serializers import Serializer
 from .settings import KVCacheSettings
@@ -47,6 +48,7 @@ class CacheBase(Generic[S]):
         journal_size: int = 10_000,
         journal_overflow: Overflow = "clear",
         telemetry: bool = True,
+        near_cache: NearCacheConfig | bool = False,
     ) -> None:
         is_async = getattr(store, "is_async", None)
         if not isinstance(is_async, bool):
@@ -75,9 +77,23 @@ class CacheBase(Generic[S]):
             signals=signals,
         )
         codec = Codec(serializer, compress_threshold)
-        self._ops = Operations(keys, codec, adapter, default_ttl, signals)
+        self._near = self._near_cache(near_cache, store, keys.namespace)
+        self._ops = Operations(keys, codec, adapter, default_ttl, signals, self._near)
         # A cache dropped without close() must not leave its prober probing forever.
         weakref.finalize(self, adapter.close)
+
+    def _near_cache(
+        self, config: NearCacheConfig | bool, store: Any, namespace: str
+    ) -> NearCache | None:
+        if config is False:
+            return None
+        if self._takes_async_store:
+            raise ConfigurationError("near_cache is not available for AsyncCache yet")
+        if not callable(getattr(store, "stream_reader", None)):
+            raise ConfigurationError(
+                "near_cache needs a standalone Redis store (cluster mode is not supported yet)"
+            )
+        return NearCache(NearCacheConfig() if config is True else config, namespace)
 
     @classmethod
     def from_settings(cls: type[Self], settings: KVCacheSettings | None = None) -> Self:

@@ -10,7 +10,7 @@ and ``AsyncCache`` differ only in the driver that runs these generators.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from .adapter import ALL_KEYS, Adapter
@@ -18,6 +18,7 @@ from .codec import INT64_MAX, INT64_MIN, Codec
 from .errors import InvalidKeyError, InvalidValueError, SerializationError, StoreError
 from .events import Emitter, ErrorEvent
 from .keys import K, Key, KeySpace
+from .nearcache import ALL, MISSING, NearCache
 from .sharding import ShardedAdapter
 from .stats import Stats
 from .telemetry import (
@@ -26,6 +27,7 @@ from .telemetry import (
     FALLBACK_MISS,
     HIT,
     MISS,
+    NEAR_HIT,
     OK,
     Outcome,
     Telemetry,
@@ -42,7 +44,7 @@ Body = Generator[Call, Any, tuple[T, Outcome]]  # an operation's body: (value, o
 BodyMethod = Callable[Concatenate["Operations", P], Body[T]]
 OpMethod = Callable[Concatenate["Operations", P], Op[T]]
 
-MISSING: Any = object()  # "no value" where None is a value
+# MISSING (nearcache.py): "no value" where None is a value
 
 
 def check_amount(amount: object) -> int:
@@ -79,10 +81,12 @@ class Operations:
         adapter: Adapter | ShardedAdapter,
         default_ttl: float | None = None,
         telemetry: Telemetry | None = None,
+        near: NearCache | None = None,
     ) -> None:
         self.keys = keys
         self.codec = codec
         self.adapter = adapter
+        self.near = near
         self.telemetry = telemetry or Telemetry(keys.namespace, None, enabled=False)
         self._default_ttl_ms = to_millis(check_ttl(default_ttl, "default_ttl"))
         # The adapter's, as its stats and events: one cache, one setting.
@@ -143,11 +147,55 @@ class Operations:
     @observed("get")
     def get(self, key: Key, default: Any) -> Body[Any]:
         full = self.keys.build(key)
+        if self.near is not None:
+            return (yield from self._get_near(self.near, key, full, default))
         try:
             raw, offline = yield from self.adapter.call("get", full)
         except StoreError as exc:
             return self.failed("get", exc, key, default)
         return self.read(raw, key, default, offline)
+
+    def near_get(self, key: Key) -> Any:
+        """A read the near cache answers, without the operation machinery: counted (stats,
+        ``kvcache.operations``), neither timed nor traced; MISSING when it cannot answer."""
+        near = self.near
+        if near is None or not near.ready:
+            return MISSING
+        value = near.lookup(self.keys.build(key))
+        if value is not MISSING:
+            self.stats.near_hits += 1
+            self.telemetry.count("get", NEAR_HIT)
+        return value
+
+    def _get_near(self, near: NearCache, key: Key, full: bytes, default: Any) -> Body[Any]:
+        value = near.lookup(full)
+        if value is not MISSING:
+            self.stats.near_hits += 1
+            return value, NEAR_HIT
+        epoch = near.epoch  # a fill is dropped if anything was evicted meanwhile
+        try:
+            (raw, pttl), offline = yield from self.adapter.call("get_with_ttl", full)
+        except StoreError as exc:
+            return self.failed("get", exc, key, default)
+        value, outcome = self.read(raw, key, default, offline)
+        if outcome is HIT:
+            near.fill(full, value, pttl, epoch)
+        return value, outcome
+
+    def announce(self, fulls: Sequence[bytes]) -> Op[None]:
+        """A write reached Redis: drop the near cache's copies of ``fulls`` here (after the
+        write: a read in flight then cannot fill an old value) and, through the stream, in
+        every other process. ``[ALL]``: the whole namespace."""
+        near = self.near
+        if near is None:
+            return
+        near.changed(fulls)
+        try:
+            yield from self.adapter.call(
+                "publish", near.stream, near.entry(fulls), near.config.stream_maxlen
+            )
+        except StoreError as exc:
+            self.report("publish", exc, None)
 
     @observed("get_many", many=True, per_key=True)
     def get_many(self, keys: Iterable[K]) -> Body[dict[K, Any]]:
@@ -179,6 +227,8 @@ class Operations:
         except StoreError as exc:
             return self.failed("set", exc, key, False)
         self.stats.sets += 1
+        if self.near is not None and not offline:
+            yield from self.announce((full,))
         return True, FALLBACK if offline else OK
 
     @observed("add")
@@ -195,6 +245,8 @@ class Operations:
             return False, FALLBACK
         if added:
             self.stats.sets += 1
+            if self.near is not None:
+                yield from self.announce((full,))
         return added, OK
 
     @observed("set_many", many=True)
@@ -212,6 +264,8 @@ class Operations:
         except StoreError as exc:
             return self.failed("set_many", exc, None, False)
         self.stats.sets += len(items)
+        if self.near is not None and not offline:
+            yield from self.announce([full for full, _ in items])
         return True, FALLBACK if offline else OK
 
     @observed("delete_many", many=True)
@@ -225,6 +279,8 @@ class Operations:
         except StoreError as exc:
             return self.failed("delete_many", exc, None, 0)
         self.stats.deletes += removed
+        if self.near is not None and not offline:
+            yield from self.announce(full)
         return removed, FALLBACK if offline else OK
 
     @observed("delete")
@@ -236,6 +292,8 @@ class Operations:
         except StoreError as exc:
             return self.failed("delete", exc, key, False)
         self.stats.deletes += removed
+        if self.near is not None and not offline:
+            yield from self.announce((full,))
         return removed > 0, FALLBACK if offline else OK
 
     @observed("has")
@@ -265,6 +323,8 @@ class Operations:
             )
         except StoreError as exc:
             return self.failed("incr", exc, key, None)
+        if self.near is not None and not offline:
+            yield from self.announce((full,))
         return value, FALLBACK if offline else OK
 
     @observed("ttl")
@@ -285,6 +345,8 @@ class Operations:
             touched, offline = yield from self.adapter.call("expire", full, ttl_ms)
         except StoreError as exc:
             return self.failed("touch", exc, key, False)
+        if self.near is not None and touched and not offline:  # a copy may outlive a new TTL
+            yield from self.announce((full,))
         return touched, FALLBACK if offline else OK
 
     @observed("clear")
@@ -297,4 +359,6 @@ class Operations:
         except StoreError as exc:
             return self.failed("clear", exc, None, 0)
         self.stats.deletes += removed
+        if self.near is not None and not offline:
+            yield from self.announce((ALL,))
         return removed, FALLBACK if offline else OK

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .codec import DEFAULT_COMPRESS_THRESHOLD
 from .keys import DEFAULT_MAX_KEY_LENGTH
+from .nearcache import NearCacheConfig
 from .serializers import Serializer, serializer_named
 from .state import Policy
 from .stores.memory import (
@@ -58,6 +59,24 @@ def _url_user(url: str) -> tuple[str, str]:
     info = url.partition("?")[0].partition("://")[2].rpartition("@")[0]
     user, _, password = info.partition(":")
     return unquote(user), unquote(password)
+
+
+class NearCacheSettings(BaseModel):
+    """The near cache (``KVCACHE_NEAR_CACHE__ENABLED=true`` …): a per-process copy of values
+    read, evicted through a Redis Stream when any process writes (``nearcache.py``)."""
+
+    enabled: bool = False
+    maxsize: int = Field(10_000, ge=1, description="entries kept in each process")
+    ttl: float = Field(60.0, gt=0, le=86_400, description="seconds a copy lives at most")
+    stream_maxlen: int = Field(
+        10_000, ge=100, description="invalidations kept; a listener further behind flushes"
+    )
+    block: float = Field(1.0, gt=0, le=60, description="seconds a blocked read waits")
+
+    def config(self) -> NearCacheConfig | bool:
+        if not self.enabled:
+            return False
+        return NearCacheConfig(self.maxsize, self.ttl, self.stream_maxlen, self.block)
 
 
 class IAMSettings(BaseModel):
@@ -169,6 +188,13 @@ class KVCacheSettings(BaseSettings):
     telemetry: bool = Field(
         True, description="OpenTelemetry metrics and spans (no-ops until an SDK is installed)"
     )
+    near_cache: NearCacheSettings = Field(default_factory=NearCacheSettings)
+
+    @field_validator("near_cache", mode="before")
+    @classmethod
+    def _near_cache_switch(cls, value: Any) -> Any:
+        """``near_cache=True`` is short for ``near_cache={"enabled": True}``."""
+        return {"enabled": value} if isinstance(value, bool) else value
 
     @field_validator("url")
     @classmethod
@@ -260,4 +286,5 @@ class KVCacheSettings(BaseSettings):
             "journal_size": self.journal_size,
             "journal_overflow": self.journal_overflow,
             "telemetry": self.telemetry,
+            "near_cache": self.near_cache.config(),
         }

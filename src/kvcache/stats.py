@@ -18,7 +18,8 @@ class Stats:
       Redis was away (STARTING or DEGRADED);
     - ``errors``: calls that failed (a store error, a Redis command that opened the breaker,
       an unreadable payload);
-    - ``sets``: values stored; ``deletes``: keys removed (by delete, delete_many, clear).
+    - ``sets``: values stored; ``deletes``: keys removed (by delete, delete_many, clear);
+    - ``near_hits``: reads the near cache (``near_cache=True``) answered without Redis.
     """
 
     hits: int = 0
@@ -28,6 +29,7 @@ class Stats:
     sets: int = 0
     deletes: int = 0
     errors: int = 0
+    near_hits: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -1,6 +1,7 @@
 """The shells that run the adapter's prober: a daemon thread for ``Cache``, an asyncio task
-for ``AsyncCache``. They decide nothing: when to probe and what a probe does come from the
-pure core (``state.py``, ``adapter.py``). They only sleep, run the probe, and wake waiters.
+for ``AsyncCache``; and, last, the near cache listener's thread. They decide nothing: when
+to probe and what a probe does come from the pure core (``state.py``, ``adapter.py``). They
+only sleep, run the probe, and wake waiters.
 
 A prober lives only while the cache is STARTING or DEGRADED, and ends once READY. If it dies
 (a forked child, an event loop that closed), the next call that finds Redis away starts one.
@@ -9,6 +10,8 @@ A prober lives only while the cache is STARTING or DEGRADED, and ends once READY
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import threading
 import time
 from collections.abc import Generator
@@ -17,8 +20,12 @@ from typing import Any, ClassVar
 from . import forksafe
 from .adapter import Adapter
 from .drivers import arun, run
+from .errors import ConfigurationError, KVCacheError
+from .nearcache import Feed
 from .sharding import ShardedAdapter
 from .state import State, StateChange
+
+log = logging.getLogger("kvcache.near")
 
 READY_OR_CLOSED = frozenset({State.READY, State.CLOSED})
 
@@ -188,3 +195,56 @@ class TaskSupervisor:
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+class ListenerThread:
+    """The near cache's listener shell: a daemon thread that runs ``Feed.listen`` (pure,
+    ``nearcache.py``), and after a failure reconnects on a jittered backoff (0.05 s up to
+    ``retry_max``). Until the feed is caught up again the near cache is bypassed. A forked
+    child starts its own on its first use of ``ensure_running``."""
+
+    def __init__(self, feed: Feed, retry_max: float = 1.0) -> None:
+        self._feed = feed
+        self._retry_max = retry_max
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def after_fork(self) -> None:
+        self._thread = None
+        self._lock = threading.Lock()
+
+    def ensure_running(self) -> None:
+        thread = self._thread
+        if (thread is None or not thread.is_alive()) and not self._stopped.is_set():
+            with self._lock:
+                if self._thread is thread:
+                    self._thread = threading.Thread(
+                        target=self._loop, name="kvcache-near-listener", daemon=True
+                    )
+                    self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._feed.reader.close()  # a blocked read ends at once
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self._stopped.is_set():
+            try:
+                run(self._feed.listen())
+            except ConfigurationError as exc:  # Redis cannot do it (< 7.0): stay bypassed
+                log.warning("kvcache: near cache disabled: %s", exc)
+                return
+            except Exception as exc:  # never die: the near cache would stay bypassed for good
+                if self._stopped.is_set():
+                    return
+                if failures == 0:
+                    level = logging.INFO if isinstance(exc, KVCacheError) else logging.ERROR
+                    log.log(level, "kvcache: near cache listener failed (%r); reconnecting", exc)
+                failures += 1
+                ceiling = min(self._retry_max, 0.05 * 2 ** min(failures, 10))
+                self._stopped.wait(ceiling * (0.5 + random.random() / 2))
+            else:
+                failures = 0

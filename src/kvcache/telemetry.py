@@ -53,6 +53,7 @@ HIT: Final = "hit"
 MISS: Final = "miss"
 FALLBACK_HIT: Final = "fallback_hit"
 FALLBACK_MISS: Final = "fallback_miss"
+NEAR_HIT: Final = "near_hit"  # answered by the near cache (L1)
 OK: Final = "ok"
 FALLBACK: Final = "fallback"
 ERROR: Final = "error"

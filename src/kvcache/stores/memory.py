@@ -80,6 +80,13 @@ class MemoryStore:
         with self._lock:
             self._entries[key] = (value, deadline)
 
+    def get_with_ttl(self, key: bytes) -> tuple[bytes | None, int]:
+        return self.get(key), self.pttl(key)
+
+    def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None:
+        """Nothing to tell: a memory store is one process's (and the fallback never publishes
+        for Redis; recovery tells the other processes to flush instead)."""
+
     def add(self, key: bytes, value: bytes, ttl_ms: int | None) -> bool:
         deadline = self._deadline(ttl_ms)
         with self._lock:

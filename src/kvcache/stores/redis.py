@@ -26,6 +26,7 @@ from ..errors import (
     NOT_A_COUNTER,
     BreakerOpenError,
     CacheUnavailableError,
+    ConfigurationError,
     InvalidValueError,
     KVCacheError,
     NoFreeConnectionError,
@@ -74,12 +75,15 @@ def no_free_connection(waited: float) -> NoFreeConnectionError:
     return NoFreeConnectionError(f"no free connection within {waited}s (max_connections busy)")
 
 
-def probe_connection(pool: Any, step_timeout: float) -> Any:
+def probe_connection(pool: Any, step_timeout: float, read_timeout: float | None = None) -> Any:
     """A fresh connection outside the pool, for a probe: it proves that a *new* connection
     can connect and authenticate (a pooled one may predate the outage), and every step of
-    its handshake waits at most ``step_timeout`` (the connect timeout)."""
+    its handshake waits at most ``step_timeout`` (the connect timeout). ``read_timeout``:
+    for replies slower than that on purpose (a blocked XREAD)."""
     kwargs = dict(pool.connection_kwargs)
     kwargs["socket_timeout"] = kwargs["socket_connect_timeout"] = step_timeout
+    if read_timeout is not None:
+        kwargs["socket_timeout"] = read_timeout
     # No retries either, whatever the client was given: one probe, one bounded attempt.
     retry = redis.asyncio.retry.Retry if isinstance(pool, redis.asyncio.ConnectionPool) else Retry
     kwargs["retry"] = retry(NoBackoff(), 0)
@@ -133,6 +137,111 @@ def address_of(client: redis.Redis | redis.asyncio.Redis) -> tuple[str, int | No
     if "path" in where:
         return str(where["path"]), None, db
     return str(where.get("host")), int(where.get("port") or 6379), db
+
+
+def _flat(fields: dict[bytes, bytes]) -> list[bytes]:
+    return [part for pair in fields.items() for part in pair]
+
+
+def _pairs(reply: Any) -> dict[bytes, Any]:
+    """A map reply: a dict under RESP3, a flat [field, value, ...] list under RESP2."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
+def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """XREAD's one stream: ``{stream: [[id, fields], ...]}`` under RESP3,
+    ``[[stream, [[id, fields], ...]]]`` under RESP2; nil when nothing is new."""
+    if not reply:
+        return []
+    found = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    return [(entry_id, _pairs(fields)) for entry_id, fields in found]
+
+
+class StreamReader:
+    """The near cache listener's Redis calls, on one connection of its own: outside the pool
+    (a blocked XREAD holds it for seconds), authenticated like the pool's connections (the
+    ConnectionPolicy, IAM included, travels in the kwargs), re-opened after a failure.
+    Replies are parsed here (raw RESP2, no redis-py response callbacks)."""
+
+    is_async: ClassVar[bool] = False
+
+    def __init__(self, pool: Any, step_timeout: float, block: float) -> None:
+        self._pool = pool
+        self._step = step_timeout
+        self._read_timeout = block + step_timeout
+        self._connection: Any = None
+        self._lock = threading.Lock()  # close() may come from another thread
+
+    def position(self, stream: bytes) -> tuple[bytes, int] | None:
+        """(last id, entries-added) now; None when the stream does not exist."""
+        (info,) = self._run(("XINFO", "STREAM", stream))
+        if isinstance(info, redis.ResponseError):
+            _no_stream(info)
+            return None
+        fields = _pairs(info)
+        return fields[b"last-generated-id"], _entries_added(fields)
+
+    def snapshot(
+        self, stream: bytes, after: bytes, count: int
+    ) -> tuple[list[tuple[bytes, dict[bytes, bytes]]], int, int] | None:
+        """At one instant: up to ``count`` entries after ``after``, and the stream's
+        entries-added and length; None when the stream does not exist."""
+        replies = self._run(
+            ("MULTI",),
+            ("XINFO", "STREAM", stream),
+            ("XREAD", "COUNT", count, "STREAMS", stream, after),
+            ("EXEC",),
+        )
+        info, read = replies[-1]
+        if isinstance(info, redis.ResponseError):
+            _no_stream(info)
+            return None
+        fields = _pairs(info)
+        return _entries(read), _entries_added(fields), int(fields[b"length"])
+
+    def wait(self, stream: bytes, after: bytes, block_ms: int) -> None:
+        """Until an entry after ``after`` exists, or ``block_ms`` passed."""
+        self._run(("XREAD", "BLOCK", block_ms, "STREAMS", stream, after))
+
+    def close(self) -> None:
+        with self._lock:
+            connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.disconnect()
+
+    def _run(self, *commands: tuple[Any, ...]) -> list[Any]:
+        with self._lock:
+            if self._connection is None:
+                self._connection = probe_connection(self._pool, self._step, self._read_timeout)
+            connection = self._connection
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+            return [_reply(connection) for _ in commands]
+        except (*_FAILURES, ValueError) as exc:  # ValueError: closed under a blocked read
+            self.close()
+            raise translate(exc) from exc
+
+
+def _reply(connection: Any) -> Any:
+    """The next reply; a server error (no such stream) is a reply, the connection is fine."""
+    try:
+        return connection.read_response()
+    except redis.ResponseError as exc:
+        return exc
+
+
+def _no_stream(error: BaseException) -> None:
+    """XINFO's error: fine when it says the stream does not exist, raised otherwise."""
+    if "no such key" not in str(error).lower():
+        raise translate(error) from error
+
+
+def _entries_added(fields: dict[bytes, Any]) -> int:
+    if b"entries-added" not in fields:
+        raise ConfigurationError("the near cache needs Redis 7.0 or later (XINFO entries-added)")
+    return int(fields[b"entries-added"])
 
 
 def _batches(keys: Iterator[bytes]) -> Iterator[list[bytes]]:
@@ -332,6 +441,22 @@ class RedisStore:
 
     def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
         self._call(self._client.execute_command, *set_command(key, value, ttl_ms))
+
+    def get_with_ttl(self, key: bytes) -> tuple[bytes | None, int]:
+        """GET and PTTL in one round trip (the near cache keeps a copy no longer than Redis)."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(key).pttl(key)
+        value, pttl = self._call(pipe.execute)
+        return value, int(pttl)
+
+    def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None:
+        """XADD an invalidation, trimming the stream to about ``maxlen`` entries."""
+        command = ("XADD", stream, "MAXLEN", "~", maxlen, "*")
+        self._call(self._client.execute_command, *command, *_flat(fields))
+
+    def stream_reader(self, block: float) -> StreamReader:
+        """A connection of its own for the near cache's listener (see ``StreamReader``)."""
+        return StreamReader(self._client.connection_pool, self._step, block)
 
     def add(self, key: bytes, value: bytes, ttl_ms: int | None) -> bool:
         command = set_command(key, value, ttl_ms, nx=True)

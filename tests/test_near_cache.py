@@ -1,0 +1,315 @@
+"""The near cache against a real redis-server: several processes (spawned), a listener cut
+off through a ChaosProxy while others write, a stream trimmed below the last id read, and
+events written between "position taken" and "ready"."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from kvcache import AsyncCache, Cache, ConfigurationError, KVCacheSettings, State
+from kvcache.nearcache import MISSING, Feed, NearCache, NearCacheConfig, stream_key
+from kvcache.stores import open_store
+from kvcache.supervisor import ListenerThread
+from kvcache.testing import ChaosProxy
+
+READERS = 3
+VERSIONS = 8
+
+
+def near_settings(url: str, namespace: str, **near: Any) -> KVCacheSettings:
+    return KVCacheSettings(url=url, namespace=namespace, near_cache={"enabled": True, **near})
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"near{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def caches() -> Iterator[Callable[[KVCacheSettings], Cache]]:
+    made: list[Cache] = []
+
+    def make(settings: KVCacheSettings) -> Cache:
+        cache = Cache.from_settings(settings)
+        made.append(cache)
+        assert cache.connect(timeout=5) is State.READY
+        return cache
+
+    yield make
+    for cache in made:
+        cache.close()
+
+
+def near_of(cache: Cache) -> NearCache:
+    near = cache._near
+    assert near is not None
+    return near
+
+
+# -- several processes -------------------------------------------------------------------
+
+
+def reader(url: str, namespace: str, ready: Any, results: Any, stop: Any) -> None:
+    """A process with a near cache, reading one key as fast as it can; reports when it first
+    saw each version, whether it ever went back to an older one, and its near hits."""
+    cache = Cache.from_settings(near_settings(url, namespace))
+    cache.connect(timeout=5)
+    wait_for(lambda: near_of(cache).ready)
+    ready.put(True)
+    seen: dict[int, float] = {}
+    newest = 0
+    went_back = 0
+    while not stop.is_set():
+        value = cache.get("k")
+        if value is None:
+            continue
+        if value < newest:
+            went_back += 1
+        elif value > newest:
+            newest = value
+            seen[value] = time.time()
+    results.put((seen, went_back, cache.stats.near_hits))
+    cache.close()
+
+
+def test_a_write_in_one_process_evicts_the_copies_in_the_others(
+    redis_url: str, caches: Callable[[KVCacheSettings], Cache], ns: str
+) -> None:
+    writer = caches(near_settings(redis_url, ns))
+    writer.set("k", 0)
+    context = multiprocessing.get_context("spawn")
+    ready, results, stop = context.Queue(), context.Queue(), context.Event()
+    children = [
+        context.Process(target=reader, args=(redis_url, ns, ready, results, stop))
+        for _ in range(READERS)
+    ]
+    for child in children:
+        child.start()
+    try:
+        for _ in children:
+            assert ready.get(timeout=30)
+        written: dict[int, float] = {}
+        for version in range(1, VERSIONS + 1):
+            time.sleep(0.15)  # the readers serve the current version from their L1 meanwhile
+            written[version] = time.time()
+            writer.set("k", version)
+        time.sleep(0.5)
+        stop.set()
+        reports = [results.get(timeout=30) for _ in children]
+    finally:
+        stop.set()
+        for child in children:
+            child.join(10)
+    for seen, went_back, near_hits in reports:
+        assert went_back == 0  # never an older version after a newer one
+        assert near_hits > 100  # they did read from their L1
+        assert sorted(seen) == list(range(1, VERSIONS + 1))  # saw every version
+        delays = [seen[v] - written[v] for v in seen]
+        assert max(delays) < 1.0, delays  # generous: benchmarks/healthy.py measures it
+
+
+# -- one process, its listener cut off -----------------------------------------------------
+
+
+def listen_through(cache: Cache, proxy: ChaosProxy, block: float = 0.2) -> Feed:
+    """Re-route ``cache``'s listener through ``proxy`` (its data path stays direct), so the
+    listener alone can be cut off."""
+    assert cache._listener is not None
+    cache._listener.stop()
+    near = near_of(cache)
+    near.ready = False
+    through = open_store(KVCacheSettings(url=proxy.url, connect_timeout=0.2))
+    feed = Feed(near, through.stream_reader(block))  # type: ignore[union-attr]
+    cache._listener = ListenerThread(feed, retry_max=0.2)
+    cache._listener.ensure_running()
+    wait_for(lambda: near.ready)
+    return feed
+
+
+@pytest.mark.parametrize("cut", ["refuse", "blackhole"])
+def test_a_listener_cut_off_while_others_write_resumes_from_its_last_id(
+    redis_url: str,
+    chaos_proxy: ChaosProxy,
+    caches: Callable[[KVCacheSettings], Cache],
+    ns: str,
+    cut: str,
+) -> None:
+    reading = caches(near_settings(redis_url, ns))
+    writing = caches(near_settings(redis_url, ns))
+    keys = [f"k{i}" for i in range(20)]
+    writing.set_many(dict.fromkeys(keys, "old"))
+    feed = listen_through(reading, chaos_proxy)
+    near = near_of(reading)
+    for key in keys * 2:
+        assert reading.get(key) == "old"
+    hits = reading.stats.near_hits
+    assert hits >= len(keys)  # the second round came from the L1
+
+    getattr(chaos_proxy, cut)()
+    wait_for(lambda: not near.ready)  # no listener: the L1 is bypassed
+    for key in keys:
+        writing.set(key, "new")  # the reader's L1 still holds "old" for every key
+    assert reading.get(keys[0]) == "new"  # bypassed: straight to Redis
+    chaos_proxy.up()
+    wait_for(lambda: near.ready)
+    for key in keys:  # it read what it missed from its last id: nothing stale
+        assert reading.get(key) == "new"
+    assert feed.flushes == 0  # no gap: a resume, not a flush
+    for key in keys:
+        reading.get(key)
+    assert reading.stats.near_hits > hits  # and the L1 serves again
+
+
+def test_a_gap_in_the_stream_flushes_the_whole_near_cache(
+    redis_url: str, chaos_proxy: ChaosProxy, caches: Callable[[KVCacheSettings], Cache], ns: str
+) -> None:
+    reading = caches(near_settings(redis_url, ns, stream_maxlen=100))
+    writing = caches(near_settings(redis_url, ns, stream_maxlen=100))
+    writing.set("k", "old")
+    feed = listen_through(reading, chaos_proxy)
+    near = near_of(reading)
+    assert reading.get("k") == "old"
+    assert reading.get("k") == "old"
+    assert len(near) == 1
+
+    chaos_proxy.refuse()
+    wait_for(lambda: not near.ready)
+    writing.set("k", "new")
+    for i in range(400):  # enough invalidations to trim the one about "k" away
+        writing.set(f"other{i}", i)
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.xlen(stream_key(ns)) < 400
+    chaos_proxy.up()
+    wait_for(lambda: near.ready)
+    assert feed.flushes == 1
+    assert len(near) == 0
+    assert reading.get("k") == "new"
+
+
+def test_events_between_taking_the_position_and_ready_are_not_lost(redis_url: str, ns: str) -> None:
+    """Drives the listener by hand: an invalidation written after the position was taken,
+    but before the listener went on, is applied (starting at "$" after "ready" loses it)."""
+    store = open_store(KVCacheSettings(url=redis_url))
+    near = NearCache(NearCacheConfig(), ns)
+    feed = Feed(near, store.stream_reader(0.1))  # type: ignore[union-attr]
+    with redis.Redis.from_url(redis_url) as client:
+        client.xadd(stream_key(ns), {"by": "earlier", "n": "1", "0": f"{ns}:old"})
+        listen = feed.listen()
+        call = next(listen)
+        assert call[1] == "position"
+        position = getattr(call[0], call[1])(*call[2:])
+        near.ready = True  # as if it had reported ready here: fill a copy of "k"
+        near.fill(f"{ns}:k".encode(), "cached", -1, near.epoch)
+        client.xadd(stream_key(ns), {"by": "another", "n": "1", "0": f"{ns}:k"})  # the window
+        call = listen.send(position)
+        assert call[1] == "snapshot"
+        call = listen.send(getattr(call[0], call[1])(*call[2:]))
+        assert call[1] == "wait"  # caught up
+    listen.close()
+    assert f"{ns}:k".encode() not in near._entries  # evicted: the event was not lost
+    store.close()
+
+
+# -- this process's own writes, recovery, settings ------------------------------------------
+
+
+def test_own_writes_evict_at_once_and_hits_stay_local(
+    redis_url: str, caches: Callable[[KVCacheSettings], Cache], ns: str
+) -> None:
+    cache = caches(near_settings(redis_url, ns))
+    wait_for(lambda: near_of(cache).ready)
+    cache.set("k", 1)
+    assert cache.get("k") == 1
+    assert cache.get("k") == 1
+    assert cache.stats.near_hits == 1
+    cache.set("k", 2)  # no waiting for the stream: evicted here as it is written
+    assert cache.get("k") == 2
+    cache.incr("n")
+    assert cache.get("n") == 1
+    cache.incr("n")
+    assert cache.get("n") == 2
+    cache.delete("n")
+    assert cache.get("n") is None
+    cache.clear()
+    assert cache.get("k") is None
+
+
+def test_recovery_tells_every_near_cache_to_flush(
+    redis_url: str,
+    chaos_proxy: ChaosProxy,
+    caches: Callable[[KVCacheSettings], Cache],
+    ns: str,
+) -> None:
+    """A write made during an outage is deleted in Redis on recovery (the journal): the
+    other processes' copies of it must go too."""
+    other = caches(near_settings(redis_url, ns))
+    away = caches(near_settings(chaos_proxy.url, ns, block=0.2))
+    other.set("k", "before")
+    wait_for(lambda: near_of(other).ready)
+    assert other.get("k") == "before"
+    assert other.get("k") == "before"  # cached in its L1
+    chaos_proxy.refuse()
+    away.set("k", "during")  # the fallback, and the journal
+    chaos_proxy.up()
+    assert away.connect(timeout=5) is State.READY
+    wait_for(lambda: other.get("k") is None)  # deleted in Redis, flushed from the L1
+
+
+def test_near_cache_settings_and_limits(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVCACHE_NEAR_CACHE__ENABLED", "true")
+    monkeypatch.setenv("KVCACHE_NEAR_CACHE__TTL", "5")
+    options = KVCacheSettings(url=redis_url).cache_options()
+    assert options["near_cache"] == NearCacheConfig(ttl=5.0)
+    with pytest.raises(ConfigurationError, match="AsyncCache"):
+        AsyncCache.from_url(redis_url)
+    with pytest.raises(ConfigurationError, match="standalone"):
+        Cache.from_url("memory://")
+    with pytest.raises(ConfigurationError, match="stream_maxlen"):
+        NearCacheConfig(stream_maxlen=10)
+    monkeypatch.delenv("KVCACHE_NEAR_CACHE__ENABLED")
+    with Cache.from_url(redis_url, near_cache=True) as cache:  # {"enabled": True}: defaults
+        assert near_of(cache).config == NearCacheConfig()
+    with Cache.from_url(redis_url) as cache:
+        assert cache._near is None
+
+
+def test_cluster_mode_is_refused_for_now() -> None:
+    with pytest.raises(ConfigurationError, match="cluster"):  # no I/O: refused at once
+        Cache.from_settings(near_settings("redis://127.0.0.1:1/0?mode=cluster", "n"))
+
+
+def test_a_copy_lives_no_longer_than_redis_keeps_the_key_and_the_l1_is_bounded() -> None:
+    now = [100.0]
+    near = NearCache(NearCacheConfig(maxsize=3, ttl=60), "n", clock=lambda: now[0])
+    near.ready = True
+    near.fill(b"n:short", "s", 2_000, near.epoch)  # Redis keeps it 2 s more
+    near.fill(b"n:long", "l", -1, near.epoch)  # no Redis TTL: the near cache's 60 s
+    near.fill(b"n:gone", "g", -2, near.epoch)  # gone already: not kept
+    assert near.lookup(b"n:gone") is MISSING
+    now[0] += 2.5
+    assert near.lookup(b"n:short") is MISSING
+    assert near.lookup(b"n:long") == "l"
+    stale_epoch = near.epoch
+    near.evict([b"n:other"])  # an eviction while a read was in flight
+    near.fill(b"n:late", "x", -1, stale_epoch)
+    assert near.lookup(b"n:late") is MISSING  # dropped: it may predate that write
+    for i in range(5):
+        near.fill(f"n:{i}".encode(), i, -1, near.epoch)
+    assert len(near) == 3  # bounded: the oldest insertions went first
+    assert near.lookup(b"n:4") == 4
+    near.ready = False
+    assert near.lookup(b"n:4") is MISSING  # no listener: bypassed
