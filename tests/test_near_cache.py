@@ -125,14 +125,15 @@ def test_a_write_in_one_process_evicts_the_copies_in_the_others(
 # -- one process, its listener cut off -----------------------------------------------------
 
 
-def listen_through(cache: Cache, proxy: ChaosProxy, block: float = 0.2) -> Feed:
-    """Re-route ``cache``'s listener through ``proxy`` (its data path stays direct), so the
-    listener alone can be cut off."""
+def listen_through(cache: Cache, proxy: ChaosProxy | str, block: float = 0.2) -> Feed:
+    """Re-route ``cache``'s listener through ``proxy`` (or a URL), its data path unchanged:
+    so the listener alone can be cut off (or alone be spared)."""
     assert cache._listener is not None
     cache._listener.stop()
     near = near_of(cache)
     near.ready = False
-    through = open_store(KVCacheSettings(url=proxy.url, connect_timeout=0.2))
+    url = proxy if isinstance(proxy, str) else proxy.url
+    through = open_store(KVCacheSettings(url=url, connect_timeout=0.2))
     feed = Feed(near, through.stream_reader(block))  # type: ignore[union-attr]
     cache._listener = ListenerThread(feed, retry_max=0.2)
     cache._listener.ensure_running()
@@ -246,6 +247,55 @@ def test_own_writes_evict_at_once_and_hits_stay_local(
     assert cache.get("n") is None
     cache.clear()
     assert cache.get("k") is None
+
+
+def test_an_own_write_made_while_redis_is_away_evicts_the_local_copy(
+    redis_url: str, chaos_proxy: ChaosProxy, caches: Callable[[KVCacheSettings], Cache], ns: str
+) -> None:
+    """The listener still connected (its own path), the data path cut: the L1 must not
+    answer an older value than the one this process just wrote to the fallback."""
+    cache = caches(near_settings(chaos_proxy.url, ns))
+    listen_through(cache, redis_url)
+    cache.set("k", "before")
+    assert cache.get("k") == "before"
+    assert cache.get("k") == "before"
+    assert cache.stats.near_hits == 1
+    chaos_proxy.refuse()
+    cache.set("k", "during")  # to the fallback: Redis is away
+    assert cache.state is State.DEGRADED
+    assert near_of(cache).ready  # the listener did not notice anything
+    assert cache.get("k") == "during"
+
+
+def _forked_worker(cache: Cache, key: str, results: Any, go: Any) -> None:
+    assert cache.get(key) == 1  # starts this process's own listener (the parent's is not here)
+    wait_for(lambda: near_of(cache).ready)
+    assert cache.get(key) == 1
+    assert cache.get(key) == 1  # from this process's L1
+    results.put(("cached", cache.stats.near_hits))
+    go.wait(10)
+    wait_for(lambda: cache.get(key) == 2, timeout=5)  # the parent's write reached it
+    results.put(("seen", 2))
+
+
+def test_a_forked_worker_gets_a_listener_of_its_own(
+    redis_url: str, caches: Callable[[KVCacheSettings], Cache], ns: str
+) -> None:
+    cache = caches(near_settings(redis_url, ns))
+    cache.set("k", 1)
+    context = multiprocessing.get_context("fork")
+    results, go = context.Queue(), context.Event()
+    child = context.Process(target=_forked_worker, args=(cache, "k", results, go))
+    child.start()
+    try:
+        assert results.get(timeout=20)[0] == "cached"
+        cache.set("k", 2)
+        go.set()
+        assert results.get(timeout=20) == ("seen", 2)
+    finally:
+        child.join(10)
+    assert child.exitcode == 0
+    assert cache.get("k") == 2  # the parent's listener and connections still work
 
 
 def test_recovery_tells_every_near_cache_to_flush(

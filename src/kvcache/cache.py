@@ -51,7 +51,7 @@ class Cache(CacheBase[Store | RedisClusterStore]):
         """Back from an outage, the journal's keys were deleted in Redis: every process's
         near cache may hold them, so all are told to flush."""
         if change.current is State.READY and change.previous is State.DEGRADED:
-            run(self._ops.announce((ALL,)))
+            run(self._ops.announce((ALL,), offline=False))
 
     @classmethod
     def _open_store(cls, settings: KVCacheSettings) -> Store | RedisClusterStore:
@@ -71,6 +71,8 @@ class Cache(CacheBase[Store | RedisClusterStore]):
             value = self._ops.near_get(key)
             if value is not MISSING:
                 return value
+            if not self._near.ready:  # e.g. in a forked worker: its own listener
+                self._listener.ensure_running()  # type: ignore[union-attr]
         return run(self._ops.get(key, default))
 
     def get_many(self, keys: Iterable[K]) -> dict[K, Any]:

@@ -82,8 +82,10 @@ class NearCache:
 
     def after_fork(self) -> None:
         # The parent's listener does not exist here: bypass until this process's is ready.
+        # A process of its own: its own id, or it would skip the parent's writes as its own.
         self._lock = threading.Lock()
         self.ready = False
+        self.instance = uuid.uuid4().hex.encode()
         self._entries.clear()
 
     def lookup(self, key: bytes) -> Any:

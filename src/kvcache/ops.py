@@ -182,14 +182,17 @@ class Operations:
             near.fill(full, value, pttl, epoch)
         return value, outcome
 
-    def announce(self, fulls: Sequence[bytes]) -> Op[None]:
-        """A write reached Redis: drop the near cache's copies of ``fulls`` here (after the
-        write: a read in flight then cannot fill an old value) and, through the stream, in
-        every other process. ``[ALL]``: the whole namespace."""
+    def announce(self, fulls: Sequence[bytes], offline: bool) -> Op[None]:
+        """``fulls`` were written (``[ALL]``: the namespace cleared): drop the near cache's
+        copies here, after the write (a read in flight then cannot fill an old value), and,
+        if the write reached Redis, through the stream in every other process too. (Offline,
+        Redis did not change; the fallback now holds this process's newer value.)"""
         near = self.near
         if near is None:
             return
         near.changed(fulls)
+        if offline:
+            return
         try:
             yield from self.adapter.call(
                 "publish", near.stream, near.entry(fulls), near.config.stream_maxlen
@@ -227,8 +230,8 @@ class Operations:
         except StoreError as exc:
             return self.failed("set", exc, key, False)
         self.stats.sets += 1
-        if self.near is not None and not offline:
-            yield from self.announce((full,))
+        if self.near is not None:
+            yield from self.announce((full,), offline)
         return True, FALLBACK if offline else OK
 
     @observed("add")
@@ -246,7 +249,7 @@ class Operations:
         if added:
             self.stats.sets += 1
             if self.near is not None:
-                yield from self.announce((full,))
+                yield from self.announce((full,), offline=False)
         return added, OK
 
     @observed("set_many", many=True)
@@ -264,8 +267,8 @@ class Operations:
         except StoreError as exc:
             return self.failed("set_many", exc, None, False)
         self.stats.sets += len(items)
-        if self.near is not None and not offline:
-            yield from self.announce([full for full, _ in items])
+        if self.near is not None:
+            yield from self.announce([full for full, _ in items], offline)
         return True, FALLBACK if offline else OK
 
     @observed("delete_many", many=True)
@@ -279,8 +282,8 @@ class Operations:
         except StoreError as exc:
             return self.failed("delete_many", exc, None, 0)
         self.stats.deletes += removed
-        if self.near is not None and not offline:
-            yield from self.announce(full)
+        if self.near is not None:
+            yield from self.announce(full, offline)
         return removed, FALLBACK if offline else OK
 
     @observed("delete")
@@ -292,8 +295,8 @@ class Operations:
         except StoreError as exc:
             return self.failed("delete", exc, key, False)
         self.stats.deletes += removed
-        if self.near is not None and not offline:
-            yield from self.announce((full,))
+        if self.near is not None:
+            yield from self.announce((full,), offline)
         return removed > 0, FALLBACK if offline else OK
 
     @observed("has")
@@ -323,8 +326,8 @@ class Operations:
             )
         except StoreError as exc:
             return self.failed("incr", exc, key, None)
-        if self.near is not None and not offline:
-            yield from self.announce((full,))
+        if self.near is not None:
+            yield from self.announce((full,), offline)
         return value, FALLBACK if offline else OK
 
     @observed("ttl")
@@ -345,8 +348,8 @@ class Operations:
             touched, offline = yield from self.adapter.call("expire", full, ttl_ms)
         except StoreError as exc:
             return self.failed("touch", exc, key, False)
-        if self.near is not None and touched and not offline:  # a copy may outlive a new TTL
-            yield from self.announce((full,))
+        if self.near is not None and touched:  # a copy may outlive the new TTL
+            yield from self.announce((full,), offline)
         return touched, FALLBACK if offline else OK
 
     @observed("clear")
@@ -359,6 +362,6 @@ class Operations:
         except StoreError as exc:
             return self.failed("clear", exc, None, 0)
         self.stats.deletes += removed
-        if self.near is not None and not offline:
-            yield from self.announce((ALL,))
+        if self.near is not None:
+            yield from self.announce((ALL,), offline)
         return removed, FALLBACK if offline else OK

@@ -212,8 +212,12 @@ class ListenerThread:
         forksafe.register(self)
 
     def after_fork(self) -> None:
+        # The parent's thread does not exist here; the next get starts this process's own.
         self._thread = None
         self._lock = threading.Lock()
+        stopped, self._stopped = self._stopped.is_set(), threading.Event()
+        if stopped:
+            self._stopped.set()
 
     def ensure_running(self) -> None:
         thread = self._thread

@@ -173,6 +173,12 @@ class StreamReader:
         self._read_timeout = block + step_timeout
         self._connection: Any = None
         self._lock = threading.Lock()  # close() may come from another thread
+        forksafe.register(self)
+
+    def after_fork(self) -> None:
+        # The parent's socket: never used (nor closed: shutdown would cut the parent's) here.
+        self._connection = None
+        self._lock = threading.Lock()
 
     def position(self, stream: bytes) -> tuple[bytes, int] | None:
         """(last id, entries-added) now; None when the stream does not exist."""
