@@ -4,6 +4,7 @@ events written between "position taken" and "ready"."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import time
 import uuid
@@ -319,13 +320,44 @@ def test_recovery_tells_every_near_cache_to_flush(
     wait_for(lambda: other.get("k") is None)  # deleted in Redis, flushed from the L1
 
 
+def test_async_cache_reads_from_its_near_cache_and_hears_other_writes(
+    redis_url: str,
+    loop: asyncio.AbstractEventLoop,
+    caches: Callable[[KVCacheSettings], Cache],
+    ns: str,
+) -> None:
+    writer = caches(near_settings(redis_url, ns))
+    writer.set("k", "old")
+    cache = AsyncCache.from_settings(near_settings(redis_url, ns))
+
+    async def scenario() -> tuple[list[Any], int]:
+        await cache.connect(timeout=5)
+        deadline = time.monotonic() + 5
+        while not near_of(cache).ready:  # type: ignore[arg-type]
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        seen = [await cache.get("k"), await cache.get("k")]
+        hits = cache.stats.near_hits
+        writer.set("k", "new")  # another cache, another listener's instance id
+        while (value := await cache.get("k")) == "old":
+            assert time.monotonic() < deadline + 5
+            await asyncio.sleep(0.005)
+        seen.append(value)
+        await cache.set("k", "mine")
+        seen.append(await cache.get("k"))  # its own write: evicted at once
+        await cache.close()
+        return seen, hits
+
+    seen, hits = asyncio.run_coroutine_threadsafe(scenario(), loop).result(timeout=30)
+    assert seen == ["old", "old", "new", "mine"]
+    assert hits == 1
+
+
 def test_near_cache_settings_and_limits(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KVCACHE_NEAR_CACHE__ENABLED", "true")
     monkeypatch.setenv("KVCACHE_NEAR_CACHE__TTL", "5")
     options = KVCacheSettings(url=redis_url).cache_options()
     assert options["near_cache"] == NearCacheConfig(ttl=5.0)
-    with pytest.raises(ConfigurationError, match="AsyncCache"):
-        AsyncCache.from_url(redis_url)
     with pytest.raises(ConfigurationError, match="standalone"):
         Cache.from_url("memory://")
     with pytest.raises(ConfigurationError, match="stream_maxlen"):

@@ -52,6 +52,11 @@ class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
         return state
 
     async def get(self, key: Key, default: Any = None) -> Any:
+        if self._near is not None:  # a near-cache hit skips the operation machinery
+            value = self._ops.near_get(key)
+            if value is not MISSING:
+                return value
+            self._near_miss()
         return await arun(self._ops.get(key, default))
 
     async def get_many(self, keys: Iterable[K]) -> dict[K, Any]:
@@ -125,6 +130,8 @@ class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
     async def close(self) -> None:
         """Stop probing and close this event loop's connections (those of other loops go
         with their loops); the cache is CLOSED for good."""
+        if self._listener is not None:
+            self._listener.stop()
         self._adapter.close()
         self._prober.stop()
         closed = self._store.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
@@ -11,12 +10,12 @@ from .drivers import run
 from .errors import CacheUnavailableError, StoreError
 from .facade import CacheBase
 from .keys import K, Key
-from .nearcache import ALL, MISSING, Feed
+from .nearcache import MISSING
 from .settings import KVCacheSettings
 from .singleflight import SingleFlight
-from .state import State, StateChange
+from .state import State
 from .stores import MemoryStore, RedisClusterStore, Store, open_store
-from .supervisor import READY_OR_CLOSED, ListenerThread, ThreadSupervisor
+from .supervisor import READY_OR_CLOSED, ThreadSupervisor
 
 T = TypeVar("T")
 
@@ -39,19 +38,6 @@ class Cache(CacheBase[Store | RedisClusterStore]):
         self._flights = SingleFlight()
         self._prober = self._adapter.supervisor = ThreadSupervisor(self._adapter)
         self._prober.ensure_probing()  # the first connect starts now, in the background
-        self._listener: ListenerThread | None = None
-        if self._near is not None:
-            reader = self._store.stream_reader(self._near.config.block)  # type: ignore[union-attr]
-            self._listener = ListenerThread(Feed(self._near, reader))
-            self._listener.ensure_running()
-            weakref.finalize(self, self._listener.stop)
-            self.on("state", self._recovered)
-
-    def _recovered(self, change: StateChange) -> None:
-        """Back from an outage, the journal's keys were deleted in Redis: every process's
-        near cache may hold them, so all are told to flush."""
-        if change.current is State.READY and change.previous is State.DEGRADED:
-            run(self._ops.announce((ALL,), offline=False))
 
     @classmethod
     def _open_store(cls, settings: KVCacheSettings) -> Store | RedisClusterStore:
@@ -71,8 +57,7 @@ class Cache(CacheBase[Store | RedisClusterStore]):
             value = self._ops.near_get(key)
             if value is not MISSING:
                 return value
-            if not self._near.ready:  # e.g. in a forked worker: its own listener
-                self._listener.ensure_running()  # type: ignore[union-attr]
+            self._near_miss()
         return run(self._ops.get(key, default))
 
     def get_many(self, keys: Iterable[K]) -> dict[K, Any]:

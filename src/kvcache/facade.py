@@ -11,15 +11,16 @@ from .errors import ConfigurationError
 from .events import Emitter, Handler
 from .journal import Journal, Overflow
 from .keys import DEFAULT_MAX_KEY_LENGTH, KeySpace
-from .nearcache import NearCache, NearCacheConfig
+from .nearcache import ALL, Feed, NearCache, NearCacheConfig
 from .ops import Operations
 from .serializers import Serializer
 from .settings import KVCacheSettings
 from .sharding import ShardedAdapter
-from .state import Policy, State
+from .state import Policy, State, StateChange
 from .stats import Stats
 from .stores import MemoryStore
 from .stores.memory import DEFAULT_FALLBACK_MAXSIZE, DEFAULT_FALLBACK_TTL
+from .supervisor import ListenerThread
 from .telemetry import Telemetry
 
 S = TypeVar("S")
@@ -79,6 +80,13 @@ class CacheBase(Generic[S]):
         codec = Codec(serializer, compress_threshold)
         self._near = self._near_cache(near_cache, store, keys.namespace)
         self._ops = Operations(keys, codec, adapter, default_ttl, signals, self._near)
+        self._listener: ListenerThread | None = None
+        if self._near is not None:  # a thread for AsyncCache too: it needs no event loop
+            reader = store.stream_reader(self._near.config.block)  # type: ignore[attr-defined]
+            self._listener = ListenerThread(Feed(self._near, reader))
+            self._listener.ensure_running()
+            weakref.finalize(self, self._listener.stop)
+            self.on("state", self._recovered)
         # A cache dropped without close() must not leave its prober probing forever.
         weakref.finalize(self, adapter.close)
 
@@ -87,13 +95,25 @@ class CacheBase(Generic[S]):
     ) -> NearCache | None:
         if config is False:
             return None
-        if self._takes_async_store:
-            raise ConfigurationError("near_cache is not available for AsyncCache yet")
         if not callable(getattr(store, "stream_reader", None)):
             raise ConfigurationError(
                 "near_cache needs a standalone Redis store (cluster mode is not supported yet)"
             )
         return NearCache(NearCacheConfig() if config is True else config, namespace)
+
+    def _recovered(self, change: StateChange) -> None:
+        """Back from an outage, the journal's keys were deleted in Redis: every process's
+        near cache may hold them, so all are told to flush (in the background)."""
+        if change.current is State.READY and change.previous is State.DEGRADED:
+            supervisor = self._adapter.supervisor
+            if supervisor is not None:
+                supervisor.spawn(self._ops.announce((ALL,), offline=False))
+
+    def _near_miss(self) -> None:
+        """A get the near cache could not answer: if that is for want of a listener (a
+        forked worker's), start this process's own."""
+        if self._near is not None and not self._near.ready and self._listener is not None:
+            self._listener.ensure_running()
 
     @classmethod
     def from_settings(cls: type[Self], settings: KVCacheSettings | None = None) -> Self:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from .base import AsyncStore, Store
 from .cluster import AsyncRedisClusterStore, RedisClusterStore
 from .memory import MemoryStore
-from .redis import AsyncRedisStore, RedisStore
+from .redis import AsyncRedisStore, RedisStore, StreamReader
 
 if TYPE_CHECKING:
     from redis.credentials import CredentialProvider
@@ -74,14 +74,22 @@ def open_async_store(
     settings: KVCacheSettings, *, credential_provider: CredentialProvider | None = None
 ) -> Store | AsyncStore | AsyncRedisClusterStore:
     """As ``open_store``, for ``AsyncCache``."""
-    from ..client import async_client, connection_policy, seed_address
+    from ..client import async_client, connection_policy, seed_address, sync_client
 
     if settings.scheme == "memory":
         return MemoryStore(settings.memory_maxsize)
     policy = connection_policy(settings, credential_provider)
     if not _clustered(settings):
+
+        def reader(block: float) -> StreamReader:  # the near cache's listener is a thread
+            sync = RedisStore(sync_client(settings, policy=policy), **_limits(settings))
+            return sync.stream_reader(block)
+
         return AsyncRedisStore(
-            lambda: async_client(settings, policy=policy), **_limits(settings), auth=policy
+            lambda: async_client(settings, policy=policy),
+            **_limits(settings),
+            auth=policy,
+            reader=reader,
         )
     return AsyncRedisClusterStore(
         lambda host, port: AsyncRedisStore(

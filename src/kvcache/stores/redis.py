@@ -535,8 +535,10 @@ class AsyncRedisStore:
         *,
         cluster: bool = False,
         auth: Closeable | None = None,
+        reader: Callable[[float], StreamReader] | None = None,
     ) -> None:
         self._connect = connect
+        self._reader = reader  # the near cache listener's connections (stream_reader)
         self.cluster = cluster  # see RedisStore
         self._auth = auth  # see RedisStore
         self._max_in_flight = max_in_flight
@@ -633,6 +635,28 @@ class AsyncRedisStore:
     async def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
         here = self._here()
         await here.run(here.client.execute_command, *set_command(key, value, ttl_ms))
+
+    async def get_with_ttl(self, key: bytes) -> tuple[bytes | None, int]:
+        here = self._here()
+        pipe = here.client.pipeline(transaction=False)
+        pipe.get(key).pttl(key)
+        value, pttl = await here.run(pipe.execute)
+        return value, int(pttl)
+
+    async def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None:
+        here = self._here()
+        command = ("XADD", stream, "MAXLEN", "~", maxlen, "*", *_flat(fields))
+        await here.run(here.client.execute_command, *command)
+
+    def stream_reader(self, block: float) -> StreamReader:
+        """The near cache listener's connection: a sync one (the listener is a thread, for
+        AsyncCache too), made by the ``reader`` factory ``open_async_store`` passes."""
+        if self._reader is None:
+            raise ConfigurationError(
+                "near_cache needs a store opened from settings (open_async_store), or a "
+                "reader factory"
+            )
+        return self._reader(block)
 
     async def add(self, key: bytes, value: bytes, ttl_ms: int | None) -> bool:
         here = self._here()
