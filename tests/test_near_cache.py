@@ -5,16 +5,26 @@ events written between "position taken" and "ready"."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from kvcache import AsyncCache, Cache, ConfigurationError, KVCacheSettings, State
+from kvcache import (
+    AsyncCache,
+    Cache,
+    CacheClosedError,
+    ConfigurationError,
+    KVCacheSettings,
+    State,
+)
 from kvcache.nearcache import MISSING, Feed, NearCache, NearCacheConfig, stream_key
 from kvcache.stores import open_store
 from kvcache.supervisor import ListenerThread
@@ -130,7 +140,7 @@ def listen_through(cache: Cache, proxy: ChaosProxy | str, block: float = 0.2) ->
     """Re-route ``cache``'s listener through ``proxy`` (or a URL), its data path unchanged:
     so the listener alone can be cut off (or alone be spared)."""
     assert cache._listener is not None
-    cache._listener.stop()
+    cache._listener.stop(wait=5)  # its thread is gone: it sets nothing on the L1 any more
     near = near_of(cache)
     near.ready = False
     url = proxy if isinstance(proxy, str) else proxy.url
@@ -202,6 +212,25 @@ def test_a_gap_in_the_stream_flushes_the_whole_near_cache(
     assert reading.get("k") == "new"
 
 
+def test_a_stream_deleted_and_made_again_flushes_the_near_cache(
+    redis_url: str, caches: Callable[[KVCacheSettings], Cache], ns: str
+) -> None:
+    reading = caches(near_settings(redis_url, ns, block=0.1))
+    writing = caches(near_settings(redis_url, ns))
+    writing.set("k", "v0")
+    wait_for(lambda: near_of(reading).ready)
+    assert reading.get("k") == "v0"
+    assert reading.get("k") == "v0"  # in its L1
+    assert reading._listener is not None
+    feed = reading._listener._feed
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushall()  # the key and the stream go; nobody announces it
+    for i in range(3):  # a new stream, already as long as the one the listener knew
+        writing.set(f"other{i}", i)
+    wait_for(lambda: feed.flushes == 1)
+    assert reading.get("k") is None
+
+
 def test_events_between_taking_the_position_and_ready_are_not_lost(redis_url: str, ns: str) -> None:
     """Drives the listener by hand: an invalidation written after the position was taken,
     but before the listener went on, is applied (starting at "$" after "ready" loses it)."""
@@ -215,7 +244,7 @@ def test_events_between_taking_the_position_and_ready_are_not_lost(redis_url: st
         assert call[1] == "position"
         position = getattr(call[0], call[1])(*call[2:])
         near.ready = True  # as if it had reported ready here: fill a copy of "k"
-        near.fill(f"{ns}:k".encode(), "cached", -1, near.epoch)
+        near.fill(f"{ns}:k".encode(), "cached", -1, near.ticket())
         client.xadd(stream_key(ns), {"by": "another", "n": "1", "0": f"{ns}:k"})  # the window
         call = listen.send(position)
         assert call[1] == "snapshot"
@@ -299,25 +328,34 @@ def test_a_forked_worker_gets_a_listener_of_its_own(
     assert cache.get("k") == 2  # the parent's listener and connections still work
 
 
+@pytest.mark.parametrize("when", ["starting", "degraded"])
 def test_recovery_tells_every_near_cache_to_flush(
     redis_url: str,
     chaos_proxy: ChaosProxy,
     caches: Callable[[KVCacheSettings], Cache],
     ns: str,
+    when: str,
 ) -> None:
-    """A write made during an outage is deleted in Redis on recovery (the journal): the
-    other processes' copies of it must go too."""
+    """A write made while Redis was away (or not yet reached) is deleted in Redis when it
+    comes (the journal): the other processes' copies of it must go too."""
     other = caches(near_settings(redis_url, ns))
-    away = caches(near_settings(chaos_proxy.url, ns, block=0.2))
     other.set("k", "before")
     wait_for(lambda: near_of(other).ready)
     assert other.get("k") == "before"
     assert other.get("k") == "before"  # cached in its L1
-    chaos_proxy.refuse()
-    away.set("k", "during")  # the fallback, and the journal
+    if when == "starting":
+        chaos_proxy.latency(300)  # the first connect takes a while
+        away = Cache.from_settings(near_settings(chaos_proxy.url, ns, block=0.2))
+        assert away.state is State.STARTING
+    else:
+        away = caches(near_settings(chaos_proxy.url, ns, block=0.2))
+        chaos_proxy.refuse()
+    away.delete("k")  # the fallback, and the journal
+    assert away.state is not State.READY
     chaos_proxy.up()
     assert away.connect(timeout=5) is State.READY
     wait_for(lambda: other.get("k") is None)  # deleted in Redis, flushed from the L1
+    away.close()
 
 
 def test_async_cache_reads_from_its_near_cache_and_hears_other_writes(
@@ -378,20 +416,76 @@ def test_a_copy_lives_no_longer_than_redis_keeps_the_key_and_the_l1_is_bounded()
     now = [100.0]
     near = NearCache(NearCacheConfig(maxsize=3, ttl=60), "n", clock=lambda: now[0])
     near.ready = True
-    near.fill(b"n:short", "s", 2_000, near.epoch)  # Redis keeps it 2 s more
-    near.fill(b"n:long", "l", -1, near.epoch)  # no Redis TTL: the near cache's 60 s
-    near.fill(b"n:gone", "g", -2, near.epoch)  # gone already: not kept
+    near.fill(b"n:short", "s", 2_000, near.ticket())  # Redis keeps it 2 s more
+    near.fill(b"n:long", "l", -1, near.ticket())  # no Redis TTL: the near cache's 60 s
+    near.fill(b"n:gone", "g", -2, near.ticket())  # gone already: not kept
     assert near.lookup(b"n:gone") is MISSING
     now[0] += 2.5
     assert near.lookup(b"n:short") is MISSING
     assert near.lookup(b"n:long") == "l"
-    stale_epoch = near.epoch
+    stale = near.ticket()
     near.evict([b"n:other"])  # an eviction while a read was in flight
-    near.fill(b"n:late", "x", -1, stale_epoch)
+    near.fill(b"n:late", "x", -1, stale)
     assert near.lookup(b"n:late") is MISSING  # dropped: it may predate that write
+    slow = near.ticket()
+    now[0] += 1.5  # a read that took 1.5 s, of a key Redis keeps 2 s more: 0.5 s left
+    near.fill(b"n:slow", "z", 2_000, slow)
+    now[0] += 0.6
+    assert near.lookup(b"n:slow") is MISSING  # counted from when the read started
     for i in range(5):
-        near.fill(f"n:{i}".encode(), i, -1, near.epoch)
+        near.fill(f"n:{i}".encode(), i, -1, near.ticket())
     assert len(near) == 3  # bounded: the oldest insertions went first
     assert near.lookup(b"n:4") == 4
     near.ready = False
     assert near.lookup(b"n:4") is MISSING  # no listener: bypassed
+
+
+def test_close_ends_the_listener_and_the_near_cache_answers_nothing_more(
+    redis_url: str, ns: str
+) -> None:
+    cache = Cache.from_settings(near_settings(redis_url, ns, block=0.2))
+    cache.connect(timeout=5)
+    cache.set("k", 1)
+    wait_for(lambda: near_of(cache).ready)
+    cache.get("k")
+    assert cache.get("k") == 1
+    assert cache._listener is not None
+    listener = cache._listener
+    cache.close()
+    wait_for(lambda: listener._thread is None or not listener._thread.is_alive(), timeout=5)
+    with pytest.raises(CacheClosedError):
+        cache.get("k")  # not the copy it held
+
+
+def test_a_dropped_cache_is_collected_and_its_listener_ends(redis_url: str, ns: str) -> None:
+    cache = Cache.from_settings(near_settings(redis_url, ns, block=0.2))
+    cache.connect(timeout=5)
+    near = near_of(cache)
+    wait_for(lambda: near.ready)
+    listener = cache._listener
+    assert listener is not None
+    dropped = weakref.ref(cache)
+    del cache
+    gc.collect()
+    assert dropped() is None
+    wait_for(lambda: listener._thread is None or not listener._thread.is_alive(), timeout=5)
+
+
+def test_a_redis_without_entries_added_disables_the_near_cache_once(
+    redis_url: str, ns: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def old_redis(fields: Any) -> int:  # what XINFO STREAM lacks before Redis 7.0
+        raise ConfigurationError("the near cache needs Redis 7.0 or later (XINFO entries-added)")
+
+    monkeypatch.setattr("kvcache.stores.redis._entries_added", old_redis)
+    with redis.Redis.from_url(redis_url) as client:
+        client.xadd(stream_key(ns), {"n": "0"})
+    before = threading.active_count()
+    with Cache.from_settings(near_settings(redis_url, ns)) as cache:
+        cache.connect(timeout=5)
+        cache.set("k", 1)
+        for _ in range(50):
+            assert cache.get("k") == 1  # from Redis, every time
+        assert cache.stats.near_hits == 0
+        assert threading.active_count() <= before + 1  # the prober at most; no listener each get
+    assert len([r for r in caplog.records if "near cache disabled" in r.getMessage()]) == 1

@@ -316,6 +316,7 @@ class Adapter:
         """The probe begun: its outcome is OK, or the error it failed with."""
         machine = self.machine
         deleted = 0
+        applied = False  # anything taken from the journal (deleted in Redis) on the way
         change: StateChange | None = None
         failure: StoreError | None = None
         try:
@@ -326,6 +327,7 @@ class Adapter:
             machine.start_draining()  # from now on writes go to Redis: the journal only shrinks
             while not machine.closed():
                 keys, clear_all = self.journal.take()
+                applied = applied or clear_all or bool(keys)
                 try:
                     if clear_all:
                         deleted += yield (self.primary, "clear", self.prefix)
@@ -346,7 +348,7 @@ class Adapter:
             machine.probe_abandoned()
             raise
         if change is not None:
-            self.publish(change, deleted)
+            self.publish(replace(change, journal_applied=applied), deleted)
         return failure or telemetry.OK
 
     def _settle(self) -> None:

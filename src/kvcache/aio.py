@@ -130,8 +130,7 @@ class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
     async def close(self) -> None:
         """Stop probing and close this event loop's connections (those of other loops go
         with their loops); the cache is CLOSED for good."""
-        if self._listener is not None:
-            self._listener.stop()
+        self._stop_listening()
         self._adapter.close()
         self._prober.stop()
         closed = self._store.close()

@@ -139,8 +139,7 @@ class Cache(CacheBase[Store | RedisClusterStore]):
 
     def close(self) -> None:
         """Stop probing and release the connections; the cache is CLOSED for good."""
-        if self._listener is not None:
-            self._listener.stop()
+        self._stop_listening()
         self._adapter.close()
         self._prober.stop()
         self._store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from .adapter import Adapter, Health
@@ -27,6 +28,22 @@ S = TypeVar("S")
 Self = TypeVar("Self", bound="CacheBase[Any]")
 
 DEFAULT_FALLBACK: Any = object()  # "an in-memory fallback with the default bounds"
+
+
+def _flush_others_on_recovery(cache: weakref.ref[CacheBase[Any]]) -> Callable[[StateChange], None]:
+    """A ``state`` listener: going READY after keys written while Redis was away (STARTING
+    or DEGRADED) were deleted there, every process's near cache may hold them: all are told
+    to flush (in the background)."""
+
+    def recovered(change: StateChange) -> None:
+        alive = cache()
+        if alive is None or change.current is not State.READY or not change.journal_applied:
+            return
+        supervisor = alive._adapter.supervisor
+        if supervisor is not None:
+            supervisor.spawn(alive._ops.announce((ALL,), offline=False))
+
+    return recovered
 
 
 class CacheBase(Generic[S]):
@@ -86,7 +103,9 @@ class CacheBase(Generic[S]):
             self._listener = ListenerThread(Feed(self._near, reader))
             self._listener.ensure_running()
             weakref.finalize(self, self._listener.stop)
-            self.on("state", self._recovered)
+            # Not a bound method: the adapter (kept by this cache's finalizer) must not keep
+            # the cache alive through its listeners.
+            self.on("state", _flush_others_on_recovery(weakref.ref(self)))
         # A cache dropped without close() must not leave its prober probing forever.
         weakref.finalize(self, adapter.close)
 
@@ -101,19 +120,18 @@ class CacheBase(Generic[S]):
             )
         return NearCache(NearCacheConfig() if config is True else config, namespace)
 
-    def _recovered(self, change: StateChange) -> None:
-        """Back from an outage, the journal's keys were deleted in Redis: every process's
-        near cache may hold them, so all are told to flush (in the background)."""
-        if change.current is State.READY and change.previous is State.DEGRADED:
-            supervisor = self._adapter.supervisor
-            if supervisor is not None:
-                supervisor.spawn(self._ops.announce((ALL,), offline=False))
-
     def _near_miss(self) -> None:
         """A get the near cache could not answer: if that is for want of a listener (a
         forked worker's), start this process's own."""
         if self._near is not None and not self._near.ready and self._listener is not None:
             self._listener.ensure_running()
+
+    def _stop_listening(self) -> None:
+        """On close: the L1 answers nothing more, and the listener ends."""
+        if self._near is not None:
+            self._near.close()
+        if self._listener is not None:
+            self._listener.stop()
 
     @classmethod
     def from_settings(cls: type[Self], settings: KVCacheSettings | None = None) -> Self:

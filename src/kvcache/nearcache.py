@@ -72,6 +72,7 @@ class NearCache:
         self.stream = stream_key(namespace)
         self.instance = uuid.uuid4().hex.encode()  # its own entries are skipped by its listener
         self.ready = False
+        self.closed = False  # the cache closed: never ready again
         self.epoch = 0  # bumped by every eviction
         self._clock = clock
         # A plain dict: a lookup is one C-level get (cachetools' TLRUCache took 2.5 µs of a
@@ -96,11 +97,17 @@ class NearCache:
             return MISSING
         return entry[0]
 
-    def fill(self, key: bytes, value: Any, pttl_ms: int, epoch: int) -> None:
-        """Keep ``value`` (just read from Redis, whose PTTL was ``pttl_ms``) unless an
-        eviction came while it was read, or the listener is not ready."""
+    def ticket(self) -> tuple[int, float]:
+        """Taken before a read from Redis: the epoch, and the time (a copy's TTL counts from
+        when the read started, so it never outlives the key in Redis)."""
+        return self.epoch, self._clock()
+
+    def fill(self, key: bytes, value: Any, pttl_ms: int, ticket: tuple[int, float]) -> None:
+        """Keep ``value`` (read from Redis, whose PTTL was ``pttl_ms``) unless an eviction
+        came while it was read (the ticket's epoch is old), or the listener is not ready."""
         if pttl_ms == -2 or not self.ready:  # -2: gone already
             return
+        epoch, read_at = ticket
         ttl = self.config.ttl if pttl_ms < 0 else min(self.config.ttl, pttl_ms / 1000)
         with self._lock:
             if epoch == self.epoch and self.ready:
@@ -108,7 +115,7 @@ class NearCache:
                 entries.pop(key, None)  # re-inserted last: the oldest go first
                 if len(entries) >= self.config.maxsize:
                     del entries[next(iter(entries))]
-                entries[key] = (value, self._clock() + ttl)
+                entries[key] = (value, read_at + ttl)
 
     def evict(self, keys: Iterable[bytes]) -> None:
         with self._lock:
@@ -120,6 +127,11 @@ class NearCache:
         with self._lock:
             self.epoch += 1
             self._entries.clear()
+
+    def close(self) -> None:
+        self.closed = True
+        self.ready = False
+        self.flush()
 
     def changed(self, keys: Sequence[bytes]) -> None:
         """``keys`` were written (``[ALL]``: the namespace was cleared). A full key always
@@ -165,9 +177,9 @@ class Feed:
                 if position is not None:
                     self.last_id, self.ordinal = position
                 self.positioned = True  # before ready: what is written from now on is read
-            while True:
+            while not near.closed:
                 caught_up = yield from self._catch_up()
-                near.ready = caught_up
+                near.ready = caught_up and not near.closed
                 if caught_up:
                     block_ms = max(1, int(near.config.block * 1000))
                     # A wake-up only: the entries are read again by the next snapshot, which
@@ -198,7 +210,13 @@ class Feed:
             self.last_id, self.ordinal = entry_id, self.ordinal + 1
             if fields.get(b"by") != self.near.instance:  # our own writes evicted at once
                 self.near.changed(keys_of(fields))
-        return len(entries) < READ_COUNT
+        caught_up = len(entries) < READ_COUNT
+        if caught_up and self.ordinal != added:
+            # Read to the end, the count does not add up: the stream was deleted and made
+            # again (FLUSHALL, an eviction) with as many entries as we had read, or emptied.
+            self._gap()
+            self.ordinal = added
+        return caught_up
 
     def _gap(self) -> None:
         self.flushes += 1

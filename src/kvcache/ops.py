@@ -172,14 +172,14 @@ class Operations:
         if value is not MISSING:
             self.stats.near_hits += 1
             return value, NEAR_HIT
-        epoch = near.epoch  # a fill is dropped if anything was evicted meanwhile
+        ticket = near.ticket()  # a fill is dropped if anything was evicted meanwhile
         try:
             (raw, pttl), offline = yield from self.adapter.call("get_with_ttl", full)
         except StoreError as exc:
             return self.failed("get", exc, key, default)
         value, outcome = self.read(raw, key, default, offline)
         if outcome is HIT:
-            near.fill(full, value, pttl, epoch)
+            near.fill(full, value, pttl, ticket)
         return value, outcome
 
     def announce(self, fulls: Sequence[bytes], offline: bool) -> Op[None]:

@@ -59,6 +59,7 @@ class StateChange:
     error: BaseException | None = None  # what caused it (going DEGRADED)
     duration: float = 0.0  # seconds spent in ``previous``
     shard: str | None = None  # the cluster primary ("host:port") whose breaker changed
+    journal_applied: bool = False  # going READY: keys written while away were deleted in Redis
 
     @property
     def first_connect_failed(self) -> bool:

@@ -206,6 +206,7 @@ class ListenerThread:
     def __init__(self, feed: Feed, retry_max: float = 1.0) -> None:
         self._feed = feed
         self._retry_max = retry_max
+        self._disabled = False  # Redis cannot do it (< 7.0): never restarted
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -222,6 +223,8 @@ class ListenerThread:
     def ensure_running(self) -> None:
         thread = self._thread
         if (thread is None or not thread.is_alive()) and not self._stopped.is_set():
+            if self._disabled:
+                return
             with self._lock:
                 if self._thread is thread:
                     self._thread = threading.Thread(
@@ -229,9 +232,14 @@ class ListenerThread:
                     )
                     self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 0.0) -> None:
+        """For good: the reader refuses to reconnect (a read in flight fails at once) and the
+        thread ends (``wait``: up to that many seconds for it)."""
         self._stopped.set()
-        self._feed.reader.close()  # a blocked read ends at once
+        self._feed.reader.close(final=True)
+        thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join(wait)
 
     def _loop(self) -> None:
         failures = 0
@@ -239,6 +247,7 @@ class ListenerThread:
             try:
                 run(self._feed.listen())
             except ConfigurationError as exc:  # Redis cannot do it (< 7.0): stay bypassed
+                self._disabled = True
                 log.warning("kvcache: near cache disabled: %s", exc)
                 return
             except Exception as exc:  # never die: the near cache would stay bypassed for good

@@ -172,6 +172,7 @@ class StreamReader:
         self._step = step_timeout
         self._read_timeout = block + step_timeout
         self._connection: Any = None
+        self._closed = False
         self._lock = threading.Lock()  # close() may come from another thread
         forksafe.register(self)
 
@@ -200,6 +201,8 @@ class StreamReader:
             ("XREAD", "COUNT", count, "STREAMS", stream, after),
             ("EXEC",),
         )
+        if isinstance(replies[-1], redis.ResponseError):  # EXECABORT: out of memory, say
+            raise translate(replies[-1]) from replies[-1]
         info, read = replies[-1]
         if isinstance(info, redis.ResponseError):
             _no_stream(info)
@@ -209,16 +212,20 @@ class StreamReader:
 
     def wait(self, stream: bytes, after: bytes, block_ms: int) -> None:
         """Until an entry after ``after`` exists, or ``block_ms`` passed."""
-        self._run(("XREAD", "BLOCK", block_ms, "STREAMS", stream, after))
+        self._run(("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", stream, after))
 
-    def close(self) -> None:
+    def close(self, *, final: bool = False) -> None:
+        """Drop the connection (the next call makes a new one); ``final``: for good."""
         with self._lock:
             connection, self._connection = self._connection, None
+            self._closed = self._closed or final
         if connection is not None:
             connection.disconnect()
 
     def _run(self, *commands: tuple[Any, ...]) -> list[Any]:
         with self._lock:
+            if self._closed:
+                raise CacheUnavailableError("the near cache listener is closed")
             if self._connection is None:
                 self._connection = probe_connection(self._pool, self._step, self._read_timeout)
             connection = self._connection
