@@ -21,6 +21,7 @@ from kvcache import (
     AsyncCache,
     Cache,
     CacheClosedError,
+    CacheUnavailableError,
     ConfigurationError,
     KVCacheSettings,
     State,
@@ -28,7 +29,7 @@ from kvcache import (
 from kvcache.nearcache import MISSING, Feed, NearCache, NearCacheConfig, stream_key
 from kvcache.stores import open_store
 from kvcache.supervisor import ListenerThread
-from kvcache.testing import ChaosProxy
+from kvcache.testing import ChaosProxy, RedisServer
 
 READERS = 3
 VERSIONS = 8
@@ -489,3 +490,52 @@ def test_a_redis_without_entries_added_disables_the_near_cache_once(
         assert cache.stats.near_hits == 0
         assert threading.active_count() <= before + 1  # the prober at most; no listener each get
     assert len([r for r in caplog.records if "near cache disabled" in r.getMessage()]) == 1
+
+
+def test_a_write_whose_announcement_redis_refused_is_announced_later(ns: str) -> None:
+    """Out of memory (noeviction), Redis lets DEL through and refuses XADD: the write lands,
+    its announcement does not. The writer's listener makes it once it can."""
+    with RedisServer() as server:
+        reading = Cache.from_settings(near_settings(server.url, ns, block=0.1))
+        writing = Cache.from_settings(near_settings(server.url, ns, block=0.1))
+        try:
+            for cache in (reading, writing):
+                assert cache.connect(timeout=5) is State.READY
+            writing.set("k", "v0")
+            wait_for(lambda: near_of(reading).ready and near_of(writing).ready)
+            assert reading.get("k") == "v0"
+            assert reading.get("k") == "v0"  # in its L1
+            with server.client() as admin:
+                admin.config_set("maxmemory", 1)
+                try:
+                    assert writing.delete("k")  # landed; its XADD was refused
+                finally:
+                    admin.config_set("maxmemory", 0)
+                assert admin.exists(f"{ns}:k") == 0
+            wait_for(lambda: reading.get("k") is None)  # announced by the writer's listener
+        finally:
+            reading.close()
+            writing.close()
+
+
+def test_a_failed_write_drops_the_local_copy_even_when_it_raises(
+    redis_url: str, chaos_proxy: ChaosProxy, ns: str
+) -> None:
+    cache = Cache.from_settings(
+        KVCacheSettings(
+            url=chaos_proxy.url, namespace=ns, throw_on_errors=True, near_cache={"enabled": True}
+        )
+    )
+    try:
+        assert cache.connect(timeout=5) is State.READY
+        listen_through(cache, redis_url)  # its listener keeps working through the outage
+        cache.set("k", "before")
+        assert cache.get("k") == "before"
+        assert cache.get("k") == "before"
+        chaos_proxy.refuse()
+        with pytest.raises(CacheUnavailableError):
+            cache.set("k", "lost")  # may or may not have landed
+        with pytest.raises(CacheUnavailableError):
+            cache.get("k")  # not "before" from the L1
+    finally:
+        cache.close()

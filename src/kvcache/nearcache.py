@@ -31,6 +31,7 @@ MISSING: Any = object()  # "no value" where None is a value (also the operations
 ALL: Final = b"*"  # an entry's key list meaning "the whole namespace" (clear)
 STREAM_PREFIX: Final = "__kvcache_invalidations__:"  # outside every namespace: clear() spares it
 READ_COUNT: Final = 500  # entries per snapshot read
+MAX_PENDING: Final = 10_000  # unannounced keys kept; past it, the whole namespace is announced
 
 Call = tuple[Any, ...]
 
@@ -78,6 +79,7 @@ class NearCache:
         # A plain dict: a lookup is one C-level get (cachetools' TLRUCache took 2.5 µs of a
         # 5 µs hit). Bounded by dropping the oldest insertion; expiry checked on read.
         self._entries: dict[bytes, tuple[Any, float]] = {}
+        self._pending: set[bytes] = set()  # written, but the stream has not been told yet
         self._lock = threading.Lock()  # writers only: a dict get is atomic
         forksafe.register(self)
 
@@ -127,6 +129,19 @@ class NearCache:
         with self._lock:
             self.epoch += 1
             self._entries.clear()
+
+    def unannounced(self, keys: Sequence[bytes]) -> None:
+        """``keys`` changed (or may have: a write that failed half-way) and the stream could
+        not be told: the listener tells it as soon as it can."""
+        with self._lock:
+            self._pending.update(keys)
+            if len(self._pending) > MAX_PENDING:
+                self._pending = {ALL}
+
+    def take_pending(self) -> list[bytes]:
+        with self._lock:
+            pending, self._pending = self._pending, set()
+        return [ALL] if ALL in pending else list(pending)
 
     def close(self) -> None:
         self.closed = True
@@ -178,6 +193,7 @@ class Feed:
                     self.last_id, self.ordinal = position
                 self.positioned = True  # before ready: what is written from now on is read
             while not near.closed:
+                yield from self._announce_pending()
                 caught_up = yield from self._catch_up()
                 near.ready = caught_up and not near.closed
                 if caught_up:
@@ -217,6 +233,19 @@ class Feed:
             self._gap()
             self.ordinal = added
         return caught_up
+
+    def _announce_pending(self) -> Generator[Call, Any, None]:
+        """Writes whose invalidation could not be published (Redis refused the XADD, or was
+        away): published now, on the listener's own connection."""
+        keys = self.near.take_pending()
+        if not keys:
+            return
+        near = self.near
+        try:
+            yield (self.reader, "publish", near.stream, near.entry(keys), near.config.stream_maxlen)
+        except BaseException:
+            near.unannounced(keys)
+            raise
 
     def _gap(self) -> None:
         self.flushes += 1

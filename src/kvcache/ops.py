@@ -191,14 +191,25 @@ class Operations:
         if near is None:
             return
         near.changed(fulls)
-        if offline:
+        if offline:  # it may yet land (a timed-out write), or land on recovery: tell later
+            near.unannounced(fulls)
             return
         try:
-            yield from self.adapter.call(
+            _, away = yield from self.adapter.call(
                 "publish", near.stream, near.entry(fulls), near.config.stream_maxlen
             )
         except StoreError as exc:
             self.report("publish", exc, None)
+            away = True
+        if away:  # the write landed, its announcement did not: the listener retries it
+            near.unannounced(fulls)
+
+    def unsure(self, fulls: Sequence[bytes]) -> None:
+        """A write failed: it may have landed all the same. Drop the local copies and have
+        the listener announce the keys (a spurious eviction is harmless)."""
+        if self.near is not None:
+            self.near.changed(fulls)
+            self.near.unannounced(fulls)
 
     @observed("get_many", many=True, per_key=True)
     def get_many(self, keys: Iterable[K]) -> Body[dict[K, Any]]:
@@ -228,6 +239,7 @@ class Operations:
         try:
             _, offline = yield from self.adapter.call("set", full, payload, ttl_ms, writes=(full,))
         except StoreError as exc:
+            self.unsure((full,))
             return self.failed("set", exc, key, False)
         self.stats.sets += 1
         if self.near is not None:
@@ -243,6 +255,7 @@ class Operations:
             # process holds the key (add is often a lock), and recovery must not delete it.
             added, offline = yield from self.adapter.call("add", full, payload, ttl_ms)
         except StoreError as exc:
+            self.unsure((full,))
             return self.failed("add", exc, key, False)
         if offline:
             return False, FALLBACK
@@ -265,6 +278,7 @@ class Operations:
                 "set_many", items, ttl_ms, writes=[full for full, _ in items]
             )
         except StoreError as exc:
+            self.unsure([full for full, _ in items])
             return self.failed("set_many", exc, None, False)
         self.stats.sets += len(items)
         if self.near is not None:
@@ -280,6 +294,7 @@ class Operations:
         try:
             removed, offline = yield from self.adapter.call("delete_many", full, writes=full)
         except StoreError as exc:
+            self.unsure(full)
             return self.failed("delete_many", exc, None, 0)
         self.stats.deletes += removed
         if self.near is not None:
@@ -293,6 +308,7 @@ class Operations:
         try:
             removed, offline = yield from self.adapter.call("delete_many", [full], writes=(full,))
         except StoreError as exc:
+            self.unsure((full,))
             return self.failed("delete", exc, key, False)
         self.stats.deletes += removed
         if self.near is not None:
@@ -325,6 +341,7 @@ class Operations:
                 "incr", full, amount, self.ttl_ms(None), writes=(full,)
             )
         except StoreError as exc:
+            self.unsure((full,))
             return self.failed("incr", exc, key, None)
         if self.near is not None:
             yield from self.announce((full,), offline)
@@ -347,6 +364,7 @@ class Operations:
             # Not journaled: a TTL changed in the fallback leaves nothing stale in Redis.
             touched, offline = yield from self.adapter.call("expire", full, ttl_ms)
         except StoreError as exc:
+            self.unsure((full,))
             return self.failed("touch", exc, key, False)
         if self.near is not None and touched:  # a copy may outlive the new TTL
             yield from self.announce((full,), offline)
@@ -360,6 +378,7 @@ class Operations:
                 "clear", self.keys.prefix, writes=ALL_KEYS
             )
         except StoreError as exc:
+            self.unsure((ALL,))
             return self.failed("clear", exc, None, 0)
         self.stats.deletes += removed
         if self.near is not None:

@@ -210,6 +210,12 @@ class StreamReader:
         fields = _pairs(info)
         return _entries(read), _entries_added(fields), int(fields[b"length"])
 
+    def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None:
+        """XADD, as the store's ``publish``, on this connection."""
+        (reply,) = self._run(("XADD", stream, "MAXLEN", "~", maxlen, "*", *_flat(fields)))
+        if isinstance(reply, redis.ResponseError):  # OOM, say
+            raise translate(reply) from reply
+
     def wait(self, stream: bytes, after: bytes, block_ms: int) -> None:
         """Until an entry after ``after`` exists, or ``block_ms`` passed."""
         self._run(("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", stream, after))
