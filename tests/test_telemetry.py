@@ -37,6 +37,7 @@ from kvcache import (
 )
 from kvcache.aws import CredentialsUnavailable, IAMCredentialProvider
 from kvcache.client import connection_policy
+from kvcache.stores import open_store
 from kvcache.testing import ChaosProxy, RedisClusterServer, RedisServer
 
 READER = InMemoryMetricReader()
@@ -385,8 +386,10 @@ def test_cluster_state_per_shard_and_topology_refreshes(ns: str) -> None:
     with RedisClusterServer(primaries=3) as cluster:
         proxies = {port: ChaosProxy("127.0.0.1", port).start() for port in cluster.primary_ports}
         try:
-            cache = Cache.from_url(cluster.url, namespace=ns, mode="cluster")
-            cache.store.remap = lambda where: (where[0], proxies[where[1]].port)
+            store = open_store(KVCacheSettings(url=cluster.url, mode="cluster"))
+            # Before the cache exists: its first connect starts at once, in the background.
+            store.remap = lambda where: (where[0], proxies[where[1]].port)  # type: ignore[union-attr]
+            cache = Cache(store, namespace=ns)
             assert cache.connect(timeout=10) is State.READY
             shards = {f"127.0.0.1:{p.port}" for p in proxies.values()}
             ready = {(shard, "ready"): 1 for shard in shards}

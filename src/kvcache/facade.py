@@ -12,7 +12,7 @@ from .errors import ConfigurationError
 from .events import Emitter, Handler
 from .journal import Journal, Overflow
 from .keys import DEFAULT_MAX_KEY_LENGTH, KeySpace
-from .nearcache import ALL, Feed, NearCache, NearCacheConfig
+from .nearcache import Feed, NearCache, NearCacheConfig
 from .ops import Operations
 from .serializers import Serializer
 from .settings import KVCacheSettings
@@ -41,7 +41,7 @@ def _flush_others_on_recovery(cache: weakref.ref[CacheBase[Any]]) -> Callable[[S
             return
         supervisor = alive._adapter.supervisor
         if supervisor is not None:
-            supervisor.spawn(alive._ops.announce((ALL,), offline=False))
+            supervisor.spawn(alive._ops.flush_everywhere())
 
     return recovered
 

@@ -204,6 +204,16 @@ class Operations:
         if away:  # the write landed, its announcement did not: the listener retries it
             near.unannounced(fulls)
 
+    def flush_everywhere(self) -> Op[None]:
+        """Run in the background after a recovery: every process's near cache is told to
+        flush. Never raises (a close racing it, say): the announcement stays pending then."""
+        try:
+            yield from self.announce((ALL,), offline=False)
+        except Exception as exc:
+            log.debug("kvcache: recovery announcement failed: %s", type(exc).__name__)
+            if self.near is not None:
+                self.near.unannounced((ALL,))
+
     def unsure(self, fulls: Sequence[bytes]) -> None:
         """A write failed: it may have landed all the same. Drop the local copies and have
         the listener announce the keys (a spurious eviction is harmless)."""
