@@ -111,8 +111,9 @@ def test_refuse_closes_the_port_and_up_reopens_it(
 
     started = time.monotonic()
     with pytest.raises(redis.ConnectionError) as failed:
-        connect().ping()
-    assert time.monotonic() - started < 0.15
+        connect(timeout=2.0).ping()
+    # Refused at once, not timed out: generous, a loaded CI machine once took > 0.15 s.
+    assert time.monotonic() - started < 1.0
     assert caused_by(failed.value, ConnectionRefusedError)
 
     chaos_proxy.up()

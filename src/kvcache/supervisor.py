@@ -25,7 +25,7 @@ from .nearcache import Feed
 from .sharding import ShardedAdapter
 from .state import State, StateChange
 
-log = logging.getLogger("kvcache.near")
+log = logging.getLogger("kvcache.supervisor")
 
 READY_OR_CLOSED = frozenset({State.READY, State.CLOSED})
 
@@ -87,8 +87,14 @@ class ThreadSupervisor:
 
     def spawn(self, job: Generator[Any, Any, Any]) -> bool:
         """Run ``job`` (an operation of the core) once, in the background."""
-        threading.Thread(target=run, args=(job,), name="kvcache-job", daemon=True).start()
+        threading.Thread(target=self._job, args=(job,), name="kvcache-job", daemon=True).start()
         return True
+
+    def _job(self, job: Generator[Any, Any, Any]) -> None:
+        try:
+            run(job)
+        except Exception as exc:  # the job's own errors are its own; this is the unexpected
+            _job_failed(self._adapter, exc)
 
     def wait_for(self, states: frozenset[State], timeout: float) -> State:
         machine = self._adapter.machine
@@ -163,10 +169,16 @@ class TaskSupervisor:
         except RuntimeError:
             job.close()
             return False
-        task = loop.create_task(arun(job), name="kvcache-job")
+        task = loop.create_task(self._job(job), name="kvcache-job")
         self._jobs.add(task)  # a task nobody references may be collected mid-flight
         task.add_done_callback(self._jobs.discard)
         return True
+
+    async def _job(self, job: Generator[Any, Any, Any]) -> None:
+        try:
+            await arun(job)
+        except Exception as exc:
+            _job_failed(self._adapter, exc)
 
     async def wait_for(self, states: frozenset[State], timeout: float) -> State:
         machine = self._adapter.machine
@@ -195,6 +207,13 @@ class TaskSupervisor:
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _job_failed(adapter: Adapter | ShardedAdapter, exc: Exception) -> None:
+    """A background job (a topology check) failed unexpectedly: a close racing it is
+    expected (DEBUG); anything else is a bug worth a WARNING, never a dead thread's trace."""
+    closing = adapter.state is State.CLOSED
+    log.log(logging.DEBUG if closing else logging.WARNING, "kvcache: background job: %r", exc)
 
 
 class ListenerThread:
