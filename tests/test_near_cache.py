@@ -539,3 +539,72 @@ def test_a_failed_write_drops_the_local_copy_even_when_it_raises(
             cache.get("k")  # not "before" from the L1
     finally:
         cache.close()
+
+
+def test_a_cancelled_write_still_drops_the_copies_everywhere(
+    redis_url: str,
+    chaos_proxy: ChaosProxy,
+    loop: asyncio.AbstractEventLoop,
+    caches: Callable[[KVCacheSettings], Cache],
+    ns: str,
+) -> None:
+    """The caller gave up (``wait_for``) after the SET was sent: it lands all the same, so
+    the local copy goes, and the announcement is made later by the listener."""
+    other = caches(near_settings(redis_url, ns))
+    other.set("k", "v1")
+    cache = AsyncCache.from_settings(near_settings(chaos_proxy.url, ns, op_timeout=2.0))
+
+    async def scenario() -> Any:
+        await cache.connect(timeout=5)
+        listen_through(cache, redis_url)  # type: ignore[arg-type]
+        assert await cache.get("k") == "v1"
+        assert await cache.get("k") == "v1"  # in its L1
+        chaos_proxy.latency(300)  # the SET gets there; its reply comes late
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(cache.set("k", "v2"), 0.05)
+        chaos_proxy.latency(0)
+        return near_of(cache).lookup(f"{ns}:k".encode())  # type: ignore[arg-type]
+
+    wait_for(lambda: near_of(other).ready)
+    assert other.get("k") == "v1"
+    assert other.get("k") == "v1"  # in its L1 too
+    local = asyncio.run_coroutine_threadsafe(scenario(), loop).result(timeout=30)
+    assert local is MISSING  # the local copy went at once
+    # Announced by its listener (within a blocked read's wake-up), not served stale for long.
+    wait_for(lambda: other.get("k") == "v2", timeout=5)
+    asyncio.run_coroutine_threadsafe(cache.close(), loop).result(timeout=10)
+
+
+def _forked_writer(cache: Cache, url: str, full: bytes, results: Any) -> None:
+    near = near_of(cache)
+    near.unannounced([full])  # as a refused XADD leaves it, in a worker that never reads
+    with redis.Redis.from_url(url) as client:  # its own listener started, and told
+
+        def told() -> bool:
+            entries = client.xrange(near.stream)
+            return any(fields[b"by"] == near.instance for _, fields in entries)
+
+        wait_for(told, timeout=5)
+    results.put(True)
+
+
+def test_a_forked_worker_that_only_writes_still_announces(
+    redis_url: str, caches: Callable[[KVCacheSettings], Cache], ns: str
+) -> None:
+    cache = caches(near_settings(redis_url, ns))
+    other = caches(near_settings(redis_url, ns))
+    other.set("k", 1)
+    wait_for(lambda: near_of(other).ready)
+    other.get("k")
+    assert other.get("k") == 1
+    full = f"{ns}:k".encode()
+    assert full in near_of(other)._entries
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_forked_writer, args=(cache, redis_url, full, results))
+    child.start()
+    try:
+        assert results.get(timeout=20)
+    finally:
+        child.join(10)
+    wait_for(lambda: full not in near_of(other)._entries)

@@ -101,6 +101,7 @@ class CacheBase(Generic[S]):
         if self._near is not None:  # a thread for AsyncCache too: it needs no event loop
             reader = store.stream_reader(self._near.config.block)  # type: ignore[attr-defined]
             self._listener = ListenerThread(Feed(self._near, reader))
+            self._near.on_pending = self._listener.ensure_running
             self._listener.ensure_running()
             weakref.finalize(self, self._listener.stop)
             # Not a bound method: the adapter (kept by this cache's finalizer) must not keep

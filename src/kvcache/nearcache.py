@@ -80,6 +80,7 @@ class NearCache:
         # 5 µs hit). Bounded by dropping the oldest insertion; expiry checked on read.
         self._entries: dict[bytes, tuple[Any, float]] = {}
         self._pending: set[bytes] = set()  # written, but the stream has not been told yet
+        self.on_pending: Callable[[], object] | None = None  # wakes the listener (a fork's)
         self._lock = threading.Lock()  # writers only: a dict get is atomic
         forksafe.register(self)
 
@@ -92,7 +93,7 @@ class NearCache:
         self._entries.clear()
 
     def lookup(self, key: bytes) -> Any:
-        if not self.ready:
+        if not self.ready or self.closed:
             return MISSING
         entry = self._entries.get(key)
         if entry is None or entry[1] <= self._clock():
@@ -112,7 +113,7 @@ class NearCache:
         epoch, read_at = ticket
         ttl = self.config.ttl if pttl_ms < 0 else min(self.config.ttl, pttl_ms / 1000)
         with self._lock:
-            if epoch == self.epoch and self.ready:
+            if epoch == self.epoch and self.ready and not self.closed:
                 entries = self._entries
                 entries.pop(key, None)  # re-inserted last: the oldest go first
                 if len(entries) >= self.config.maxsize:
@@ -137,6 +138,8 @@ class NearCache:
             self._pending.update(keys)
             if len(self._pending) > MAX_PENDING:
                 self._pending = {ALL}
+        if self.on_pending is not None:  # a forked worker that only writes has none running
+            self.on_pending()
 
     def take_pending(self) -> list[bytes]:
         with self._lock:

@@ -15,7 +15,13 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from .adapter import ALL_KEYS, Adapter
 from .codec import INT64_MAX, INT64_MIN, Codec
-from .errors import InvalidKeyError, InvalidValueError, SerializationError, StoreError
+from .errors import (
+    InvalidKeyError,
+    InvalidValueError,
+    KVCacheError,
+    SerializationError,
+    StoreError,
+)
 from .events import Emitter, ErrorEvent
 from .keys import K, Key, KeySpace
 from .nearcache import ALL, MISSING, NearCache
@@ -198,9 +204,12 @@ class Operations:
             _, away = yield from self.adapter.call(
                 "publish", near.stream, near.entry(fulls), near.config.stream_maxlen
             )
-        except StoreError as exc:
+        except KVCacheError as exc:  # refused (OOM), or the cache closed meanwhile
             self.report("publish", exc, None)
             away = True
+        except BaseException:  # cancelled: the write landed all the same
+            near.unannounced(fulls)
+            raise
         if away:  # the write landed, its announcement did not: the listener retries it
             near.unannounced(fulls)
 
@@ -251,6 +260,9 @@ class Operations:
         except StoreError as exc:
             self.unsure((full,))
             return self.failed("set", exc, key, False)
+        except BaseException:  # cancelled, interrupted: it may have landed
+            self.unsure((full,))
+            raise
         self.stats.sets += 1
         if self.near is not None:
             yield from self.announce((full,), offline)
@@ -267,6 +279,9 @@ class Operations:
         except StoreError as exc:
             self.unsure((full,))
             return self.failed("add", exc, key, False)
+        except BaseException:  # cancelled, interrupted: it may have landed
+            self.unsure((full,))
+            raise
         if offline:
             return False, FALLBACK
         if added:
@@ -290,6 +305,9 @@ class Operations:
         except StoreError as exc:
             self.unsure([full for full, _ in items])
             return self.failed("set_many", exc, None, False)
+        except BaseException:  # cancelled, interrupted: it may have landed
+            self.unsure([full for full, _ in items])
+            raise
         self.stats.sets += len(items)
         if self.near is not None:
             yield from self.announce([full for full, _ in items], offline)
@@ -306,6 +324,9 @@ class Operations:
         except StoreError as exc:
             self.unsure(full)
             return self.failed("delete_many", exc, None, 0)
+        except BaseException:  # cancelled, interrupted: it may have landed
+            self.unsure(full)
+            raise
         self.stats.deletes += removed
         if self.near is not None:
             yield from self.announce(full, offline)
@@ -320,6 +341,9 @@ class Operations:
         except StoreError as exc:
             self.unsure((full,))
             return self.failed("delete", exc, key, False)
+        except BaseException:  # cancelled, interrupted: it may have landed
+            self.unsure((full,))
+            raise
         self.stats.deletes += removed
         if self.near is not None:
             yield from self.announce((full,), offline)
@@ -353,6 +377,9 @@ class Operations:
         except StoreError as exc:
             self.unsure((full,))
             return self.failed("incr", exc, key, None)
+        except BaseException:  # cancelled, interrupted: it may have landed
+            self.unsure((full,))
+            raise
         if self.near is not None:
             yield from self.announce((full,), offline)
         return value, FALLBACK if offline else OK
@@ -376,6 +403,9 @@ class Operations:
         except StoreError as exc:
             self.unsure((full,))
             return self.failed("touch", exc, key, False)
+        except BaseException:  # cancelled, interrupted: it may have landed
+            self.unsure((full,))
+            raise
         if self.near is not None and touched:  # a copy may outlive the new TTL
             yield from self.announce((full,), offline)
         return touched, FALLBACK if offline else OK
@@ -390,6 +420,9 @@ class Operations:
         except StoreError as exc:
             self.unsure((ALL,))
             return self.failed("clear", exc, None, 0)
+        except BaseException:  # cancelled, interrupted: it may have landed
+            self.unsure((ALL,))
+            raise
         self.stats.deletes += removed
         if self.near is not None:
             yield from self.announce((ALL,), offline)
