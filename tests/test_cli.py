@@ -194,8 +194,11 @@ def test_demo_shows_traffic_served_through_both_outages() -> None:
     by_phase = {s.phase: s for s in timeline}
     assert by_phase["healthy"].fallback_hits + by_phase["healthy"].fallback_misses == 0
     for outage in ("refused", "partition"):  # served from memory, not Redis
-        assert by_phase[outage].hits + by_phase[outage].misses <= 1
-        assert by_phase[outage].fallback_hits + by_phase[outage].fallback_misses > 0
+        from_redis = by_phase[outage].hits + by_phase[outage].misses
+        from_memory = by_phase[outage].fallback_hits + by_phase[outage].fallback_misses
+        # Calls that finished between the previous second's count and the cut still count
+        # here: a few on a loaded machine, never a real share.
+        assert from_redis <= from_memory / 10, (from_redis, from_memory)
     assert "kvcache: lost RedisStore" in text  # the one log line of each transition
     assert "Final state: ready. Stale reads: 0. Exceptions raised to callers: 0." in text
 
