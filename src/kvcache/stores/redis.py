@@ -139,8 +139,11 @@ def address_of(client: redis.Redis | redis.asyncio.Redis) -> tuple[str, int | No
     return str(where.get("host")), int(where.get("port") or 6379), db
 
 
-def _flat(fields: dict[bytes, bytes]) -> list[bytes]:
-    return [part for pair in fields.items() for part in pair]
+def xadd_command(stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> tuple[Any, ...]:
+    """XADD ``fields``, trimming the stream to about ``maxlen`` entries (the near cache's
+    invalidations; the same command from the stores and from the listener's connection)."""
+    flat = [part for pair in fields.items() for part in pair]
+    return ("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat)
 
 
 def _pairs(reply: Any) -> dict[bytes, Any]:
@@ -212,7 +215,7 @@ class StreamReader:
 
     def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None:
         """XADD, as the store's ``publish``, on this connection."""
-        (reply,) = self._run(("XADD", stream, "MAXLEN", "~", maxlen, "*", *_flat(fields)))
+        (reply,) = self._run(xadd_command(stream, fields, maxlen))
         if isinstance(reply, redis.ResponseError):  # OOM, say
             raise translate(reply) from reply
 
@@ -470,8 +473,7 @@ class RedisStore:
 
     def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None:
         """XADD an invalidation, trimming the stream to about ``maxlen`` entries."""
-        command = ("XADD", stream, "MAXLEN", "~", maxlen, "*")
-        self._call(self._client.execute_command, *command, *_flat(fields))
+        self._call(self._client.execute_command, *xadd_command(stream, fields, maxlen))
 
     def stream_reader(self, block: float) -> StreamReader:
         """A connection of its own for the near cache's listener (see ``StreamReader``)."""
@@ -658,8 +660,7 @@ class AsyncRedisStore:
 
     async def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None:
         here = self._here()
-        command = ("XADD", stream, "MAXLEN", "~", maxlen, "*", *_flat(fields))
-        await here.run(here.client.execute_command, *command)
+        await here.run(here.client.execute_command, *xadd_command(stream, fields, maxlen))
 
     def stream_reader(self, block: float) -> StreamReader:
         """The near cache listener's connection: a sync one (the listener is a thread, for
