@@ -18,7 +18,7 @@ from kvcache import (
     Serializer,
 )
 from kvcache import codec as codec_module
-from kvcache.codec import PLAIN, ZLIB, Codec
+from kvcache.codec import PLAIN, TIMED, ZLIB, Codec, fresh_until, is_stale, retime
 
 KEY = b"0123456789abcdef-signing-key"
 
@@ -71,9 +71,40 @@ def test_compression_above_the_threshold_only_when_it_pays() -> None:
     assert raw.decode(raw.encode(noise)) == noise
 
 
+def test_a_value_kept_for_fail_safe_carries_its_logical_expiry() -> None:
+    codec = Codec(compress_threshold=100)
+    wrapped = codec.encode({"a": 1}, fresh_until=1_700_000_000_123)
+    assert wrapped == TIMED + (1_700_000_000_123).to_bytes(8, "big") + PLAIN + b'{"a":1}'
+    assert codec.decode(wrapped) == {"a": 1}
+    assert fresh_until(wrapped) == 1_700_000_000_123
+    assert is_stale(wrapped, 1_700_000_000_123)
+    assert not is_stale(wrapped, 1_700_000_000_122)
+    big = codec.encode("x" * 5000, fresh_until=5)
+    assert big[9:10] == ZLIB
+    assert codec.decode(big) == "x" * 5000
+    assert codec.encode(7, fresh_until=5) == b"7"  # an int stays a counter
+    assert fresh_until(b"7") is None
+    assert not is_stale(PLAIN + b"1", 10**15)
+    assert retime(wrapped, 9) == TIMED + (9).to_bytes(8, "big") + PLAIN + b'{"a":1}'
+    assert retime(wrapped, None) == PLAIN + b'{"a":1}'
+    assert retime(PLAIN + b"1", 9) == TIMED + (9).to_bytes(8, "big") + PLAIN + b"1"
+    assert retime(b"7", 9) is None
+
+
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"abc", b"1.5", b" 12", b"1_000", b"\x00{bad", b"\x01" + b"not zlib", b"\x02x"],
+    [
+        b"",
+        b"abc",
+        b"1.5",
+        b" 12",
+        b"1_000",
+        b"\x00{bad",
+        b"\x01" + b"not zlib",
+        b"\x02x",
+        b"\x02" + bytes(8),  # wrapped nothing
+        b"\x02" + bytes(8) + b"\x02" + bytes(8) + b"\x001",  # wrapped twice
+    ],
     ids=repr,
 )
 def test_foreign_payloads_raise_serialization_error(payload: bytes) -> None:

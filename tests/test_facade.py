@@ -347,6 +347,7 @@ def test_stats_count_hits_misses_sets_deletes(cache: Any) -> None:
         "deletes": 4,
         "errors": 0,
         "near_hits": 0,
+        "stale_hits": 0,
     }
     cache.stats.reset()
     assert set(cache.stats.as_dict().values()) == {0}

@@ -12,6 +12,7 @@ from .errors import CacheUnavailableError, StoreError
 from .facade import CacheBase
 from .keys import K, Key
 from .nearcache import MISSING
+from .ops import Stale
 from .settings import KVCacheSettings
 from .singleflight import AsyncSingleFlight
 from .state import State
@@ -52,12 +53,15 @@ class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
         return state
 
     async def get(self, key: Key, default: Any = None) -> Any:
+        return await self._get(key, default, False)
+
+    async def _get(self, key: Key, default: Any, keep_stale: bool) -> Any:
         if self._near is not None:  # a near-cache hit skips the operation machinery
             value = self._ops.near_get(key)
             if value is not MISSING:
                 return value
             self._near_miss()
-        return await arun(self._ops.get(key, default))
+        return await arun(self._ops.get(key, default, keep_stale))
 
     async def get_many(self, keys: Iterable[K]) -> dict[K, Any]:
         return await arun(self._ops.get_many(keys))
@@ -100,14 +104,20 @@ class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
     ) -> T:
         """Like ``Cache.get_or_set``; ``factory`` may be a plain or an async callable."""
         self._ops.ttl_ms(ttl)  # bad input fails before any I/O
-        value = await self.get(key, MISSING)
-        if value is not MISSING:
-            return value  # type: ignore[no-any-return]
+        found = await self._get(key, MISSING, True)
+        if found is not MISSING and not isinstance(found, Stale):
+            return found  # type: ignore[no-any-return]
 
         async def fill() -> T:
-            fresh = factory()
-            if inspect.isawaitable(fresh):
-                fresh = await fresh
+            try:
+                fresh = factory()
+                if inspect.isawaitable(fresh):
+                    fresh = await fresh
+            except Exception:
+                stale = self._ops.stale_for(key, found)
+                if stale is MISSING:
+                    raise
+                return stale  # type: ignore[no-any-return]
             await self.set(key, fresh, ttl)
             return fresh
 

@@ -11,6 +11,7 @@ from .errors import CacheUnavailableError, StoreError
 from .facade import CacheBase
 from .keys import K, Key
 from .nearcache import MISSING
+from .ops import Stale
 from .settings import KVCacheSettings
 from .singleflight import SingleFlight
 from .state import State
@@ -53,12 +54,15 @@ class Cache(CacheBase[Store | RedisClusterStore]):
         return state
 
     def get(self, key: Key, default: Any = None) -> Any:
+        return self._get(key, default, False)
+
+    def _get(self, key: Key, default: Any, keep_stale: bool) -> Any:
         if self._near is not None:  # a near-cache hit skips the operation machinery (~1 µs)
             value = self._ops.near_get(key)
             if value is not MISSING:
                 return value
             self._near_miss()
-        return run(self._ops.get(key, default))
+        return run(self._ops.get(key, default, keep_stale))
 
     def get_many(self, keys: Iterable[K]) -> dict[K, Any]:
         """The found keys and their values; missing keys are left out."""
@@ -110,14 +114,21 @@ class Cache(CacheBase[Store | RedisClusterStore]):
 
     def get_or_set(self, key: Key, factory: Callable[[], T], ttl: float | None = None) -> T:
         """The cached value, or ``factory()`` stored with ``ttl``. Concurrent callers in this
-        process share one call of ``factory`` per key."""
+        process share one call of ``factory`` per key. With ``stale_ttl`` (fail-safe), a
+        factory that raises is answered with the last value, if one is still kept."""
         self._ops.ttl_ms(ttl)  # bad input fails before any I/O
-        value = self.get(key, MISSING)
-        if value is not MISSING:
-            return value  # type: ignore[no-any-return]
+        found = self._get(key, MISSING, True)
+        if found is not MISSING and not isinstance(found, Stale):
+            return found  # type: ignore[no-any-return]
 
         def fill() -> T:
-            fresh = factory()
+            try:
+                fresh = factory()
+            except Exception:
+                stale = self._ops.stale_for(key, found)
+                if stale is MISSING:
+                    raise
+                return stale  # type: ignore[no-any-return]
             self.set(key, fresh, ttl)
             return fresh
 

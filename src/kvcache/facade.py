@@ -23,6 +23,7 @@ from .stores import MemoryStore
 from .stores.memory import DEFAULT_FALLBACK_MAXSIZE, DEFAULT_FALLBACK_TTL
 from .supervisor import ListenerThread
 from .telemetry import Telemetry
+from .ttl import FOREVER
 
 S = TypeVar("S")
 Self = TypeVar("Self", bound="CacheBase[Any]")
@@ -67,6 +68,7 @@ class CacheBase(Generic[S]):
         journal_overflow: Overflow = "clear",
         telemetry: bool = True,
         near_cache: NearCacheConfig | bool = False,
+        stale_ttl: float | None = None,
     ) -> None:
         is_async = getattr(store, "is_async", None)
         if not isinstance(is_async, bool):
@@ -96,7 +98,9 @@ class CacheBase(Generic[S]):
         )
         codec = Codec(serializer, compress_threshold)
         self._near = self._near_cache(near_cache, store, keys.namespace)
-        self._ops = Operations(keys, codec, adapter, default_ttl, signals, self._near)
+        if stale_ttl == FOREVER:
+            raise ConfigurationError("stale_ttl must be a finite number of seconds, or None")
+        self._ops = Operations(keys, codec, adapter, default_ttl, signals, self._near, stale_ttl)
         self._listener: ListenerThread | None = None
         if self._near is not None:  # a thread for AsyncCache too: it needs no event loop
             reader = store.stream_reader(self._near.config.block)  # type: ignore[attr-defined]

@@ -78,7 +78,9 @@ class NearCache:
         self._clock = clock
         # A plain dict: a lookup is one C-level get (cachetools' TLRUCache took 2.5 µs of a
         # 5 µs hit). Bounded by dropping the oldest insertion; expiry checked on read.
-        self._entries: dict[bytes, tuple[Any, float]] = {}
+        # key -> (value, fresh until, kept until): past "fresh until" a copy is a miss, but
+        # until "kept until" (its Redis expiry) the fail-safe may still serve it.
+        self._entries: dict[bytes, tuple[Any, float, float]] = {}
         self._pending: set[bytes] = set()  # written, but the stream has not been told yet
         self.on_pending: Callable[[], object] | None = None  # wakes the listener (a fork's)
         self._lock = threading.Lock()  # writers only: a dict get is atomic
@@ -100,25 +102,43 @@ class NearCache:
             return MISSING
         return entry[0]
 
+    def stale(self, key: bytes) -> Any:
+        """Fail-safe: the copy of ``key``, fresh or not, while Redis still would keep it;
+        even with the listener away (only an eviction it missed could make it older)."""
+        entry = self._entries.get(key)
+        if entry is None or self.closed or entry[2] <= self._clock():
+            return MISSING
+        return entry[0]
+
     def ticket(self) -> tuple[int, float]:
         """Taken before a read from Redis: the epoch, and the time (a copy's TTL counts from
         when the read started, so it never outlives the key in Redis)."""
         return self.epoch, self._clock()
 
-    def fill(self, key: bytes, value: Any, pttl_ms: int, ticket: tuple[int, float]) -> None:
-        """Keep ``value`` (read from Redis, whose PTTL was ``pttl_ms``) unless an eviction
-        came while it was read (the ticket's epoch is old), or the listener is not ready."""
+    def fill(
+        self,
+        key: bytes,
+        value: Any,
+        pttl_ms: int,
+        ticket: tuple[int, float],
+        fresh_ms: int | None = None,
+    ) -> None:
+        """Keep ``value`` (read from Redis, whose PTTL was ``pttl_ms``; fresh for ``fresh_ms``
+        more if it is kept for fail-safe) unless an eviction came while it was read (the
+        ticket's epoch is old), or the listener is not ready."""
         if pttl_ms == -2 or not self.ready:  # -2: gone already
             return
         epoch, read_at = ticket
-        ttl = self.config.ttl if pttl_ms < 0 else min(self.config.ttl, pttl_ms / 1000)
+        kept = math.inf if pttl_ms < 0 else pttl_ms / 1000
+        fresh = kept if fresh_ms is None else fresh_ms / 1000
+        ttl = min(self.config.ttl, fresh)
         with self._lock:
             if epoch == self.epoch and self.ready and not self.closed:
                 entries = self._entries
                 entries.pop(key, None)  # re-inserted last: the oldest go first
                 if len(entries) >= self.config.maxsize:
                     del entries[next(iter(entries))]
-                entries[key] = (value, read_at + ttl)
+                entries[key] = (value, read_at + ttl, read_at + max(ttl, kept))
 
     def evict(self, keys: Iterable[bytes]) -> None:
         with self._lock:

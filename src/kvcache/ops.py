@@ -10,11 +10,12 @@ and ``AsyncCache`` differ only in the driver that runs these generators.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from .adapter import ALL_KEYS, Adapter
-from .codec import INT64_MAX, INT64_MIN, Codec
+from .codec import INT64_MAX, INT64_MIN, Codec, fresh_until, is_stale, retime
 from .errors import (
     InvalidKeyError,
     InvalidValueError,
@@ -35,6 +36,7 @@ from .telemetry import (
     MISS,
     NEAR_HIT,
     OK,
+    STALE_HIT,
     Outcome,
     Telemetry,
 )
@@ -51,6 +53,20 @@ BodyMethod = Callable[Concatenate["Operations", P], Body[T]]
 OpMethod = Callable[Concatenate["Operations", P], Op[T]]
 
 # MISSING (nearcache.py): "no value" where None is a value
+
+
+def wall_ms() -> int:
+    """Unix time in ms: a wrapped value's logical expiry is read by every process."""
+    return time.time_ns() // 1_000_000
+
+
+class Stale:
+    """A value past its logical expiry, still stored for fail-safe (``stale_ttl``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 def check_amount(amount: object) -> int:
@@ -88,6 +104,7 @@ class Operations:
         default_ttl: float | None = None,
         telemetry: Telemetry | None = None,
         near: NearCache | None = None,
+        stale_ttl: float | None = None,
     ) -> None:
         self.keys = keys
         self.codec = codec
@@ -95,6 +112,9 @@ class Operations:
         self.near = near
         self.telemetry = telemetry or Telemetry(keys.namespace, None, enabled=False)
         self._default_ttl_ms = to_millis(check_ttl(default_ttl, "default_ttl"))
+        # Fail-safe: values with a TTL are kept this much longer, wrapped with their logical
+        # expiry; past it they are misses, except to get_or_set when its factory fails.
+        self.stale_ms = to_millis(check_ttl(stale_ttl, "stale_ttl"))
         # The adapter's, as its stats and events: one cache, one setting.
         self.throw_on_errors = adapter.throw_on_errors
         self.stats: Stats = adapter.stats
@@ -104,6 +124,14 @@ class Operations:
 
     def ttl_ms(self, ttl: float | None) -> int | None:
         return self._default_ttl_ms if ttl is None else to_millis(check_ttl(ttl))
+
+    def pack(self, value: Any, ttl_ms: int | None) -> tuple[bytes, int | None]:
+        """The payload of ``value`` and how long Redis keeps it: with fail-safe, ``stale_ms``
+        past its logical expiry (an int stays plain, for INCRBY, and expires on time)."""
+        stale_ms = self.stale_ms
+        if stale_ms is None or ttl_ms is None or type(value) is int:
+            return self.codec.encode(value), ttl_ms
+        return self.codec.encode(value, wall_ms() + ttl_ms), ttl_ms + stale_ms
 
     def build_all(self, keys: Iterable[K]) -> tuple[list[K], list[bytes]]:
         """Distinct user keys (first-seen order) and their full keys."""
@@ -127,9 +155,16 @@ class Operations:
         self.events.emit("error", ErrorEvent(operation, error, key))
 
     def read(
-        self, raw: bytes | None, key: Key, default: Any, offline: bool, operation: str = "get"
+        self,
+        raw: bytes | None,
+        key: Key,
+        default: Any,
+        offline: bool,
+        operation: str = "get",
+        keep_stale: bool = False,
     ) -> tuple[Any, str]:
-        """Decode and count: a hit or a miss, in Redis or (``offline``) in the fallback."""
+        """Decode and count: a hit or a miss, in Redis or (``offline``) in the fallback. A
+        value past its logical expiry is a miss: ``default``, or (``keep_stale``) ``Stale``."""
         stats = self.stats
         if raw is not None:
             try:
@@ -137,11 +172,14 @@ class Operations:
             except SerializationError as exc:  # foreign or corrupt payload: a miss, not a crash
                 self.report(operation, exc, key)
             else:
-                if offline:
+                if is_stale(raw, wall_ms()):
+                    default = Stale(value) if keep_stale else default
+                elif offline:
                     stats.fallback_hits += 1
                     return value, FALLBACK_HIT
-                stats.hits += 1
-                return value, HIT
+                else:
+                    stats.hits += 1
+                    return value, HIT
         if offline:
             stats.fallback_misses += 1
             return default, FALLBACK_MISS
@@ -151,15 +189,17 @@ class Operations:
     # -- operations ----------------------------------------------------------------------
 
     @observed("get")
-    def get(self, key: Key, default: Any) -> Body[Any]:
+    def get(self, key: Key, default: Any, keep_stale: bool = False) -> Body[Any]:
+        """``keep_stale`` (get_or_set): a value past its logical expiry comes back as
+        ``Stale``, for the fail-safe."""
         full = self.keys.build(key)
         if self.near is not None:
-            return (yield from self._get_near(self.near, key, full, default))
+            return (yield from self._get_near(self.near, key, full, default, keep_stale))
         try:
             raw, offline = yield from self.adapter.call("get", full)
         except StoreError as exc:
             return self.failed("get", exc, key, default)
-        return self.read(raw, key, default, offline)
+        return self.read(raw, key, default, offline, "get", keep_stale)
 
     def near_get(self, key: Key) -> Any:
         """A read the near cache answers, without the operation machinery: counted (stats,
@@ -173,7 +213,9 @@ class Operations:
             self.telemetry.count("get", NEAR_HIT)
         return value
 
-    def _get_near(self, near: NearCache, key: Key, full: bytes, default: Any) -> Body[Any]:
+    def _get_near(
+        self, near: NearCache, key: Key, full: bytes, default: Any, keep_stale: bool
+    ) -> Body[Any]:
         value = near.lookup(full)
         if value is not MISSING:
             self.stats.near_hits += 1
@@ -183,10 +225,28 @@ class Operations:
             (raw, pttl), offline = yield from self.adapter.call("get_with_ttl", full)
         except StoreError as exc:
             return self.failed("get", exc, key, default)
-        value, outcome = self.read(raw, key, default, offline)
+        value, outcome = self.read(raw, key, default, offline, "get", keep_stale)
         if outcome is HIT:
-            near.fill(full, value, pttl, ticket)
+            expiry = fresh_until(raw)
+            near.fill(full, value, pttl, ticket, None if expiry is None else expiry - wall_ms())
         return value, outcome
+
+    def stale_for(self, key: Key, found: Any) -> Any:
+        """Fail-safe, once get_or_set's factory failed: the stale value to serve (the one
+        Redis still keeps, else this process's near-cache copy, while Redis is away), or
+        MISSING. Counted as a ``stale_hit``."""
+        if self.stale_ms is None:
+            return MISSING
+        if isinstance(found, Stale):
+            value = found.value
+        elif self.near is not None:
+            value = self.near.stale(self.keys.build(key))
+        else:
+            return MISSING
+        if value is not MISSING:
+            self.stats.stale_hits += 1
+            self.telemetry.count("get_or_set", STALE_HIT)
+        return value
 
     def announce(self, fulls: Sequence[bytes], offline: bool) -> Op[None]:
         """``fulls`` were written (``[ALL]``: the namespace cleared): drop the near cache's
@@ -254,7 +314,8 @@ class Operations:
 
     @observed("set")
     def set(self, key: Key, value: Any, ttl: float | None) -> Body[bool]:
-        full, payload, ttl_ms = self.keys.build(key), self.codec.encode(value), self.ttl_ms(ttl)
+        full = self.keys.build(key)
+        payload, ttl_ms = self.pack(value, self.ttl_ms(ttl))
         try:
             _, offline = yield from self.adapter.call("set", full, payload, ttl_ms, writes=(full,))
         except StoreError as exc:
@@ -270,12 +331,15 @@ class Operations:
 
     @observed("add")
     def add(self, key: Key, value: Any, ttl: float | None) -> Body[bool]:
+        # Never wrapped for fail-safe: add is often a lock, which must expire on time.
         full, payload, ttl_ms = self.keys.build(key), self.codec.encode(value), self.ttl_ms(ttl)
         added: bool
         try:
             # Not journaled, and False while Redis is away: only Redis knows whether another
             # process holds the key (add is often a lock), and recovery must not delete it.
             added, offline = yield from self.adapter.call("add", full, payload, ttl_ms)
+            if not added and not offline and self.stale_ms is not None:
+                added, offline = yield from self._add_over_stale(full, payload, ttl_ms)
         except StoreError as exc:
             self.unsure((full,))
             return self.failed("add", exc, key, False)
@@ -290,27 +354,47 @@ class Operations:
                 yield from self.announce((full,), offline=False)
         return added, OK
 
+    def _add_over_stale(self, full: bytes, payload: bytes, ttl_ms: int | None) -> Op[Any]:
+        """The key is there, but perhaps only as a stale value, which ``add`` must treat as
+        absent: replaced if it still holds that same value (compare-and-set)."""
+        raw, offline = yield from self.adapter.call("get", full)
+        if offline:
+            return False, True
+        if raw is None:  # expired meanwhile
+            return (yield from self.adapter.call("add", full, payload, ttl_ms))
+        if not is_stale(raw, wall_ms()):
+            return False, False
+        return (yield from self.adapter.call("replace", full, raw, payload, ttl_ms))
+
     @observed("set_many", many=True)
     def set_many(self, mapping: Mapping[K, Any], ttl: float | None) -> Body[bool]:
         if not isinstance(mapping, Mapping):
             raise InvalidValueError("set_many expects a mapping of keys to values")
         ttl_ms = self.ttl_ms(ttl)
-        items = [(self.keys.build(key), self.codec.encode(value)) for key, value in mapping.items()]
-        if not items:
+        packed = {self.keys.build(key): self.pack(value, ttl_ms) for key, value in mapping.items()}
+        if not packed:
             return True, OK
+        # One store call per lifetime: with fail-safe, ints expire sooner than wrapped values.
+        batches: dict[int | None, list[tuple[bytes, bytes]]] = {}
+        for full, (payload, kept_ms) in packed.items():
+            batches.setdefault(kept_ms, []).append((full, payload))
+        written = list(packed)
+        offline = False
         try:
-            _, offline = yield from self.adapter.call(
-                "set_many", items, ttl_ms, writes=[full for full, _ in items]
-            )
+            for kept_ms, items in batches.items():
+                _, away = yield from self.adapter.call(
+                    "set_many", items, kept_ms, writes=[full for full, _ in items]
+                )
+                offline = offline or away
         except StoreError as exc:
-            self.unsure([full for full, _ in items])
+            self.unsure(written)
             return self.failed("set_many", exc, None, False)
         except BaseException:  # cancelled, interrupted: it may have landed
-            self.unsure([full for full, _ in items])
+            self.unsure(written)
             raise
-        self.stats.sets += len(items)
+        self.stats.sets += len(written)
         if self.near is not None:
-            yield from self.announce([full for full, _ in items], offline)
+            yield from self.announce(written, offline)
         return True, FALLBACK if offline else OK
 
     @observed("delete_many", many=True)
@@ -354,7 +438,11 @@ class Operations:
         full = self.keys.build(key)
         found: bool
         try:
-            found, offline = yield from self.adapter.call("exists", full)
+            if self.stale_ms is None:
+                found, offline = yield from self.adapter.call("exists", full)
+            else:  # a stale value is stored, yet absent
+                raw, offline = yield from self.adapter.call("get", full)
+                found = raw is not None and not is_stale(raw, wall_ms())
         except StoreError as exc:
             return self.failed("has", exc, key, False)
         return found, FALLBACK if offline else OK
@@ -388,7 +476,14 @@ class Operations:
     def ttl(self, key: Key) -> Body[float | None]:
         full = self.keys.build(key)
         try:
-            pttl, offline = yield from self.adapter.call("pttl", full)
+            if self.stale_ms is None:
+                pttl, offline = yield from self.adapter.call("pttl", full)
+            else:  # a wrapped value's TTL is its logical one
+                (raw, pttl), offline = yield from self.adapter.call("get_with_ttl", full)
+                expiry = None if raw is None else fresh_until(raw)
+                if expiry is not None:
+                    left = expiry - wall_ms()
+                    pttl = left if left > 0 else -2  # gone, once stale
         except StoreError as exc:
             return self.failed("ttl", exc, key, None)
         return from_pttl(pttl), FALLBACK if offline else OK
@@ -399,7 +494,10 @@ class Operations:
         touched: bool
         try:
             # Not journaled: a TTL changed in the fallback leaves nothing stale in Redis.
-            touched, offline = yield from self.adapter.call("expire", full, ttl_ms)
+            if self.stale_ms is None:
+                touched, offline = yield from self.adapter.call("expire", full, ttl_ms)
+            else:
+                touched, offline = yield from self._touch_wrapped(full, ttl_ms, self.stale_ms)
         except StoreError as exc:
             self.unsure((full,))
             return self.failed("touch", exc, key, False)
@@ -409,6 +507,20 @@ class Operations:
         if self.near is not None and touched:  # a copy may outlive the new TTL
             yield from self.announce((full,), offline)
         return touched, FALLBACK if offline else OK
+
+    def _touch_wrapped(self, full: bytes, ttl_ms: int | None, stale_ms: int) -> Op[Any]:
+        """Fail-safe's touch: a wrapped value's logical expiry is in the value, so the value
+        is rewritten (compare-and-set: a concurrent write wins, with its own TTL)."""
+        raw, offline = yield from self.adapter.call("get", full)
+        now = wall_ms()
+        if raw is None or is_stale(raw, now):
+            return False, offline
+        rewrapped = retime(raw, None if ttl_ms is None else now + ttl_ms)
+        if rewrapped is None:  # an int: plain, it expires on time
+            return (yield from self.adapter.call("expire", full, ttl_ms))
+        kept_ms = None if ttl_ms is None else ttl_ms + stale_ms
+        _, offline = yield from self.adapter.call("replace", full, raw, rewrapped, kept_ms)
+        return True, offline
 
     @observed("clear")
     def clear(self) -> Body[int]:

@@ -28,6 +28,7 @@ from .stores.memory import (
     DEFAULT_MAXSIZE,
     MemoryStore,
 )
+from .ttl import MAX_TTL
 
 URL_SCHEMES = ("redis", "rediss", "unix", "memory")
 MODES = ("auto", "cluster", "standalone")
@@ -189,6 +190,13 @@ class KVCacheSettings(BaseSettings):
         True, description="OpenTelemetry metrics and spans (no-ops until an SDK is installed)"
     )
     near_cache: NearCacheSettings = Field(default_factory=NearCacheSettings)
+    stale_ttl: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_TTL,
+        description="seconds a value is kept past its TTL, for get_or_set to serve when its "
+        "factory fails (fail-safe); none: off",
+    )
 
     @field_validator("near_cache", mode="before")
     @classmethod
@@ -287,4 +295,5 @@ class KVCacheSettings(BaseSettings):
             "journal_overflow": self.journal_overflow,
             "telemetry": self.telemetry,
             "near_cache": self.near_cache.config(),
+            "stale_ttl": self.stale_ttl,
         }

@@ -51,6 +51,8 @@ SHAPES = {  # how each store method names its keys: args[0] is a key, a key list
     "add": ONE,
     "incr": ONE,
     "expire": ONE,
+    "get_with_ttl": ONE,
+    "replace": ONE,
     "get_many": MANY,
     "delete_many": MANY,
     "set_many": ITEMS,

@@ -19,7 +19,9 @@ class Stats:
     - ``errors``: calls that failed (a store error, a Redis command that opened the breaker,
       an unreadable payload);
     - ``sets``: values stored; ``deletes``: keys removed (by delete, delete_many, clear);
-    - ``near_hits``: reads the near cache (``near_cache=True``) answered without Redis.
+    - ``near_hits``: reads the near cache (``near_cache=True``) answered without Redis;
+    - ``stale_hits``: ``get_or_set`` calls whose factory failed and that served a value past
+      its logical expiry instead (fail-safe, ``stale_ttl``).
     """
 
     hits: int = 0
@@ -30,6 +32,7 @@ class Stats:
     deletes: int = 0
     errors: int = 0
     near_hits: int = 0
+    stale_hits: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

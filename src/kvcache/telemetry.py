@@ -54,6 +54,7 @@ MISS: Final = "miss"
 FALLBACK_HIT: Final = "fallback_hit"
 FALLBACK_MISS: Final = "fallback_miss"
 NEAR_HIT: Final = "near_hit"  # answered by the near cache (L1)
+STALE_HIT: Final = "stale_hit"  # get_or_set's factory failed: a stale value served (fail-safe)
 OK: Final = "ok"
 FALLBACK: Final = "fallback"
 ERROR: Final = "error"

@@ -169,12 +169,31 @@ def ask_commands(method: str, args: tuple[Any, ...]) -> tuple[list[tuple[Any, ..
         key, amount, ttl_ms = args
         start = [] if ttl_ms is None else [("SET", key, b"0", "NX", "PX", ttl_ms)]
         return [*start, ("INCRBY", key, amount)], lambda r: r[-1]
+    if method == "get_with_ttl":
+        return [("GET", args[0]), ("PTTL", args[0])], lambda r: (r[0], int(r[1]))
+    if method == "replace":
+        return [replace_command(*args)], lambda r: bool(r[0])
     if method == "expire":
         key, ttl_ms = args
         if ttl_ms is None:
             return [("PERSIST", key), ("EXISTS", key)], lambda r: r[1] == 1
         return [("PEXPIRE", key, ttl_ms)], lambda r: bool(r[0])
     raise ValueError(f"no ASK form for {method}")
+
+
+# Compare-and-set: Redis has no command for it. EVAL, not EVALSHA: the script is short,
+# Redis keeps it compiled, and nothing has to be loaded first on every node.
+_REPLACE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[2])
+else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 1
+"""
+
+
+def replace_command(key: bytes, old: bytes, new: bytes, ttl_ms: int | None) -> tuple[Any, ...]:
+    """Store ``new`` with ``ttl_ms`` only if ``key`` still holds ``old`` (1 if it did)."""
+    return ("EVAL", _REPLACE, 1, key, old, new, b"" if ttl_ms is None else ttl_ms)
 
 
 def set_command(

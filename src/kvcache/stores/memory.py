@@ -83,6 +83,15 @@ class MemoryStore:
     def get_with_ttl(self, key: bytes) -> tuple[bytes | None, int]:
         return self.get(key), self.pttl(key)
 
+    def replace(self, key: bytes, old: bytes, new: bytes, ttl_ms: int | None) -> bool:
+        deadline = self._deadline(ttl_ms)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] != old:
+                return False
+            self._entries[key] = (new, deadline)
+            return True
+
     def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None:
         """Nothing to tell: a memory store is one process's (and the fallback never publishes
         for Redis; recovery tells the other processes to flush instead)."""

@@ -34,7 +34,7 @@ from ..errors import (
     StoreError,
 )
 from ..keys import scan_pattern
-from ..topology import set_command, slot_groups
+from ..topology import replace_command, set_command, slot_groups
 
 T = TypeVar("T")
 
@@ -471,6 +471,10 @@ class RedisStore:
         value, pttl = self._call(pipe.execute)
         return value, int(pttl)
 
+    def replace(self, key: bytes, old: bytes, new: bytes, ttl_ms: int | None) -> bool:
+        command = replace_command(key, old, new, ttl_ms)
+        return bool(self._call(self._client.execute_command, *command))
+
     def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None:
         """XADD an invalidation, trimming the stream to about ``maxlen`` entries."""
         self._call(self._client.execute_command, *xadd_command(stream, fields, maxlen))
@@ -657,6 +661,11 @@ class AsyncRedisStore:
         pipe.get(key).pttl(key)
         value, pttl = await here.run(pipe.execute)
         return value, int(pttl)
+
+    async def replace(self, key: bytes, old: bytes, new: bytes, ttl_ms: int | None) -> bool:
+        here = self._here()
+        command = replace_command(key, old, new, ttl_ms)
+        return bool(await here.run(here.client.execute_command, *command))
 
     async def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None:
         here = self._here()
