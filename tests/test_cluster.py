@@ -15,6 +15,7 @@ import redis
 
 from conftest import Traffic, ready_cache
 from kvcache import Cache, State
+from kvcache.nearcache import stream_key
 from kvcache.settings import KVCacheSettings
 from kvcache.state import StateChange
 from kvcache.stores import RedisStore
@@ -318,3 +319,72 @@ def test_mode_auto_serves_a_standalone_server(redis_url: str) -> None:
         assert list(cache.health().shards or {}) == [redis_url.split("//")[1].split("/")[0]]
     finally:
         cache.close()
+
+
+def _near_ready(cache: Any, timeout: float = 10.0) -> None:
+    near = (cache._cache if hasattr(cache, "_cache") else cache)._near
+    deadline = time.monotonic() + timeout
+    while not near.ready:
+        assert time.monotonic() < deadline, "the near cache's listener never got ready"
+        time.sleep(0.01)
+
+
+def _sees(cluster: RedisClusterServer, writer: Any, reader: Any, version: int) -> None:
+    """A write in ``writer`` reaches ``reader``'s listener, which evicts the old copies."""
+    keys = [f"k{i}" for i in range(30)]
+    writer.set_many(dict.fromkeys(keys, version))
+    stream = stream_key(writer.namespace)
+    feed = (reader._cache if hasattr(reader, "_cache") else reader)._listener._feed
+    deadline = time.monotonic() + 15
+    while feed.last_id != owner_client(cluster, stream).xinfo_stream(stream)["last-generated-id"]:
+        assert time.monotonic() < deadline, "the listener did not read the write"
+        time.sleep(0.01)
+    assert [reader.get(key) for key in keys] == [version] * len(keys)  # nothing stale
+    hits = reader.stats.near_hits
+    assert [reader.get(key) for key in keys] == [version] * len(keys)
+    assert reader.stats.near_hits == hits + len(keys)  # and the L1 answers again
+
+
+def test_near_cache_invalidates_across_caches_and_follows_its_stream(
+    shared_cluster: RedisClusterServer, make_cache: Callable[..., Any]
+) -> None:
+    namespace = f"near{time.monotonic_ns()}"
+    options = {"mode": "cluster", "namespace": namespace, "near_cache": True, "op_timeout": 2.0}
+    reader = make_cache(shared_cluster.url, **options)
+    writer = make_cache(shared_cluster.url, **options)  # another instance: another process
+    _near_ready(reader)
+    keys = [f"k{i}" for i in range(30)]
+    assert len({shared_cluster.owner(f"{namespace}:{k}") for k in keys}) == 3  # every primary
+    for key in keys:  # copies of version 0 in the reader's L1
+        writer.set(key, 0)
+        assert reader.get(key) == 0
+    _sees(shared_cluster, writer, reader, 1)
+    stream = stream_key(namespace)
+    owner = shared_cluster.owner(stream)
+    ports = shared_cluster.primary_ports
+    target = ports[(ports.index(owner) + 1) % len(ports)]
+    shared_cluster.migrate_slots([shared_cluster.keyslot(stream)], to=target)
+    assert shared_cluster.owner(stream) == target
+    _sees(shared_cluster, writer, reader, 2)  # the listener and the XADDs followed MOVED
+    assert reader.state is writer.state is State.READY
+
+
+def test_near_cache_follows_its_stream_through_a_failover(make_cache: Callable[..., Any]) -> None:
+    with RedisClusterServer(primaries=2, replicas=1) as cluster:
+        namespace = f"near{time.monotonic_ns()}"
+        options = {"mode": "cluster", "namespace": namespace, "near_cache": True}
+        reader = make_cache(cluster.url, **options, op_timeout=1.0)
+        writer = make_cache(cluster.url, **options, op_timeout=1.0)
+        _near_ready(reader)
+        _sees(cluster, writer, reader, 1)
+        victim = cluster.owner(stream_key(namespace))
+        promoted = cluster.failover(victim)  # the stream's primary dies
+        for cache in (writer, reader):  # both learn the new topology (writes meanwhile are
+            deadline = time.monotonic() + 10  # served by the fallback: not what this tests)
+            while set(cache.health().shards) != {f"127.0.0.1:{p}" for p in cluster.primary_ports}:
+                assert time.monotonic() < deadline, "the failover was not noticed"
+                cache.get("k0")
+                time.sleep(0.05)
+            _wait_ready(cache)
+        assert cluster.owner(stream_key(namespace)) == promoted
+        _sees(cluster, writer, reader, 2)

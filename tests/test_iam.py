@@ -38,6 +38,7 @@ from kvcache import Cache, State
 from kvcache.aws import TOKEN_LIFETIME, IAMCredentialProvider, sign_token
 from kvcache.cli import main
 from kvcache.errors import ConfigurationError
+from kvcache.nearcache import stream_key
 from kvcache.settings import KVCacheSettings
 from kvcache.stores import open_store
 from kvcache.testing import RedisClusterServer, RedisServer, TLSFiles
@@ -568,6 +569,51 @@ def test_reconnects_with_a_fresh_token_after_expiry_with_no_caller_visible_error
             assert iam.signed == signed  # reconnected with the token signed ahead
         assert traffic.exceptions == []
         assert traffic.wrong == []
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("target", ["standalone", "cluster"])
+def test_the_near_cache_listener_reconnects_with_a_fresh_token(
+    target: str,
+    request: pytest.FixtureRequest,
+    tls: TLSFiles,
+    make_cache: Callable[..., Any],
+) -> None:
+    server = server_for(target, request)
+    with enforcing(server, tls) as (stand_in, clock, iam):
+        options = {"mode": target, "namespace": f"near{time.monotonic_ns()}", "near_cache": True}
+        reader = make_cache(server.url, iam, **options)
+        writer = make_cache(server.url, iam, **options)
+        unwrapped = reader._cache if hasattr(reader, "_cache") else reader
+        stream = stream_key(reader.namespace)
+        port = server.owner(stream) if isinstance(server, RedisClusterServer) else server.port
+        admin = redis.Redis(port=port, **tls.client_options())
+
+        def read_to_the_end() -> bool:
+            return bool(
+                unwrapped._listener._feed.last_id == admin.xinfo_stream(stream)["last-generated-id"]
+            )
+
+        wait_for(lambda: unwrapped._near.ready)
+        assert writer.set("k", 1)
+        wait_for(read_to_the_end)
+        assert reader.get("k") == 1
+        signed = iam.signed
+        stand_in.allow(clock.advance(TOKEN_LIFETIME))  # the token expires; connections drop
+        assert stand_in.kill() >= 2  # the listener's among them
+        full = f"{reader.namespace}:k"
+        owner = server.owner(full) if isinstance(server, RedisClusterServer) else server.port
+        in_redis = redis.Redis(port=owner, **tls.client_options())
+        # (a write that meets a dropped connection is served by the writer's fallback)
+        wait_for(lambda: writer.set("k", 2) and in_redis.get(full) == b"2", 10)
+        wait_for(read_to_the_end, 10)  # the listener is back, with a new token
+        assert iam.signed > signed
+        seen: list[Any] = []  # asyncio may see a dropped connection only when it writes:
+        wait_for(lambda: seen.append(reader.get("k")) or seen[-1] == 2)  # the fallback's None
+        assert 1 not in seen  # never the old value
+        hits = reader.stats.near_hits
+        assert reader.get("k") == 2
+        assert reader.stats.near_hits == hits + 1
 
 
 @pytest.mark.redis

@@ -397,7 +397,7 @@ def test_near_cache_settings_and_limits(redis_url: str, monkeypatch: pytest.Monk
     monkeypatch.setenv("KVCACHE_NEAR_CACHE__TTL", "5")
     options = KVCacheSettings(url=redis_url).cache_options()
     assert options["near_cache"] == NearCacheConfig(ttl=5.0)
-    with pytest.raises(ConfigurationError, match="standalone"):
+    with pytest.raises(ConfigurationError, match="needs a Redis store"):
         Cache.from_url("memory://")
     with pytest.raises(ConfigurationError, match="stream_maxlen"):
         NearCacheConfig(stream_maxlen=10)
@@ -406,11 +406,6 @@ def test_near_cache_settings_and_limits(redis_url: str, monkeypatch: pytest.Monk
         assert near_of(cache).config == NearCacheConfig()
     with Cache.from_url(redis_url) as cache:
         assert cache._near is None
-
-
-def test_cluster_mode_is_refused_for_now() -> None:
-    with pytest.raises(ConfigurationError, match="cluster"):  # no I/O: refused at once
-        Cache.from_settings(near_settings("redis://127.0.0.1:1/0?mode=cluster", "n"))
 
 
 def test_a_copy_lives_no_longer_than_redis_keeps_the_key_and_the_l1_is_bounded() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from .adapter import Adapter, Health
@@ -45,6 +46,14 @@ def _flush_others_on_recovery(cache: weakref.ref[CacheBase[Any]]) -> Callable[[S
             supervisor.spawn(alive._ops.flush_everywhere())
 
     return recovered
+
+
+def _stream_reader(store: Any, adapter: Adapter | ShardedAdapter, near: NearCache) -> Any:
+    """The listener's connection: in cluster mode, to whichever primary serves the stream
+    (the router's slot map says which)."""
+    if isinstance(adapter, ShardedAdapter):
+        return store.stream_reader(near.config.block, partial(adapter.owner_of, near.stream))
+    return store.stream_reader(near.config.block)
 
 
 class CacheBase(Generic[S]):
@@ -103,7 +112,7 @@ class CacheBase(Generic[S]):
         self._ops = Operations(keys, codec, adapter, default_ttl, signals, self._near, stale_ttl)
         self._listener: ListenerThread | None = None
         if self._near is not None:  # a thread for AsyncCache too: it needs no event loop
-            reader = store.stream_reader(self._near.config.block)  # type: ignore[attr-defined]
+            reader = _stream_reader(store, adapter, self._near)
             self._listener = ListenerThread(Feed(self._near, reader))
             self._near.on_pending = self._listener.ensure_running
             self._listener.ensure_running()
@@ -120,9 +129,7 @@ class CacheBase(Generic[S]):
         if config is False:
             return None
         if not callable(getattr(store, "stream_reader", None)):
-            raise ConfigurationError(
-                "near_cache needs a standalone Redis store (cluster mode is not supported yet)"
-            )
+            raise ConfigurationError(f"near_cache needs a Redis store, not {store!r}")
         return NearCache(NearCacheConfig() if config is True else config, namespace)
 
     def _near_miss(self) -> None:

@@ -36,7 +36,7 @@ from .errors import CacheUnavailableError, KVCacheError, RedirectError, StoreErr
 from .journal import Journal
 from .keys import KeySpace
 from .state import State, StateChange, StateMachine
-from .topology import RefreshSchedule, Topology, address, ask_commands, split_address
+from .topology import RefreshSchedule, Topology, ask_commands, split_address
 
 log = logging.getLogger("kvcache.cluster")
 _READY = State.READY
@@ -53,6 +53,7 @@ SHAPES = {  # how each store method names its keys: args[0] is a key, a key list
     "expire": ONE,
     "get_with_ttl": ONE,
     "replace": ONE,
+    "publish": ONE,  # args[0]: the near cache's stream key
     "get_many": MANY,
     "delete_many": MANY,
     "set_many": ITEMS,
@@ -281,8 +282,12 @@ class ShardedAdapter:
         self.schedule.soon()
 
     def _reachable(self, announced: str) -> str:
-        remap = self.nodes.remap
-        return announced if remap is None else address(*remap(split_address(announced)))
+        return self.nodes.reachable(announced)  # type: ignore[no-any-return]
+
+    def owner_of(self, key: bytes) -> str | None:
+        """The primary serving ``key``'s slot, as the slot map says; None if none is known."""
+        topology = self.topology
+        return (topology.owner(key) or None) if topology is not None else None
 
     def _shard(self, name: str) -> Adapter:
         shard = self.shards.get(name)

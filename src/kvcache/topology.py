@@ -173,6 +173,8 @@ def ask_commands(method: str, args: tuple[Any, ...]) -> tuple[list[tuple[Any, ..
         return [("GET", args[0]), ("PTTL", args[0])], lambda r: (r[0], int(r[1]))
     if method == "replace":
         return [replace_command(*args)], lambda r: bool(r[0])
+    if method == "publish":
+        return [xadd_command(*args)], lambda r: None
     if method == "expire":
         key, ttl_ms = args
         if ttl_ms is None:
@@ -194,6 +196,13 @@ return 1
 def replace_command(key: bytes, old: bytes, new: bytes, ttl_ms: int | None) -> tuple[Any, ...]:
     """Store ``new`` with ``ttl_ms`` only if ``key`` still holds ``old`` (1 if it did)."""
     return ("EVAL", _REPLACE, 1, key, old, new, b"" if ttl_ms is None else ttl_ms)
+
+
+def xadd_command(stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> tuple[Any, ...]:
+    """XADD ``fields``, trimming the stream to about ``maxlen`` entries (the near cache's
+    invalidations: from the stores, the router's ASK path and the listener's connection)."""
+    flat = [part for pair in fields.items() for part in pair]
+    return ("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat)
 
 
 def set_command(

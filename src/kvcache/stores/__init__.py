@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .base import AsyncStore, Store
@@ -79,23 +80,27 @@ def open_async_store(
     if settings.scheme == "memory":
         return MemoryStore(settings.memory_maxsize)
     policy = connection_policy(settings, credential_provider)
-    if not _clustered(settings):
 
-        def reader(block: float) -> StreamReader:  # the near cache's listener is a thread
-            sync = RedisStore(sync_client(settings, policy=policy), **_limits(settings))
+    def reader(node: tuple[str, int] | None) -> Callable[[float], StreamReader]:
+        def open_reader(block: float) -> StreamReader:  # the near cache's listener: a thread
+            sync = RedisStore(sync_client(settings, node, policy), **_limits(settings))
             return sync.stream_reader(block)
 
+        return open_reader
+
+    if not _clustered(settings):
         return AsyncRedisStore(
             lambda: async_client(settings, policy=policy),
             **_limits(settings),
             auth=policy,
-            reader=reader,
+            reader=reader(None),
         )
     return AsyncRedisClusterStore(
         lambda host, port: AsyncRedisStore(
             lambda: async_client(settings, (host, port), policy),
             cluster=True,
             **_limits(settings),
+            reader=reader((host, port)),
         ),
         seed_address(settings),
         **_cluster_options(settings, policy),

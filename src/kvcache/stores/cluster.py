@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
+from .. import forksafe
+from ..errors import CacheUnavailableError, KVCacheError, RedirectError
 from ..topology import Remap, address, split_address
-from .redis import AsyncRedisStore, Closeable, RedisStore
+from .redis import AsyncRedisStore, Closeable, RedisStore, StreamReader
 
 N = TypeVar("N", RedisStore, AsyncRedisStore)
 ClusterMode = Literal["auto", "cluster"]
@@ -64,6 +66,16 @@ class _ClusterStoreBase(Generic[N]):
                     store = self._nodes[name] = self._make_node(*split_address(name))
         return store
 
+    def reachable(self, announced: str) -> str:
+        """The address to dial for one the cluster announced ("host:port")."""
+        remap = self.remap
+        return announced if remap is None else address(*remap(split_address(announced)))
+
+    def stream_reader(self, block: float, locate: Callable[[], str | None]) -> ClusterStreamReader:
+        """The near cache listener's connection, to whichever primary serves the stream
+        (``locate``: the router's current answer)."""
+        return ClusterStreamReader(self, block, locate)
+
     def forget(self, name: str) -> N | None:
         """Drop a node that left the topology (the seed stays); the caller closes it."""
         if name == self.seed:
@@ -98,3 +110,75 @@ class AsyncRedisClusterStore(_ClusterStoreBase[AsyncRedisStore]):
             await store.close()
         if self._auth is not None:
             self._auth.close()
+
+
+FOLLOW = 3  # MOVED replies followed in one call before giving up (the feed retries later)
+
+
+class ClusterStreamReader:
+    """The near cache listener's connection in cluster mode: a ``StreamReader`` to the
+    primary that serves the stream's slot. It asks ``locate`` (the router's slot map) where
+    that is each time it connects, and follows a MOVED reply at once (a resharding, a
+    failover). ASK and TRYAGAIN (the slot half migrated) fail the call: the listener retries
+    after a backoff, bypassing the near cache meanwhile."""
+
+    is_async: ClassVar[bool] = False
+
+    def __init__(
+        self, nodes: _ClusterStoreBase[Any], block: float, locate: Callable[[], str | None]
+    ) -> None:
+        self._nodes = nodes
+        self._block = block
+        self._locate = locate
+        self._moved_to: str | None = None  # where the last MOVED pointed
+        self._reader: StreamReader | None = None
+        self._closed = False
+        self._lock = threading.Lock()  # close() comes from another thread
+        forksafe.register(self)
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()  # (the StreamReader drops its own connection)
+
+    def position(self, stream: bytes) -> tuple[bytes, int] | None:
+        return self._call("position", stream)  # type: ignore[no-any-return]
+
+    def snapshot(self, stream: bytes, after: bytes, count: int) -> Any:
+        return self._call("snapshot", stream, after, count)
+
+    def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None:
+        self._call("publish", stream, fields, maxlen)
+
+    def wait(self, stream: bytes, after: bytes, block_ms: int) -> None:
+        self._call("wait", stream, after, block_ms)
+
+    def close(self, *, final: bool = False) -> None:
+        with self._lock:
+            reader, self._reader = self._reader, None
+            self._closed = self._closed or final
+        if reader is not None:
+            reader.close(final=True)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        for _ in range(FOLLOW):
+            reader = self._connected()
+            try:
+                return getattr(reader, method)(*args)
+            except RedirectError as redirect:
+                self.close()
+                if redirect.kind != "MOVED":
+                    raise
+                self._moved_to = self._nodes.reachable(redirect.address)
+            except KVCacheError:
+                self.close()
+                self._moved_to = None  # reconnect where the slot map says
+                raise
+        raise CacheUnavailableError("the near cache's stream keeps moving")
+
+    def _connected(self) -> StreamReader:
+        with self._lock:
+            if self._closed:
+                raise CacheUnavailableError("the near cache listener is closed")
+            if self._reader is None:
+                name = self._moved_to or self._locate() or self._nodes.seed
+                self._reader = self._nodes.node(name).stream_reader(self._block)
+            return self._reader

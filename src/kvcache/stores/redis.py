@@ -34,7 +34,7 @@ from ..errors import (
     StoreError,
 )
 from ..keys import scan_pattern
-from ..topology import replace_command, set_command, slot_groups
+from ..topology import replace_command, set_command, slot_groups, xadd_command
 
 T = TypeVar("T")
 
@@ -139,13 +139,6 @@ def address_of(client: redis.Redis | redis.asyncio.Redis) -> tuple[str, int | No
     return str(where.get("host")), int(where.get("port") or 6379), db
 
 
-def xadd_command(stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> tuple[Any, ...]:
-    """XADD ``fields``, trimming the stream to about ``maxlen`` entries (the near cache's
-    invalidations; the same command from the stores and from the listener's connection)."""
-    flat = [part for pair in fields.items() for part in pair]
-    return ("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat)
-
-
 def _pairs(reply: Any) -> dict[bytes, Any]:
     """A map reply: a dict under RESP3, a flat [field, value, ...] list under RESP2."""
     if isinstance(reply, dict):
@@ -204,8 +197,9 @@ class StreamReader:
             ("XREAD", "COUNT", count, "STREAMS", stream, after),
             ("EXEC",),
         )
-        if isinstance(replies[-1], redis.ResponseError):  # EXECABORT: out of memory, say
-            raise translate(replies[-1]) from replies[-1]
+        for reply in replies[1:]:  # refused when queued (MOVED: another node serves the
+            if isinstance(reply, redis.ResponseError):  # stream, in cluster mode), EXECABORT
+                raise translate(reply) from reply
         info, read = replies[-1]
         if isinstance(info, redis.ResponseError):
             _no_stream(info)
@@ -221,7 +215,9 @@ class StreamReader:
 
     def wait(self, stream: bytes, after: bytes, block_ms: int) -> None:
         """Until an entry after ``after`` exists, or ``block_ms`` passed."""
-        self._run(("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", stream, after))
+        (reply,) = self._run(("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", stream, after))
+        if isinstance(reply, redis.ResponseError):  # MOVED, say
+            raise translate(reply) from reply
 
     def close(self, *, final: bool = False) -> None:
         """Drop the connection (the next call makes a new one); ``final``: for good."""
