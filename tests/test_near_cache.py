@@ -280,6 +280,24 @@ def test_own_writes_evict_at_once_and_hits_stay_local(
     assert cache.get("k") is None
 
 
+def test_get_many_takes_what_the_near_cache_has_and_reads_the_rest(
+    redis_url: str, caches: Callable[[KVCacheSettings], Cache], ns: str
+) -> None:
+    reader = caches(near_settings(redis_url, ns))
+    writer = caches(near_settings(redis_url, ns))
+    wait_for(lambda: near_of(reader).ready)
+    writer.set_many({"a": 1, "b": 2, "c": 3})
+    assert (reader.get("a"), reader.get("b")) == (1, 2)  # copies of a and b
+    assert reader.get_many(["a", "b", "c", "d"]) == {"a": 1, "b": 2, "c": 3}
+    assert reader.stats.near_hits == 2
+    assert reader.stats.hits == 3  # a and b (the copies' reads), then c
+    assert reader.stats.misses == 1  # d
+    writer.set("a", 10)  # another process: evicted through the stream
+    wait_for(lambda: reader.get_many(["a", "b"]) == {"a": 10, "b": 2})
+    assert reader.get_many(["b"]) == {"b": 2}
+    assert reader.stats.near_hits >= 4
+
+
 def test_an_own_write_made_while_redis_is_away_evicts_the_local_copy(
     redis_url: str, chaos_proxy: ChaosProxy, caches: Callable[[KVCacheSettings], Cache], ns: str
 ) -> None:
