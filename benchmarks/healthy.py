@@ -197,28 +197,32 @@ def report(medians: dict[str, dict[str, float]]) -> str:
 
 
 def near_hits(url: str, rounds: int, ops: int) -> dict[str, float]:
-    """µs per get: a near-cache hit, kvcache without it, raw redis-py; interleaved."""
+    """µs per get: a near-cache hit, kvcache without it, kvcache with fail-safe (a wrapped
+    value: its expiry checked on each read), raw redis-py; interleaved."""
     settings = KVCacheSettings(url=url, namespace="near", near_cache={"enabled": True})
     near = Cache.from_settings(settings)
     plain = Cache.from_url(url, namespace="near")
+    fail_safe = Cache.from_url(url, namespace="failsafe", stale_ttl=3600)
     raw = redis.Redis.from_url(url)
-    for cache in (near, plain):
+    for cache in (near, plain, fail_safe):
         cache.connect(timeout=5, raise_on_failure=True)
-    plain.set("k", VALUE)
+    plain.set("k", VALUE, ttl=3600)
+    fail_safe.set("k", VALUE, ttl=3600)
     deadline = time.monotonic() + 5
     while near.stats.near_hits == 0 and time.monotonic() < deadline:  # listener ready, filled
         near.get("k")
     contenders = {
         "near hit": lambda: near.get("k"),
         "kvcache": lambda: plain.get("k"),
+        "kvcache stale_ttl": lambda: fail_safe.get("k"),
         "redis-py": lambda: raw.get("near:k"),
     }
     samples: dict[str, list[float]] = {}
     for _ in range(rounds):
         for name in shuffled(list(contenders)):
             samples.setdefault(name, []).append(timed(ops, contenders[name]))
-    near.close()
-    plain.close()
+    for cache in (near, plain, fail_safe):
+        cache.close()
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

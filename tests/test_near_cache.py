@@ -137,6 +137,17 @@ def test_a_write_in_one_process_evicts_the_copies_in_the_others(
 # -- one process, its listener cut off -----------------------------------------------------
 
 
+def read_to_the_end(cache: Cache, url: str) -> None:
+    """Until ``cache``'s listener has read the stream's last entry (so a copy it fills now
+    is not evicted by an older write's entry still on its way)."""
+    near = near_of(cache)
+    with redis.Redis.from_url(url) as admin:
+        last = admin.xinfo_stream(near.stream)["last-generated-id"]
+    assert cache._listener is not None
+    feed = cache._listener._feed
+    wait_for(lambda: near.ready and feed.last_id == last)
+
+
 def listen_through(cache: Cache, proxy: ChaosProxy | str, block: float = 0.2) -> Feed:
     """Re-route ``cache``'s listener through ``proxy`` (or a URL), its data path unchanged:
     so the listener alone can be cut off (or alone be spared)."""
@@ -146,7 +157,7 @@ def listen_through(cache: Cache, proxy: ChaosProxy | str, block: float = 0.2) ->
     near.ready = False
     url = proxy if isinstance(proxy, str) else proxy.url
     through = open_store(KVCacheSettings(url=url, connect_timeout=0.2))
-    feed = Feed(near, through.stream_reader(block))  # type: ignore[union-attr]
+    feed = Feed(near, through.stream_reader(block))  # type: ignore[union-attr, call-arg]
     cache._listener = ListenerThread(feed, retry_max=0.2)
     cache._listener.ensure_running()
     wait_for(lambda: near.ready)
@@ -237,7 +248,7 @@ def test_events_between_taking_the_position_and_ready_are_not_lost(redis_url: st
     but before the listener went on, is applied (starting at "$" after "ready" loses it)."""
     store = open_store(KVCacheSettings(url=redis_url))
     near = NearCache(NearCacheConfig(), ns)
-    feed = Feed(near, store.stream_reader(0.1))  # type: ignore[union-attr]
+    feed = Feed(near, store.stream_reader(0.1))  # type: ignore[union-attr, call-arg]
     with redis.Redis.from_url(redis_url) as client:
         client.xadd(stream_key(ns), {"by": "earlier", "n": "1", "0": f"{ns}:old"})
         listen = feed.listen()
@@ -287,6 +298,7 @@ def test_get_many_takes_what_the_near_cache_has_and_reads_the_rest(
     writer = caches(near_settings(redis_url, ns))
     wait_for(lambda: near_of(reader).ready)
     writer.set_many({"a": 1, "b": 2, "c": 3})
+    read_to_the_end(reader, redis_url)
     assert (reader.get("a"), reader.get("b")) == (1, 2)  # copies of a and b
     assert reader.get_many(["a", "b", "c", "d"]) == {"a": 1, "b": 2, "c": 3}
     assert reader.stats.near_hits == 2
@@ -526,6 +538,35 @@ def test_a_write_whose_announcement_redis_refused_is_announced_later(ns: str) ->
                     admin.config_set("maxmemory", 0)
                 assert admin.exists(f"{ns}:k") == 0
             wait_for(lambda: reading.get("k") is None)  # announced by the writer's listener
+        finally:
+            reading.close()
+            writing.close()
+
+
+def test_close_announces_what_the_listener_could_not(ns: str) -> None:
+    """A write whose XADD Redis refused, its listener cut off: close() makes the announcement
+    through the data path, so the other processes' copies do not live out their TTL."""
+    with RedisServer() as server, ChaosProxy(server.host, server.port) as proxy:
+        reading = Cache.from_settings(near_settings(server.url, ns, block=0.1))
+        writing = Cache.from_settings(near_settings(server.url, ns, block=0.1))
+        try:
+            for cache in (reading, writing):
+                assert cache.connect(timeout=5) is State.READY
+            listen_through(writing, proxy)
+            proxy.refuse()  # the writer's listener cannot publish anything
+            writing.set("k", "v0")
+            read_to_the_end(reading, server.url)
+            assert reading.get("k") == "v0"
+            with server.client() as admin:
+                admin.config_set("maxmemory", 1)
+                try:
+                    assert writing.delete("k")  # landed; its XADD was refused: pending
+                finally:
+                    admin.config_set("maxmemory", 0)
+            time.sleep(0.3)
+            assert reading.get("k") == "v0"  # (the copy others hold, until it is announced)
+            writing.close()
+            wait_for(lambda: reading.get("k") is None, 5)
         finally:
             reading.close()
             writing.close()

@@ -139,7 +139,9 @@ class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
 
     async def close(self) -> None:
         """Stop probing and close this event loop's connections (those of other loops go
-        with their loops); the cache is CLOSED for good."""
+        with their loops); the cache is CLOSED for good. Near-cache invalidations still
+        pending are announced first (bounded by ``op_timeout``)."""
+        await arun(self._ops.announce_pending())
         self._stop_listening()
         self._adapter.close()
         self._prober.stop()

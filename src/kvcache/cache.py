@@ -149,7 +149,9 @@ class Cache(CacheBase[Store | RedisClusterStore]):
         return self.has(key)
 
     def close(self) -> None:
-        """Stop probing and release the connections; the cache is CLOSED for good."""
+        """Stop probing and release the connections; the cache is CLOSED for good. Near-cache
+        invalidations still pending are announced first (bounded by ``op_timeout``)."""
+        run(self._ops.announce_pending())
         self._stop_listening()
         self._adapter.close()
         self._prober.stop()

@@ -283,6 +283,28 @@ class Operations:
             if self.near is not None:
                 self.near.unannounced((ALL,))
 
+    def announce_pending(self) -> Op[None]:
+        """On close: announcements the listener has not made yet go out now, through the
+        data path, if Redis answers; else they are lost (logged), and the other processes'
+        copies of those keys live out their near-cache TTL."""
+        near = self.near
+        keys = near.take_pending() if near is not None else []
+        if near is None or not keys:
+            return
+        try:
+            _, away = yield from self.adapter.call(
+                "publish", near.stream, near.entry(keys), near.config.stream_maxlen
+            )
+        except Exception as exc:
+            log.debug("kvcache: last announcement failed: %s", type(exc).__name__)
+            away = True
+        if away:
+            log.warning(
+                "kvcache: %d near-cache invalidation(s) not announced before close; other "
+                "processes' copies of those keys live out their near-cache TTL",
+                len(keys),
+            )
+
     def unsure(self, fulls: Sequence[bytes]) -> None:
         """A write failed: it may have landed all the same. Drop the local copies and have
         the listener announce the keys (a spurious eviction is harmless)."""
