@@ -6,8 +6,10 @@ with Redis cut off through a real ChaosProxy."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from kvcache import (
     State,
 )
 from kvcache.codec import TIMED
+from kvcache.stores import open_store
 from kvcache.testing import ChaosProxy
 
 SHORT = 0.25  # seconds: a TTL that runs out within the test
@@ -242,3 +245,99 @@ def test_redis_keeps_a_wrapped_value_ttl_plus_stale_ttl(redis_url: str) -> None:
         assert cache.set("k", "v", ttl=10)
         with redis.Redis.from_url(redis_url) as admin:
             assert 39_000 < admin.pttl("fs:k") <= 40_000
+
+
+# -- review fixes ------------------------------------------------------------------------
+
+
+def test_a_key_deleted_elsewhere_is_not_served_from_the_near_cache(redis_url: str) -> None:
+    """Redis answered "no such key": the factory's error reaches the caller, whatever copy
+    this process still holds (its listener away, the copy was never evicted)."""
+    options = {"namespace": f"fs{uuid.uuid4().hex[:6]}", "stale_ttl": 30, "near_cache": True}
+    reader, writer = Cache.from_url(redis_url, **options), Cache.from_url(redis_url, **options)
+    try:
+        for cache in (reader, writer):
+            assert cache.connect(timeout=5) is State.READY
+        near = reader._near
+        assert near is not None
+        near_ready(reader)
+        writer.set("k", "secret", ttl=60)
+        assert reader.get("k") == "secret"
+        assert reader._listener is not None
+        reader._listener.stop(wait=5)  # its listener away: the copy stays
+        writer.delete("k")
+        with pytest.raises(Down):
+            reader.get_or_set("k", failing)
+        assert reader.stats.stale_hits == 0
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_a_near_copy_lives_no_longer_than_redis_keeps_the_key(redis_url: str) -> None:
+    namespace = f"fs{uuid.uuid4().hex[:6]}"
+    with Cache.from_url(redis_url, namespace=namespace, stale_ttl=30, near_cache=True) as cache:
+        assert cache.connect(timeout=5) is State.READY
+        near_ready(cache)
+        assert cache.set("k", "v", ttl=300)
+        with redis.Redis.from_url(redis_url) as admin:
+            admin.pexpire(f"{namespace}:k", 300)  # from elsewhere: Redis drops it sooner
+        assert cache.get("k") == "v"  # read from Redis, copied
+        assert cache.ttl("k") <= 0.3
+        time.sleep(0.4)
+        assert cache.get("k") is None
+
+
+def test_concurrent_adds_over_a_stale_value_have_one_winner(redis_url: str) -> None:
+    """add's compare-and-set: of several caches racing to replace one stale value, exactly
+    one gets it (a plain SET would let every one of them win)."""
+    namespace = f"fs{uuid.uuid4().hex[:6]}"
+    caches = [Cache.from_url(redis_url, namespace=namespace, stale_ttl=30) for _ in range(4)]
+    try:
+        for cache in caches:
+            assert cache.connect(timeout=5) is State.READY
+        for trial in range(15):
+            assert caches[0].set("lock", "old", ttl=0.05)
+            time.sleep(0.08)
+            start = threading.Barrier(8)
+
+            def race(
+                cache: Cache, n: int, start: threading.Barrier = start, t: int = trial
+            ) -> bool:
+                start.wait()
+                return cache.add("lock", f"{t}-{n}", ttl=30)
+
+            with ThreadPoolExecutor(8) as pool:
+                won = list(pool.map(race, caches * 2, range(8)))
+            assert won.count(True) == 1, won
+            assert caches[0].get("lock") == f"{trial}-{won.index(True)}"
+    finally:
+        for cache in caches:
+            cache.close()
+
+
+@pytest.mark.parametrize("backend", ["redis", "memory"])
+def test_replace_is_a_compare_and_set(backend: str, redis_url: str) -> None:
+    store: Any = open_store(KVCacheSettings(url=redis_url if backend == "redis" else "memory://"))
+    try:
+        store.set(b"k", b"new", None)
+        assert not store.replace(b"k", b"old", b"mine", 5000)  # not what it holds: untouched
+        assert store.get(b"k") == b"new"
+        assert not store.replace(b"absent", b"old", b"mine", 5000)
+        assert store.get(b"absent") is None
+        assert store.replace(b"k", b"new", b"mine", 5000)
+        assert store.get(b"k") == b"mine"
+        assert 0 < store.pttl(b"k") <= 5000
+        assert store.replace(b"k", b"mine", b"forever", None)
+        assert store.pttl(b"k") == -1
+    finally:
+        store.close()
+
+
+def test_touch_leaves_a_value_stored_by_add_unwrapped(harness: Harness) -> None:
+    cache = harness.make(namespace="fs", stale_ttl=30)
+    assert cache.add("lock", "mine", ttl=SHORT)
+    assert cache.touch("lock", SHORT)
+    time.sleep(SHORT + 0.1)
+    assert harness.raw_get(b"fs:lock") is None  # a lock still expires on time
+    assert not cache.touch("gone", 5)

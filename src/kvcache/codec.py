@@ -98,14 +98,10 @@ def fresh_until(data: bytes) -> int | None:
     return int(_EXPIRY.unpack_from(data, 1)[0])
 
 
-def retime(data: bytes, fresh_until: int | None) -> bytes | None:
-    """A value re-wrapped with a new logical expiry (None: unwrapped, it never goes stale);
-    None for an int (or a foreign payload), which is never wrapped."""
-    if data[:1] == TIMED:
-        data = data[_TIMED_HEADER:]
-    elif data[:1] not in (PLAIN, ZLIB):
-        return None
-    return data if fresh_until is None else TIMED + _EXPIRY.pack(fresh_until) + data
+def retime(data: bytes, fresh_until: int | None) -> bytes:
+    """A wrapped value with a new logical expiry (None: unwrapped, it never goes stale)."""
+    inner = data[_TIMED_HEADER:]
+    return inner if fresh_until is None else TIMED + _EXPIRY.pack(fresh_until) + inner
 
 
 def is_stale(data: bytes, now_ms: int) -> bool:

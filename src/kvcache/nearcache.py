@@ -130,7 +130,7 @@ class NearCache:
             return
         epoch, read_at = ticket
         kept = math.inf if pttl_ms < 0 else pttl_ms / 1000
-        fresh = kept if fresh_ms is None else fresh_ms / 1000
+        fresh = kept if fresh_ms is None else min(kept, fresh_ms / 1000)
         ttl = min(self.config.ttl, fresh)
         with self._lock:
             if epoch == self.epoch and self.ready and not self.closed:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from .adapter import ALL_KEYS, Adapter
 from .codec import INT64_MAX, INT64_MIN, Codec, fresh_until, is_stale, retime
@@ -67,6 +67,9 @@ class Stale:
 
     def __init__(self, value: Any) -> None:
         self.value = value
+
+
+UNREACHED: Final = Stale(MISSING)  # a get_or_set lookup Redis did not answer (away, failed)
 
 
 def check_amount(amount: object) -> int:
@@ -194,12 +197,17 @@ class Operations:
         ``Stale``, for the fail-safe."""
         full = self.keys.build(key)
         if self.near is not None:
-            return (yield from self._get_near(self.near, key, full, default, keep_stale))
-        try:
-            raw, offline = yield from self.adapter.call("get", full)
-        except StoreError as exc:
-            return self.failed("get", exc, key, default)
-        return self.read(raw, key, default, offline, "get", keep_stale)
+            value, outcome = yield from self._get_near(self.near, key, full, default, keep_stale)
+        else:
+            try:
+                raw, offline = yield from self.adapter.call("get", full)
+            except StoreError as exc:
+                value, outcome = self.failed("get", exc, key, default)
+            else:
+                value, outcome = self.read(raw, key, default, offline, "get", keep_stale)
+        if keep_stale and value is default and outcome is not MISS:
+            value = UNREACHED  # Redis did not answer: the near cache's copy may stand in
+        return value, outcome
 
     def near_get(self, key: Key) -> Any:
         """A read the near cache answers, without the operation machinery: counted (stats,
@@ -235,14 +243,11 @@ class Operations:
         """Fail-safe, once get_or_set's factory failed: the stale value to serve (the one
         Redis still keeps, else this process's near-cache copy, while Redis is away), or
         MISSING. Counted as a ``stale_hit``."""
-        if self.stale_ms is None:
-            return MISSING
-        if isinstance(found, Stale):
-            value = found.value
-        elif self.near is not None:
+        if self.stale_ms is None or not isinstance(found, Stale):
+            return MISSING  # (Redis answered that the key is not there: nothing to serve)
+        value = found.value
+        if value is MISSING and self.near is not None:
             value = self.near.stale(self.keys.build(key))
-        else:
-            return MISSING
         if value is not MISSING:
             self.stats.stale_hits += 1
             self.telemetry.count("get_or_set", STALE_HIT)
@@ -325,7 +330,7 @@ class Operations:
         try:
             raws, offline = yield from self.adapter.call("get_many", full)
         except StoreError as exc:
-            return self.failed("get_many", exc, None, found)
+            return self.failed("get_many", exc, None, {})
         outcomes: dict[str, int] = {}
         # A cluster get_many that met a degraded shard says, key by key, who answered.
         flags = offline if isinstance(offline, list) else [offline] * len(distinct)
@@ -528,6 +533,8 @@ class Operations:
                 expiry = None if raw is None else fresh_until(raw)
                 if expiry is not None:
                     left = expiry - wall_ms()
+                    if pttl >= 0:  # Redis may drop it sooner (a PEXPIRE from elsewhere)
+                        left = min(left, pttl)
                     pttl = left if left > 0 else -2  # gone, once stale
         except StoreError as exc:
             return self.failed("ttl", exc, key, None)
@@ -555,16 +562,19 @@ class Operations:
 
     def _touch_wrapped(self, full: bytes, ttl_ms: int | None, stale_ms: int) -> Op[Any]:
         """Fail-safe's touch: a wrapped value's logical expiry is in the value, so the value
-        is rewritten (compare-and-set: a concurrent write wins, with its own TTL)."""
+        is rewritten (compare-and-set: a concurrent write wins, with its own TTL). Others
+        (ints, add's values, values stored without a TTL) keep their kind: only the TTL moves."""
         raw, offline = yield from self.adapter.call("get", full)
         now = wall_ms()
         if raw is None or is_stale(raw, now):
             return False, offline
-        rewrapped = retime(raw, None if ttl_ms is None else now + ttl_ms)
-        if rewrapped is None:  # an int: plain, it expires on time
+        if fresh_until(raw) is None:
             return (yield from self.adapter.call("expire", full, ttl_ms))
+        rewrapped = retime(raw, None if ttl_ms is None else now + ttl_ms)
         kept_ms = None if ttl_ms is None else ttl_ms + stale_ms
-        _, offline = yield from self.adapter.call("replace", full, raw, rewrapped, kept_ms)
+        touched, offline = yield from self.adapter.call("replace", full, raw, rewrapped, kept_ms)
+        if not touched:  # written meanwhile (it stands, with its own TTL), or deleted
+            return (yield from self.adapter.call("exists", full))
         return True, offline
 
     @observed("clear")

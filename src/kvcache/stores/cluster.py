@@ -49,6 +49,10 @@ class _ClusterStoreBase(Generic[N]):
         self._auth = auth
         self._nodes: dict[str, N] = {}
         self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()  # (a thread may have held it: the listener's node())
 
     @property
     def address(self) -> tuple[str, int | None, int]:
