@@ -15,10 +15,11 @@ import redis
 
 from conftest import Traffic, ready_cache
 from kvcache import Cache, State
+from kvcache.errors import RedirectError
 from kvcache.nearcache import stream_key
 from kvcache.settings import KVCacheSettings
 from kvcache.state import StateChange
-from kvcache.stores import RedisStore
+from kvcache.stores import RedisStore, open_store
 from kvcache.testing import ChaosProxy
 from kvcache.testing.cluster import RedisClusterServer
 
@@ -388,3 +389,29 @@ def test_near_cache_follows_its_stream_through_a_failover(make_cache: Callable[.
             _wait_ready(cache)
         assert cluster.owner(stream_key(namespace)) == promoted
         _sees(cluster, writer, reader, 2)
+
+
+def test_the_listener_connection_raises_moved_from_a_node_without_the_stream(
+    shared_cluster: RedisClusterServer,
+) -> None:
+    """What ClusterStreamReader follows: every listener call, the snapshot's MULTI included
+    (refused when queued, then EXECABORT), says MOVED on a node that does not serve the slot."""
+    stream = stream_key("moved")
+    other = next(p for p in shared_cluster.primary_ports if p != shared_cluster.owner(stream))
+    store = open_store(KVCacheSettings(url=f"redis://127.0.0.1:{other}/0"))  # one node
+    reader = store.stream_reader(1.0)  # type: ignore[union-attr, call-arg]
+    calls: list[Callable[[], object]] = [
+        lambda: reader.position(stream),
+        lambda: reader.snapshot(stream, b"0-0", 10),
+        lambda: reader.wait(stream, b"0-0", 10),
+        lambda: reader.publish(stream, {b"by": b"x", b"n": b"0"}, 100),
+    ]
+    try:
+        for call in calls:
+            with pytest.raises(RedirectError) as caught:
+                call()
+            assert caught.value.kind == "MOVED"
+            assert caught.value.address.endswith(f":{shared_cluster.owner(stream)}")
+    finally:
+        reader.close(final=True)
+        store.close()
