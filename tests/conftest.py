@@ -188,6 +188,15 @@ class Traffic:
         assert self.calls > before, "traffic stalled"
 
 
+def listener_has_read_all(cache: Any, admin: redis.Redis) -> bool:
+    """Has ``cache``'s near-cache listener read its stream's last entry (``admin``: a client
+    of the node that holds it), and is it caught up? Then a copy filled now cannot be evicted
+    by an earlier write's entry still on its way."""
+    inner = cache._cache if isinstance(cache, Blocking) else cache
+    last = admin.xinfo_stream(inner._near.stream)["last-generated-id"]
+    return bool(inner._near.ready and inner._listener._feed.last_id == last)
+
+
 def ready_cache(
     kind: str,
     settings: KVCacheSettings,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import Traffic, ready_cache
+from conftest import Traffic, listener_has_read_all, ready_cache
 from kvcache import Cache, State
 from kvcache.errors import RedirectError
 from kvcache.nearcache import stream_key
@@ -334,10 +334,9 @@ def _sees(cluster: RedisClusterServer, writer: Any, reader: Any, version: int) -
     """A write in ``writer`` reaches ``reader``'s listener, which evicts the old copies."""
     keys = [f"k{i}" for i in range(30)]
     writer.set_many(dict.fromkeys(keys, version))
-    stream = stream_key(writer.namespace)
-    feed = (reader._cache if hasattr(reader, "_cache") else reader)._listener._feed
+    admin = owner_client(cluster, stream_key(writer.namespace))
     deadline = time.monotonic() + 15
-    while feed.last_id != owner_client(cluster, stream).xinfo_stream(stream)["last-generated-id"]:
+    while not listener_has_read_all(reader, admin):
         assert time.monotonic() < deadline, "the listener did not read the write"
         time.sleep(0.01)
     assert [reader.get(key) for key in keys] == [version] * len(keys)  # nothing stale

@@ -33,7 +33,7 @@ from botocore.model import ServiceId
 from botocore.signers import RequestSigner
 from pydantic import ValidationError
 
-from conftest import Traffic, ready_cache
+from conftest import Traffic, listener_has_read_all, ready_cache
 from kvcache import Cache, State
 from kvcache.aws import TOKEN_LIFETIME, IAMCredentialProvider, sign_token
 from kvcache.cli import main
@@ -584,21 +584,18 @@ def test_the_near_cache_listener_reconnects_with_a_fresh_token(
         options = {"mode": target, "namespace": f"near{time.monotonic_ns()}", "near_cache": True}
         reader = make_cache(server.url, iam, **options)
         writer = make_cache(server.url, iam, **options)
-        unwrapped = reader._cache if hasattr(reader, "_cache") else reader
         stream = stream_key(reader.namespace)
         port = server.owner(stream) if isinstance(server, RedisClusterServer) else server.port
         admin = redis.Redis(port=port, **tls.client_options())
 
         def read_to_the_end() -> bool:
-            return bool(
-                unwrapped._listener._feed.last_id == admin.xinfo_stream(stream)["last-generated-id"]
-            )
+            return listener_has_read_all(reader, admin)
 
-        wait_for(lambda: unwrapped._near.ready)
         assert writer.set("k", 1)
         wait_for(read_to_the_end)
         assert reader.get("k") == 1
         signed = iam.signed
+        before = admin.xinfo_stream(stream)["last-generated-id"].decode()
         stand_in.allow(clock.advance(TOKEN_LIFETIME))  # the token expires; connections drop
         assert stand_in.kill() >= 2  # the listener's among them
         full = f"{reader.namespace}:k"
@@ -606,6 +603,12 @@ def test_the_near_cache_listener_reconnects_with_a_fresh_token(
         in_redis = redis.Redis(port=owner, **tls.client_options())
         # (a write that meets a dropped connection is served by the writer's fallback)
         wait_for(lambda: writer.set("k", 2) and in_redis.get(full) == b"2", 10)
+
+        def announced() -> bool:  # (an XADD that met a dropped connection is made later)
+            entries = admin.xrange(stream, min=f"({before}")
+            return any(full.encode() in fields.values() for _, fields in entries)
+
+        wait_for(announced, 10)
         wait_for(read_to_the_end, 10)  # the listener is back, with a new token
         assert iam.signed > signed
         seen: list[Any] = []  # asyncio may see a dropped connection only when it writes:

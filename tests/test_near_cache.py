@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 
+from conftest import listener_has_read_all
 from kvcache import (
     AsyncCache,
     Cache,
@@ -140,12 +141,8 @@ def test_a_write_in_one_process_evicts_the_copies_in_the_others(
 def read_to_the_end(cache: Cache, url: str) -> None:
     """Until ``cache``'s listener has read the stream's last entry (so a copy it fills now
     is not evicted by an older write's entry still on its way)."""
-    near = near_of(cache)
     with redis.Redis.from_url(url) as admin:
-        last = admin.xinfo_stream(near.stream)["last-generated-id"]
-    assert cache._listener is not None
-    feed = cache._listener._feed
-    wait_for(lambda: near.ready and feed.last_id == last)
+        wait_for(lambda: listener_has_read_all(cache, admin))
 
 
 def listen_through(cache: Cache, proxy: ChaosProxy | str, block: float = 0.2) -> Feed:
