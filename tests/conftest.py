@@ -188,6 +188,15 @@ class Traffic:
         assert self.calls > before, "traffic stalled"
 
 
+def wait_near_ready(cache: Any, timeout: float = 10.0) -> None:
+    """Until ``cache``'s near-cache listener is connected and caught up."""
+    near = (cache._cache if isinstance(cache, Blocking) else cache)._near
+    deadline = time.monotonic() + timeout
+    while not near.ready:
+        assert time.monotonic() < deadline, "the near cache's listener never got ready"
+        time.sleep(0.01)
+
+
 def listener_has_read_all(cache: Any, admin: redis.Redis) -> bool:
     """Has ``cache``'s near-cache listener read its stream's last entry (``admin``: a client
     of the node that holds it), and is it caught up? Then a copy filled now cannot be evicted

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import Traffic, listener_has_read_all, ready_cache
+from conftest import Traffic, listener_has_read_all, ready_cache, wait_near_ready
 from kvcache import Cache, State
 from kvcache.errors import RedirectError
 from kvcache.nearcache import stream_key
@@ -322,14 +322,6 @@ def test_mode_auto_serves_a_standalone_server(redis_url: str) -> None:
         cache.close()
 
 
-def _near_ready(cache: Any, timeout: float = 10.0) -> None:
-    near = (cache._cache if hasattr(cache, "_cache") else cache)._near
-    deadline = time.monotonic() + timeout
-    while not near.ready:
-        assert time.monotonic() < deadline, "the near cache's listener never got ready"
-        time.sleep(0.01)
-
-
 def _sees(cluster: RedisClusterServer, writer: Any, reader: Any, version: int) -> None:
     """A write in ``writer`` reaches ``reader``'s listener, which evicts the old copies."""
     keys = [f"k{i}" for i in range(30)]
@@ -352,7 +344,7 @@ def test_near_cache_invalidates_across_caches_and_follows_its_stream(
     options = {"mode": "cluster", "namespace": namespace, "near_cache": True, "op_timeout": 2.0}
     reader = make_cache(shared_cluster.url, **options)
     writer = make_cache(shared_cluster.url, **options)  # another instance: another process
-    _near_ready(reader)
+    wait_near_ready(reader)
     keys = [f"k{i}" for i in range(30)]
     assert len({shared_cluster.owner(f"{namespace}:{k}") for k in keys}) == 3  # every primary
     for key in keys:  # copies of version 0 in the reader's L1
@@ -375,7 +367,7 @@ def test_near_cache_follows_its_stream_through_a_failover(make_cache: Callable[.
         options = {"mode": "cluster", "namespace": namespace, "near_cache": True}
         reader = make_cache(cluster.url, **options, op_timeout=1.0)
         writer = make_cache(cluster.url, **options, op_timeout=1.0)
-        _near_ready(reader)
+        wait_near_ready(reader)
         _sees(cluster, writer, reader, 1)
         victim = cluster.owner(stream_key(namespace))
         promoted = cluster.failover(victim)  # the stream's primary dies

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import Blocking, Harness, listener_has_read_all
+from conftest import Blocking, Harness, listener_has_read_all, wait_near_ready
 from kvcache import (
     FOREVER,
     AsyncCache,
@@ -170,45 +170,11 @@ def test_settings_and_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- Redis away: the near cache's copy ---------------------------------------------------
 
 
-@pytest.fixture(params=["sync", "async"])
-def through_proxy(
-    request: pytest.FixtureRequest,
-    chaos_proxy: ChaosProxy,
-    redis_url: str,
-    loop: asyncio.AbstractEventLoop,
-) -> Any:
-    made: list[Any] = []
-
-    def open_cache(**options: Any) -> Any:
-        settings = KVCacheSettings(
-            url=chaos_proxy.url, namespace=f"fs{uuid.uuid4().hex[:6]}", **FAST, **options
-        )
-        if request.param == "sync":
-            cache: Any = Cache.from_settings(settings)
-        else:
-            cache = Blocking(AsyncCache.from_settings(settings), loop)
-        made.append(cache)
-        assert cache.connect(timeout=5) is State.READY
-        return cache
-
-    yield open_cache
-    for cache in made:
-        cache.close()
-
-
-def near_ready(cache: Any) -> None:
-    near = (cache._cache if isinstance(cache, Blocking) else cache)._near
-    deadline = time.monotonic() + 10
-    while not near.ready:
-        assert time.monotonic() < deadline, "the near cache's listener never got ready"
-        time.sleep(0.01)
-
-
 def test_with_redis_away_the_near_cache_copy_is_served(
-    through_proxy: Any, chaos_proxy: ChaosProxy
+    open_cache: Any, chaos_proxy: ChaosProxy, redis_url: str
 ) -> None:
-    cache = through_proxy(stale_ttl=30, near_cache=True)
-    near_ready(cache)
+    cache = open_cache(chaos_proxy.url, namespace="fs", stale_ttl=30, near_cache=True, **FAST)
+    wait_near_ready(cache)
     assert cache.set("k", "last known", ttl=SHORT)
     assert cache.get("k") == "last known"  # read from Redis: the near cache keeps a copy
     assert cache.get("k") == "last known"
@@ -224,9 +190,9 @@ def test_with_redis_away_the_near_cache_copy_is_served(
 
 
 def test_with_redis_away_and_no_copy_the_factory_error_reaches_the_caller(
-    through_proxy: Any, chaos_proxy: ChaosProxy
+    open_cache: Any, chaos_proxy: ChaosProxy, redis_url: str
 ) -> None:
-    cache = through_proxy(stale_ttl=30)  # no near cache: no copy in this process
+    cache = open_cache(chaos_proxy.url, namespace="fs", stale_ttl=30, **FAST)  # no near cache
     expire(cache, "k", "in redis only")
     chaos_proxy.blackhole()
     with pytest.raises(Down):
@@ -260,7 +226,7 @@ def test_a_key_deleted_elsewhere_is_not_served_from_the_near_cache(redis_url: st
             assert cache.connect(timeout=5) is State.READY
         near = reader._near
         assert near is not None
-        near_ready(reader)
+        wait_near_ready(reader)
         writer.set("k", "secret", ttl=60)
         with redis.Redis.from_url(redis_url) as admin:  # the write's entry read: no late
             deadline = time.monotonic() + 10  # eviction to come
@@ -284,7 +250,7 @@ def test_a_near_copy_lives_no_longer_than_redis_keeps_the_key(redis_url: str) ->
     namespace = f"fs{uuid.uuid4().hex[:6]}"
     with Cache.from_url(redis_url, namespace=namespace, stale_ttl=30, near_cache=True) as cache:
         assert cache.connect(timeout=5) is State.READY
-        near_ready(cache)
+        wait_near_ready(cache)
         assert cache.set("k", "v", ttl=300)
         with redis.Redis.from_url(redis_url) as admin:
             admin.pexpire(f"{namespace}:k", 300)  # from elsewhere: Redis drops it sooner
