@@ -260,7 +260,8 @@ class ShardedAdapter:
     def _asking(self, redirect: RedirectError, method: str, args: tuple[Any, ...]) -> Routed:
         """The key already moved to the importing node, which serves it after ASKING."""
         commands, finish = ask_commands(method, args)
-        replies = yield (self.nodes.node(self._reachable(redirect.address)), "asking", commands)
+        importing = self.nodes.node(self.nodes.reachable(redirect.address))
+        replies = yield (importing, "asking", commands)
         return finish(replies), False
 
     def _owner(self, key: bytes) -> str:
@@ -275,14 +276,11 @@ class ShardedAdapter:
 
     def _moved(self, redirect: RedirectError) -> None:
         """Patch the slot map at once; the rest of the topology is checked soon."""
-        name = self._reachable(redirect.address)
+        name = self.nodes.reachable(redirect.address)
         with self._lock:
             if self.topology is not None:
                 self.topology = self.topology.moved(redirect.slot, name)
         self.schedule.soon()
-
-    def _reachable(self, announced: str) -> str:
-        return self.nodes.reachable(announced)  # type: ignore[no-any-return]
 
     def owner_of(self, key: bytes) -> str | None:
         """The primary serving ``key``'s slot, as the slot map says; None if none is known."""
