@@ -406,3 +406,19 @@ def test_the_listener_connection_raises_moved_from_a_node_without_the_stream(
     finally:
         reader.close(final=True)
         store.close()
+
+
+def test_the_first_write_of_a_process_lands_in_the_cluster(
+    shared_cluster: RedisClusterServer, open_cache: Callable[..., Any]
+) -> None:
+    """No connect(): the first call waits for the first topology fetch (op_timeout at most)."""
+    cache = open_cache(shared_cluster.url, connect=False, mode="cluster", namespace="first")
+    keys = {f"k{i}": i for i in range(30)}  # over every primary
+    assert cache.set("a", 1) is True
+    assert cache.set_many(keys) is True
+    with owner_client(shared_cluster, b"first:a") as node:
+        assert node.get(b"first:a") == b"1"  # in Redis, not in the fallback
+    assert cache.get_many(list(keys)) == keys
+    assert cache.stats.fallback_hits + cache.stats.fallback_misses == 0
+    assert cache.health().journal_keys == 0
+    assert cache.clear() == 31

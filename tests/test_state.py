@@ -25,7 +25,7 @@ from kvcache import (
     StateChange,
     StoreError,
 )
-from kvcache.adapter import ALL_KEYS, Adapter
+from kvcache.adapter import ALL_KEYS, UNJOURNALED, Adapter
 from kvcache.drivers import arun, run
 from kvcache.events import Emitter
 from kvcache.journal import Journal
@@ -320,22 +320,28 @@ def drive(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
 
 
 class Shell:
-    """The supervisor's part, inline: no thread, no task; probes run when the test says."""
+    """The supervisor's part, inline: no thread, no task; probes run when the test says. A
+    wait returns at once, as if its bound passed, after ``while_waiting`` (if set) ran."""
 
     is_async = False
 
     def __init__(self) -> None:
         self.asked = 0
-        self.changes: list[StateChange] = []
+        self.woken = 0
+        self.waits: list[float] = []  # the timeout of each wait, in order
+        self.while_waiting: Callable[[], object] | None = None
+        self.changes: list[StateChange] = []  # every state event (the adapter's helper wires it)
 
     def ensure_probing(self) -> None:
         self.asked += 1
 
-    def changed(self, change: StateChange) -> None:
-        self.changes.append(change)
+    def wake(self) -> None:
+        self.woken += 1
 
-    def wait_for(self, states: frozenset[State], timeout: float) -> State:
-        raise AssertionError("non-blocking: nobody waits")
+    def wait_until(self, done: Callable[[], bool], timeout: float) -> None:
+        self.waits.append(timeout)
+        if self.while_waiting is not None and not done():
+            self.while_waiting()
 
 
 PREFIX = KeySpace("ns").prefix
@@ -356,7 +362,17 @@ def adapter(
         **options,
     )
     made.supervisor = shell = Shell()
+    made.events.on("state", shell.changes.append)
     return made, primary, shell
+
+
+def attempt_failed(made: Adapter, drive: Callable[[Any], Any]) -> None:
+    """The first connect attempt fails (Redis down): STARTING calls stop waiting."""
+    primary = made.primary
+    primary.down = True
+    probe_now(made, drive)
+    primary.down = False
+    primary.calls.clear()
 
 
 def probe_now(made: Adapter, drive: Callable[[Any], Any]) -> None:
@@ -368,6 +384,7 @@ def probe_now(made: Adapter, drive: Callable[[Any], Any]) -> None:
 
 def test_starting_serves_from_the_fallback_and_journals_writes(drive: Any) -> None:
     made, primary, shell = adapter()
+    attempt_failed(made, drive)
     assert made.machine.state is State.STARTING
     assert drive(made.call("set", PREFIX + b"k", b"v", None, writes=(PREFIX + b"k",))) == (
         None,
@@ -375,8 +392,67 @@ def test_starting_serves_from_the_fallback_and_journals_writes(drive: Any) -> No
     )
     assert drive(made.call("get", PREFIX + b"k")) == (b"v", True)
     assert primary.calls == []  # no I/O at all
+    assert shell.waits == []  # the first attempt failed: nobody waits any more
     assert shell.asked == 2  # each offline call made sure a prober runs
     assert made.journal.take()[0] == [PREFIX + b"k"]
+
+
+def test_a_starting_call_waits_for_the_first_attempt_and_then_uses_redis(drive: Any) -> None:
+    primary = Flaky()
+    made, _, shell = adapter(primary)
+    primary.op_timeout = 0.3  # type: ignore[attr-defined]
+    shell.while_waiting = lambda: run(made.probe())
+    key = PREFIX + b"k"
+    assert drive(made.call("set", key, b"v", None, writes=(key,))) == (None, False)
+    assert shell.waits == [0.3]  # bounded by the store's op_timeout
+    assert made.machine.state is State.READY
+    assert primary.get(key) == b"v"  # Redis took the write
+    assert not made.journal.pending()  # nothing to delete in Redis later
+
+
+def test_a_wait_for_the_first_attempt_that_runs_out_ends_the_waiting(drive: Any) -> None:
+    made, primary, shell = adapter()
+    key = PREFIX + b"k"
+    assert drive(made.call("get", key)) == (None, True)  # the attempt is still in flight
+    assert drive(made.call("set", key, b"v", None, writes=(key,))) == (None, True)
+    assert shell.waits == [0.25]  # only the first call waited (the default op_timeout)
+    assert primary.calls == []
+    assert made.journal.take()[0] == [key]  # the write really bypassed Redis
+
+
+def test_a_read_that_misses_while_starting_journals_nothing(drive: Any) -> None:
+    made, primary, _ = adapter()
+    attempt_failed(made, drive)
+    key = PREFIX + b"shared"
+    primary.set(key, b"42", None)  # another process wrote it
+    assert drive(made.call("get", key)) == (None, True)  # the fallback misses
+    drive(made.call("set", key, b"computed", None, writes=UNJOURNALED))  # a get_or_set fill
+    assert drive(made.call("get", key)) == (b"computed", True)
+    assert not made.journal.pending()
+    probe_now(made, drive)
+    assert made.machine.state is State.READY
+    assert primary.get(key) == b"42"  # this process did not delete what it did not write
+
+
+def test_an_unexpected_probe_error_is_a_failed_probe_not_a_dead_prober(
+    drive: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    made, primary, shell = adapter(policy=Policy(connect_attempts=2))
+
+    def broken() -> None:
+        raise TypeError("__init__() got an unexpected keyword argument 'foo'")
+
+    primary.ping = broken  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="kvcache.adapter"):
+        for _ in range(4):
+            probe_now(made, drive)  # never raises
+    assert made.machine.state is State.DEGRADED  # the first-connect phase ended
+    health = made.health()
+    assert health.last_error == "TypeError"
+    assert health.failed_probes == 4
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1  # the trace once per streak, not once per probe
+    assert shell.changes[-1].error is not None
 
 
 def test_probe_success_applies_the_journal_then_ready_then_empties_the_fallback(

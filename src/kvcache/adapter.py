@@ -7,9 +7,13 @@ store calls ``(store, method, *args)``; the sync and async shells (``drivers.py`
 Contracts (see docs/architecture.md):
 - READY: the call goes to Redis. A failure to reach Redis (refused, reset, timed out, auth)
   opens the breaker at once (READY -> DEGRADED) and the same call is served by the fallback.
-- STARTING / DEGRADED: no call touches the network; the fallback serves at once (or, with
-  ``throw_on_errors`` or no fallback, the call fails at once with CacheUnavailableError).
-  Nothing is queued for later. Every write's keys go into the journal.
+- STARTING, first connect attempt in flight: a call waits for that attempt, at most
+  ``op_timeout`` (the bound of a READY call), then goes to Redis if it connected. A wait that
+  runs out ends the waiting for everyone, as a timed-out command opens the breaker.
+- STARTING after that, DEGRADED: no call touches the network; the fallback serves at once
+  (or, with ``throw_on_errors`` or no fallback, the call fails at once with
+  CacheUnavailableError). Nothing is queued for later. Every write's keys go into the
+  journal (reads never: a miss is no reason to delete anything in Redis).
 - A prober (the shell's thread or task) probes on a backoff; on success the journaled keys
   are deleted in Redis, then READY, then the fallback is emptied.
 """
@@ -39,6 +43,7 @@ from .stats import Stats
 from .telemetry import Telemetry
 
 log = logging.getLogger("kvcache.adapter")
+DEFAULT_OP_TIMEOUT: Final = 0.25  # seconds: a probeable store that names no bound of its own
 _READY: Final = State.READY  # a module constant: the hot path's one comparison
 
 Call = tuple[Any, ...]  # (store, method name, *arguments)
@@ -48,6 +53,9 @@ Routed = Generator[Call, Any, tuple[Any, Any]]
 
 ALL_KEYS: Final[Sequence[bytes]] = (b"*",)
 """``writes`` of clear(): the whole namespace changed (compared by identity)."""
+UNJOURNALED: Final[Sequence[bytes]] = ()
+"""``writes`` of a get_or_set fill: a value just computed from the source carries nothing
+Redis must forget, so served offline it is kept in the fallback but not journaled."""
 
 
 class Supervisor(Protocol):
@@ -58,11 +66,11 @@ class Supervisor(Protocol):
     def ensure_probing(self) -> None:
         """Start the prober unless one is running (idempotent, cheap, never blocks)."""
 
-    def changed(self, change: StateChange) -> None:
-        """A transition happened: wake whoever waits for a state."""
+    def wake(self) -> None:
+        """A probe ended or the state changed: wake whoever waits, to look again."""
 
-    def wait_for(self, states: frozenset[State], timeout: float) -> Any:
-        """Block (or be awaited) until the state is one of ``states``, at most ``timeout``."""
+    def wait_until(self, done: Callable[[], bool], timeout: float) -> Any:
+        """Block (or be awaited) until ``done()``, at most ``timeout`` seconds."""
 
     def spawn(self, job: Generator[Any, Any, Any]) -> bool:
         """Run an operation of the core once in the background; False if it cannot now."""
@@ -168,6 +176,11 @@ class Adapter:
         return float(getattr(self.primary, "probe_timeout", 1.0))
 
     @property
+    def op_timeout(self) -> float:
+        """The bound of one call to Redis (the store says; 0.25 s for a store that does not)."""
+        return float(getattr(self.primary, "op_timeout", DEFAULT_OP_TIMEOUT))
+
+    @property
     def first_connect_timeout(self) -> float:
         """The longest the first-connect phase can last (what blocking callers may wait)."""
         return self.machine.first_connect_bound(self.probe_timeout)
@@ -195,6 +208,8 @@ class Adapter:
         machine = self.machine
         if not self.non_blocking:
             yield from self._wait_for_first_connect()
+        elif machine.connecting:
+            yield from self._wait_for_first_attempt()
         if machine.state is not _READY and writes is not None and machine.draining:
             # Recovering: the write goes to Redis (the journal's deletes can only remove it,
             # never bring back an older value); the fallback must not keep an outage-era one.
@@ -203,11 +218,30 @@ class Adapter:
         return machine.state
 
     def _wait_for_first_connect(self) -> Generator[Call, Any, None]:
-        if self.machine.state is State.STARTING:
+        """``non_blocking=False``: wait for the whole first-connect phase (bounded)."""
+        machine = self.machine
+        if machine.state is State.STARTING:
             assert self.supervisor is not None
             self.supervisor.ensure_probing()
-            settled = frozenset({State.READY, State.DEGRADED, State.CLOSED})
-            yield (self.supervisor, "wait_for", settled, self.first_connect_timeout)
+
+            def settled() -> bool:
+                return machine.state is not State.STARTING
+
+            yield (self.supervisor, "wait_until", settled, self.first_connect_timeout)
+
+    def _wait_for_first_attempt(self) -> Generator[Call, Any, None]:
+        """Wait for the first connect attempt, at most ``op_timeout``: on a healthy network
+        the first calls of a process reach Redis instead of the fallback."""
+        machine = self.machine
+        assert self.supervisor is not None
+        self.supervisor.ensure_probing()
+
+        def attempted() -> bool:
+            return not machine.connecting
+
+        yield (self.supervisor, "wait_until", attempted, self.op_timeout)
+        if machine.connecting and machine.state is State.STARTING:
+            machine.gave_up_waiting()
 
     def _offline(
         self,
@@ -318,7 +352,7 @@ class Adapter:
         deleted = 0
         applied = False  # anything taken from the journal (deleted in Redis) on the way
         change: StateChange | None = None
-        failure: StoreError | None = None
+        failure: Exception | None = None
         try:
             yield (self.primary, "ping")
             if machine.closed():  # close() came while we waited: leave the store alone
@@ -344,11 +378,19 @@ class Adapter:
         except StoreError as exc:
             failure = exc
             change = machine.probe_failed(exc)
+        except Exception as exc:  # a bug, a client that cannot be built: a failed probe too,
+            # never a dead prober and a cache stuck in STARTING; the trace once per streak
+            if machine.failures == 0:
+                log.error("kvcache: probing %r failed unexpectedly", self.primary, exc_info=exc)
+            failure = exc
+            change = machine.probe_failed(exc)
         except BaseException:  # cancelled (task, loop gone): let the next prober try
             machine.probe_abandoned()
             raise
         if change is not None:
             self.publish(replace(change, journal_applied=applied), deleted)
+        elif self.supervisor is not None:  # calls waiting for the first attempt may go on
+            self.supervisor.wake()
         return failure or telemetry.OK
 
     def _settle(self) -> None:
@@ -414,7 +456,7 @@ class Adapter:
         if change.first_connect_failed:
             self.events.emit("connect_error", change)
         if self.supervisor is not None:
-            self.supervisor.changed(change)
+            self.supervisor.wake()
 
     def health(self) -> Health:
         machine = self.machine

@@ -26,7 +26,8 @@ class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
     """The asyncio twin of ``Cache``. It also accepts a non-blocking sync store (MemoryStore).
 
     Construction does no I/O and needs no event loop: the first connect starts with the
-    first call (served by the fallback meanwhile) or with ``await cache.connect()``."""
+    first call (which waits for it, at most ``op_timeout``) or with ``await
+    cache.connect()``."""
 
     is_async: ClassVar[bool] = True  # for drivers.arun: are its methods coroutines?
 
@@ -118,7 +119,7 @@ class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
                 if stale is MISSING:
                     raise
                 return stale  # type: ignore[no-any-return]
-            await self.set(key, fresh, ttl)
+            await arun(self._ops.set(key, fresh, ttl, fill=True))
             return fresh
 
         return await self._flights.run(self._ops.keys.build(key), fill)

@@ -25,8 +25,9 @@ class Cache(CacheBase[Store | RedisClusterStore]):
     """A namespaced key-value cache over a ``Store`` (Redis, memory, …).
 
     Construction does no I/O: a Redis cache starts in STARTING and connects in the
-    background; until then (and whenever Redis is away) calls are served by the in-memory
-    fallback at once. ``connect()`` waits for READY. Store failures never reach the caller
+    background. A call made while that first attempt is in flight waits for it (at most
+    ``op_timeout``); once it failed (and whenever Redis is away) calls are served by the
+    in-memory fallback at once. ``connect()`` waits for READY. Store failures never reach the caller
     unless ``throw_on_errors=True``: reads answer the default, writes answer False, and an
     ``error`` event is emitted. Bad input (keys, TTLs, unserializable values) always raises
     a ``kvcache`` exception before any I/O.
@@ -129,7 +130,7 @@ class Cache(CacheBase[Store | RedisClusterStore]):
                 if stale is MISSING:
                     raise
                 return stale  # type: ignore[no-any-return]
-            self.set(key, fresh, ttl)
+            run(self._ops.set(key, fresh, ttl, fill=True))
             return fresh
 
         return self._flights.run(self._ops.keys.build(key), fill)

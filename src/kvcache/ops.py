@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
-from .adapter import ALL_KEYS, Adapter
+from .adapter import ALL_KEYS, UNJOURNALED, Adapter
 from .codec import INT64_MAX, INT64_MIN, Codec, fresh_until, is_stale, retime
 from .errors import (
     InvalidKeyError,
@@ -363,11 +363,13 @@ class Operations:
         return rest, rest_full
 
     @observed("set")
-    def set(self, key: Key, value: Any, ttl: float | None) -> Body[bool]:
+    def set(self, key: Key, value: Any, ttl: float | None, fill: bool = False) -> Body[bool]:
+        """``fill``: get_or_set storing what its factory computed (never journaled)."""
         full = self.keys.build(key)
         payload, ttl_ms = self.pack(value, self.ttl_ms(ttl))
+        writes = UNJOURNALED if fill else (full,)
         try:
-            _, offline = yield from self.adapter.call("set", full, payload, ttl_ms, writes=(full,))
+            _, offline = yield from self.adapter.call("set", full, payload, ttl_ms, writes=writes)
         except StoreError as exc:
             self.unsure((full,))
             return self.failed("set", exc, key, False)

@@ -156,7 +156,7 @@ class KVCacheSettings(BaseSettings):
     throw_on_errors: bool = False
     memory_maxsize: int = Field(DEFAULT_MAXSIZE, ge=1, description="entries in the memory store")
     non_blocking: bool = Field(
-        True, description="while STARTING, serve calls from the fallback instead of waiting"
+        True, description="false: STARTING calls wait for the whole first-connect phase"
     )
     connect_attempts: int = Field(
         3, ge=1, le=100, description="probes in the first-connect phase before DEGRADED"

@@ -31,7 +31,7 @@ from dataclasses import replace
 from typing import Any
 
 from . import forksafe, telemetry
-from .adapter import ALL_KEYS, Adapter, Call, Health, Routed, Supervisor
+from .adapter import ALL_KEYS, UNJOURNALED, Adapter, Call, Health, Routed, Supervisor
 from .errors import CacheUnavailableError, KVCacheError, RedirectError, StoreError
 from .journal import Journal
 from .keys import KeySpace
@@ -91,6 +91,7 @@ class ShardedAdapter:
         self.shards: dict[str, Adapter] = {}  # replaced, never mutated: readers need no lock
         self.schedule = RefreshSchedule(nodes.topology_interval, MIN_CHECK_GAP)
         self._supervise: Callable[[Adapter], Supervisor] | None = None
+        self._check_failing = False  # the last topology check met an unexpected error
         self._lock = threading.Lock()
         forksafe.register(self)
 
@@ -161,15 +162,17 @@ class ShardedAdapter:
             return (yield from self.root.call(method, *args, writes=writes))
         if self.schedule.claim():
             self._check_topology()
-        return (yield from self.route(method, args))
+        return (yield from self.route(method, args, journal=writes is not UNJOURNALED))
 
-    def route(self, method: str, args: tuple[Any, ...]) -> Routed:
-        """Send the call to the shards its keys live on; returns (result, offline?)."""
+    def route(self, method: str, args: tuple[Any, ...], *, journal: bool = True) -> Routed:
+        """Send the call to the shards its keys live on; returns (result, offline?).
+        ``journal=False``: a write served offline is not journaled (a one-key fill)."""
         shape = SHAPES[method]
         for _attempt in range(MAX_REDIRECTS):
             try:
                 if shape is ONE:
-                    return (yield from self._on_shard(self._owner(args[0]), method, args))
+                    owner = self._owner(args[0])
+                    return (yield from self._on_shard(owner, method, args, journal))
                 if shape is ALL:
                     return (yield from self._everywhere(method, args))
                 return (yield from self._grouped(method, args))
@@ -186,9 +189,14 @@ class ShardedAdapter:
                 # TRYAGAIN for one key: the migration moves on; try again
         raise StoreError(f"{method}: still redirected after {MAX_REDIRECTS} tries")
 
-    def _on_shard(self, name: str, method: str, args: tuple[Any, ...]) -> Routed:
+    def _on_shard(
+        self, name: str, method: str, args: tuple[Any, ...], journal: bool = True
+    ) -> Routed:
+        writes: Sequence[bytes] | None
         if method not in WRITES:
             writes = None
+        elif not journal:
+            writes = UNJOURNALED
         elif SHAPES[method] is ALL:
             writes = ALL_KEYS
         else:
@@ -335,6 +343,12 @@ class ShardedAdapter:
             yield from self.refresh()
         except KVCacheError as exc:  # no node answered: the shards' breakers say the rest
             log.debug("kvcache: topology check failed: %s", type(exc).__name__)
+        except Exception as exc:  # a bug: logged once per streak, and checks go on
+            level = logging.DEBUG if self._check_failing else logging.ERROR
+            self._check_failing = True
+            log.log(level, "kvcache: topology check failed unexpectedly", exc_info=exc)
+        else:
+            self._check_failing = False
         finally:
             self.schedule.done(urgent=self.state is State.DEGRADED)
 
@@ -487,6 +501,10 @@ class _Routed:
         """Up to three nodes asked, one after another."""
         seed = self._sharded.nodes.node(self._sharded.nodes.seed)
         return float((CANDIDATES + 1) * seed.probe_timeout)
+
+    @property
+    def op_timeout(self) -> float:
+        return float(self._sharded.nodes.op_timeout)
 
     @property
     def address(self) -> tuple[str, int | None, int]:

@@ -24,7 +24,7 @@ from .errors import ConfigurationError
 
 
 class State(enum.Enum):
-    STARTING = "starting"  # first connect in flight; calls go to the fallback
+    STARTING = "starting"  # first connect in flight; calls wait for it (op_timeout at most)
     READY = "ready"  # commands go to Redis, each bounded by op_timeout
     DEGRADED = "degraded"  # breaker open: no call touches the network; a probe runs
     CLOSED = "closed"  # after close(); terminal
@@ -92,6 +92,9 @@ class StateMachine:
         # journal entries hold recovery up; reads still wait for READY.
         self.draining = False
         self.next_probe_at: float | None = self.since if initial is State.STARTING else None
+        # The first connect attempt is in flight and nobody has given up on it: a call made
+        # now waits for it (bounded by op_timeout) instead of going to the fallback.
+        self.connecting = initial is State.STARTING
 
     def after_fork(self) -> None:
         """In a forked child: a lock another thread held stays held, and a probe the parent
@@ -134,9 +137,15 @@ class StateMachine:
             if self.state in (State.STARTING, State.DEGRADED) and self.next_probe_at is None:
                 self.next_probe_at = self._clock()
 
+    def gave_up_waiting(self) -> None:
+        """A call waited ``op_timeout`` for the first connect attempt in vain: as a command
+        that timed out opens the breaker, later calls go to the fallback without waiting."""
+        self.connecting = False
+
     def probe_failed(self, error: BaseException) -> StateChange | None:
         """Schedule the next probe; the first-connect phase ends after ``connect_attempts``."""
         with self._lock:
+            self.connecting = False
             if self.state is State.CLOSED:
                 return None
             self.draining = False
@@ -175,6 +184,7 @@ class StateMachine:
             if self.state in (State.READY, State.CLOSED) or still_pending():
                 return None
             on_ready()
+            self.connecting = False
             self.failures = 0
             self.draining = False
             self.next_probe_at = None
@@ -186,6 +196,7 @@ class StateMachine:
                 return None
             self.next_probe_at = None
             self.draining = False
+            self.connecting = False
             return self._move(State.CLOSED)
 
     def closed(self) -> bool:

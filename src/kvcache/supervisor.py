@@ -14,7 +14,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, ClassVar
 
 from . import forksafe
@@ -23,7 +23,7 @@ from .drivers import arun, run
 from .errors import ConfigurationError, KVCacheError
 from .nearcache import Feed
 from .sharding import ShardedAdapter
-from .state import State, StateChange
+from .state import State
 
 log = logging.getLogger("kvcache.supervisor")
 
@@ -81,7 +81,7 @@ class ThreadSupervisor:
                     return
             run(self._adapter.probe())
 
-    def changed(self, change: StateChange) -> None:
+    def wake(self) -> None:
         with self._changed:
             self._changed.notify_all()
 
@@ -96,10 +96,13 @@ class ThreadSupervisor:
         except Exception as exc:  # the job's own errors are its own; this is the unexpected
             _job_failed(self._adapter, exc)
 
+    def wait_until(self, done: Callable[[], bool], timeout: float) -> None:
+        with self._changed:
+            self._changed.wait_for(done, timeout=max(0.0, timeout))
+
     def wait_for(self, states: frozenset[State], timeout: float) -> State:
         machine = self._adapter.machine
-        with self._changed:
-            self._changed.wait_for(lambda: machine.state in states, timeout=max(0.0, timeout))
+        self.wait_until(lambda: machine.state in states, timeout)
         return machine.state
 
 
@@ -154,7 +157,7 @@ class TaskSupervisor:
                 return
             await arun(self._adapter.probe())
 
-    def changed(self, change: StateChange) -> None:
+    def wake(self) -> None:
         with self._lock:
             waiters, self._waiters = self._waiters, []
         for waiter in waiters:
@@ -180,18 +183,17 @@ class TaskSupervisor:
         except Exception as exc:
             _job_failed(self._adapter, exc)
 
-    async def wait_for(self, states: frozenset[State], timeout: float) -> State:
-        machine = self._adapter.machine
+    async def wait_until(self, done: Callable[[], bool], timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout
-        while machine.state not in states:
+        while not done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             waiter = loop.create_future()
             with self._lock:
                 self._waiters.append(waiter)
-            if machine.state in states:  # changed before we were listed
+            if done():  # changed before we were listed
                 break
             try:
                 await asyncio.wait_for(waiter, remaining)
@@ -201,6 +203,10 @@ class TaskSupervisor:
                 with self._lock:  # a waiter left behind would pile up while DEGRADED
                     if waiter in self._waiters:
                         self._waiters.remove(waiter)
+
+    async def wait_for(self, states: frozenset[State], timeout: float) -> State:
+        machine = self._adapter.machine
+        await self.wait_until(lambda: machine.state in states, timeout)
         return machine.state
 
 

@@ -70,6 +70,11 @@ class _ClusterStoreBase(Generic[N]):
                     store = self._nodes[name] = self._make_node(*split_address(name))
         return store
 
+    @property
+    def op_timeout(self) -> float:
+        """The bound of a call, as the seed's store has it (every node's is the same)."""
+        return self.node(self.seed).op_timeout
+
     def reachable(self, announced: str) -> str:
         """The address to dial for one the cluster announced ("host:port")."""
         remap = self.remap

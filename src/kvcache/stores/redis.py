@@ -388,6 +388,13 @@ class RedisStore:
         """The longest a realistic failed probe takes: a connect, then one handshake read."""
         return 2 * self._step
 
+    @property
+    def op_timeout(self) -> float:
+        """The bound of a call (``wait_timeout``; open_store sets it, and the client's
+        socket timeouts, from ``op_timeout``): what a call made while STARTING waits for
+        the first connect, at most."""
+        return self._wait
+
     def ping(self) -> None:
         """Connect + AUTH + PING on a fresh connection (the adapter's probe)."""
         connection = probe_connection(self._client.connection_pool, self._step)
@@ -576,6 +583,10 @@ class AsyncRedisStore:
     @property
     def probe_timeout(self) -> float:
         return 2 * self._step
+
+    @property
+    def op_timeout(self) -> float:
+        return self._wait_timeout  # see RedisStore
 
     async def ping(self) -> None:
         """Connect + AUTH + PING on a fresh connection, all within ``probe_timeout``."""
