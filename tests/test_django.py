@@ -336,20 +336,35 @@ def test_pages_keep_rendering_fast_while_redis_is_blackholed(blackholed: ChaosPr
 def test_set_many_reports_every_key_when_nothing_can_store_them(
     blackholed: ChaosProxy,
 ) -> None:
-    entry = caches_on(blackholed.url, OPTIONS={"FALLBACK": "none", "CONNECT_WAIT": 0.1})
+    entry = caches_on(blackholed.url, OPTIONS={"FALLBACK": "none"})
     blackholed.refuse()
     with override_settings(CACHES=entry):
         assert sorted(default_cache.set_many({"a": 1, "b": 2})) == ["a", "b"]
         assert default_cache.get("a", "default") == "default"
 
 
-def test_a_process_waits_for_redis_once_not_per_thread(blackholed: ChaosProxy) -> None:
-    """Django makes a backend per thread (per request task under ASGI): with Redis down,
-    only the process's first use waits (while STARTING), never each new backend object."""
-    blackholed.refuse()
-    with override_settings(CACHES=caches_on(blackholed.url, OPTIONS={"CONNECT_WAIT": 0.5})):
-        caches["default"].get("k")  # the first uses: each waits at most CONNECT_WAIT
+def test_the_first_write_of_a_process_lands_in_redis(redis_url: str, raw: redis.Redis) -> None:
+    """No connect wait of the backend's own: the core's first call waits for the first
+    connect (op_timeout at most), so a fresh process's first set reaches Redis."""
+    with override_settings(CACHES=caches_on(redis_url, OPTIONS={"NAMESPACE": "first"})):
+        assert caches["default"].kvcache.state is State.STARTING
+        caches["default"].set("a", 1)
+        assert raw.exists("first:1:a")
+        assert asyncio.run(caches["default"].aget("a")) == 1
+
+
+def test_no_use_waits_longer_than_op_timeout_while_redis_is_down_at_start(
+    blackholed: ChaosProxy,
+) -> None:
+    """Django makes a backend per thread (per request task under ASGI): with Redis away at
+    start, the first use waits at most op_timeout, later ones (any thread) not at all."""
+    blackholed.blackhole()
+    options = {"OP_TIMEOUT": 0.2, "CONNECT_TIMEOUT": 2.0}
+    with override_settings(CACHES=caches_on(blackholed.url, OPTIONS=options)):
+        started = time.monotonic()
+        caches["default"].get("k")  # waits for the first attempt, at most op_timeout
         asyncio.run(caches["default"].aget("k"))
+        assert time.monotonic() - started < 1.5  # not the attempt's 2 x connect_timeout
         took: list[float] = []
 
         def request() -> None:
@@ -364,7 +379,8 @@ def test_a_process_waits_for_redis_once_not_per_thread(blackholed: ChaosProxy) -
         for thread in threads:
             thread.join()
         assert len(took) == 4
-        assert max(took) < 0.3  # no new backend object paid CONNECT_WAIT again
+        assert max(took) < 0.3  # nobody waited again
+        blackholed.up()
 
 
 def test_backends_held_across_close_all_get_new_caches(cache: Any) -> None:
@@ -377,7 +393,7 @@ def test_backends_held_across_close_all_get_new_caches(cache: Any) -> None:
 
 def test_option_names_in_any_case(redis_url: str, raw: redis.Redis) -> None:
     entry = {"BACKEND": BACKEND, "LOCATION": redis_url, "KEY_PREFIX": "p"}
-    entry["OPTIONS"] = {"namespace": "ns", "connect_wait": 0.5, "Op_Timeout": 0.5}
+    entry["OPTIONS"] = {"namespace": "ns", "Connect_Timeout": 0.5, "Op_Timeout": 0.5}
     with override_settings(CACHES={"default": entry}):
         default_cache.set("k", 1)
     assert raw.exists("ns:p:1:k")  # the prefix is kept when the namespace differs

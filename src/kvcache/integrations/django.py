@@ -38,38 +38,22 @@ from ..aio import AsyncCache
 from ..cache import Cache
 from ..drivers import Op, arun, run
 from ..settings import KVCacheSettings
-from ..state import State
 from ..ttl import FOREVER, MAX_TTL
 
-CONNECT_WAIT = 1.0  # seconds the first use waits for Redis (then it serves from memory)
 MAX_KEY_LENGTH = 64 * 1024  # Django sets no limit of its own (and its key warnings are skipped)
 
 T = TypeVar("T")
 
 
 class _Shared:
-    """The kvcache caches of one configuration, for every thread's backend object, and
-    whether the process already waited for Redis (once, and only while STARTING)."""
+    """The kvcache caches of one configuration, for every thread's backend object. (No
+    waiting for Redis here: the core's first calls wait for the first connect themselves,
+    at most op_timeout.)"""
 
-    def __init__(self, settings: KVCacheSettings, connect_wait: float) -> None:
+    def __init__(self, settings: KVCacheSettings) -> None:
         self.cache = Cache.from_settings(settings)
         self.async_cache = AsyncCache.from_settings(settings)
-        self.connect_wait = connect_wait
-        self.waited = False  # set once the first sync use waited (or had no need to)
-        self.async_waited = False
         self.closed = False
-
-    def sync(self) -> Cache:
-        if self.cache.state is State.STARTING:
-            self.cache.connect(self.connect_wait)
-        self.waited = True
-        return self.cache
-
-    async def aio(self) -> AsyncCache:
-        if self.async_cache.state is State.STARTING:
-            await self.async_cache.connect(self.connect_wait)
-        self.async_waited = True
-        return self.async_cache
 
 
 _shared: dict[str, _Shared] = {}
@@ -92,15 +76,14 @@ def _settings(location: str, options: Mapping[str, Any], namespace: str) -> KVCa
 
 def _shared_for(location: str, options: Mapping[str, Any], namespace: str) -> _Shared:
     """One pair of kvcache caches per configuration, for every thread."""
-    connect_wait = float(options.get("CONNECT_WAIT", CONNECT_WAIT))
-    kvcache_options = {k: v for k, v in options.items() if k not in ("CONNECT_WAIT", "NAMESPACE")}
+    kvcache_options = {k: v for k, v in options.items() if k != "NAMESPACE"}
     described = repr((location, namespace, sorted((k, repr(v)) for k, v in options.items())))
     key = hashlib.sha256(described.encode()).hexdigest()  # (the URL may hold a password)
     with _lock:
         shared = _shared.get(key)
         if shared is None:
             settings = _settings(location, kvcache_options, namespace)
-            shared = _shared[key] = _Shared(settings, connect_wait)
+            shared = _shared[key] = _Shared(settings)
     return shared
 
 
@@ -113,7 +96,6 @@ def close_all() -> None:
         _shared.clear()
     for shared in closing:
         shared.closed = True
-        shared.waited = shared.async_waited = False  # their next call looks again
         shared.cache.close()
         # Stops its prober; its connections belong to event loops that close them.
         asyncio.run(shared.async_cache.close())
@@ -166,14 +148,10 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
     # ``drivers.arun`` awaits them on the AsyncCache, as for kvcache's own core.
 
     def _run(self, operation: Callable[..., Op[T]], *args: Any) -> T:
-        shared = self._shared
-        cache = shared.cache if shared.waited else self._current().sync()
-        return run(operation(cache, *args))
+        return run(operation(self._current().cache, *args))
 
     async def _arun(self, operation: Callable[..., Op[T]], *args: Any) -> T:
-        shared = self._shared
-        cache = shared.async_cache if shared.async_waited else await self._current().aio()
-        return await arun(operation(cache, *args))
+        return await arun(operation(self._current().async_cache, *args))
 
     def _add(self, cache: Any, key: Any, value: Any, timeout: Any, version: Any) -> Op[bool]:
         name, ttl = self.make_key(key, version), self.get_backend_timeout(timeout)
