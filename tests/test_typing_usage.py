@@ -26,6 +26,7 @@ from kvcache import (
 )
 from kvcache.integrations.fastapi import get_cache, health, lifespan, open_cache
 from kvcache.integrations.flask import KVCache
+from kvcache.testing import ChaosProxy
 
 
 def build_report() -> dict[str, int]:
@@ -101,6 +102,21 @@ def test_events_and_health(redis_url: str) -> None:
         assert_type(report.last_error, str | None)
         assert [(c.previous, c.current) for c in changes] == [(State.STARTING, State.READY)]
         assert errors == []
+
+
+def test_set_while_redis_is_away(chaos_proxy: ChaosProxy, redis_url: str) -> None:
+    """As the README says: True, stored in the fallback, and deleted in Redis on recovery."""
+    with Cache.from_url(chaos_proxy.url, namespace="app", retry_max=0.05) as cache:
+        assert cache.connect(timeout=2) is State.READY
+        cache.set("k", "old")
+        chaos_proxy.refuse()
+        assert cache.set("k", "new") is True
+        assert cache.state is State.DEGRADED
+        assert cache.get("k") == "new"  # this process reads its own write
+        assert cache.stats.fallback_hits == 1
+        chaos_proxy.up()
+        assert cache.connect(timeout=5) is State.READY
+        assert cache.get("k") is None  # deleted in Redis: never the older "old"
 
 
 def load_price() -> float:
