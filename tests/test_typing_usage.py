@@ -26,6 +26,7 @@ from kvcache import (
 )
 from kvcache.integrations.fastapi import get_cache, health, lifespan, open_cache
 from kvcache.integrations.flask import KVCache
+from kvcache.stores import RedisClusterStore
 from kvcache.testing import ChaosProxy
 
 
@@ -117,6 +118,13 @@ def test_set_while_redis_is_away(chaos_proxy: ChaosProxy, redis_url: str) -> Non
         chaos_proxy.up()
         assert cache.connect(timeout=5) is State.READY
         assert cache.get("k") is None  # deleted in Redis: never the older "old"
+
+
+def test_cluster_remap(redis_url: str) -> None:
+    with Cache.from_url(f"{redis_url}?mode=cluster", connect_attempts=1) as cache:
+        store = cache.store  # a Store, or in cluster mode a RedisClusterStore
+        assert isinstance(store, RedisClusterStore)
+        store.remap = lambda host_port: ("127.0.0.1", host_port[1])
 
 
 def load_price() -> float:
