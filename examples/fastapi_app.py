@@ -1,7 +1,9 @@
 """A FastAPI app: an AsyncCache from the lifespan, a dependency, a readiness endpoint.
 
+    pip install '.[fastapi]'   # FastAPI, uvicorn (the server) and httpx2 (for the TestClient)
     KVCACHE_URL=redis://127.0.0.1:6379/0 uvicorn examples.fastapi_app:app
     # then open http://127.0.0.1:8000/report/7 (twice) and http://127.0.0.1:8000/health/cache
+    # (200 while Redis is READY, and also while DEGRADED: the cache serves from memory then)
 
     python examples/fastapi_app.py   # requests the pages with the TestClient, prints them
 

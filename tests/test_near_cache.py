@@ -435,6 +435,49 @@ def test_near_cache_settings_and_limits(redis_url: str, monkeypatch: pytest.Monk
         assert cache._near is None
 
 
+# The README's ACL rights: a least-privilege cache user's (as in test_redis.py), then what a
+# near-cached namespace adds: its stream's key and XADD, XREAD, XINFO STREAM on it (nothing
+# else of @stream).
+CACHE_ACL = "on >app-pass ~app:* +@read +@write +@keyspace +@transaction +ping"
+NEAR_ACL = "~__kvcache_invalidations__:app -@stream +xadd +xread +xinfo|stream"
+
+
+def test_the_acl_rights_the_readme_names_are_what_a_near_cache_needs(redis_url: str) -> None:
+    with redis.Redis.from_url(redis_url) as admin:
+        admin.execute_command("ACL", "SETUSER", "app", *f"{CACHE_ACL} {NEAR_ACL}".split())
+        admin.execute_command("ACL", "SETUSER", "nostream", *CACHE_ACL.split())
+        admin.execute_command("ACL", "LOG", "RESET")
+        try:
+            settings = near_settings(redis_url.replace("://", "://app:app-pass@"), "app")
+            with Cache.from_settings(settings) as writer, Cache.from_settings(settings) as reader:
+                errors: list[Any] = []
+                for cache in (writer, reader):
+                    cache.on("error", errors.append)
+                    assert cache.connect(timeout=5) is State.READY
+                wait_for(lambda: near_of(writer).ready and near_of(reader).ready)
+                writer.set("k", 1)
+                read_to_the_end(reader, redis_url)
+                assert (reader.get("k"), reader.get("k")) == (1, 1)
+                assert reader.stats.near_hits == 1  # a copy
+                writer.set("k", 2)  # evicted through the stream
+                wait_for(lambda: reader.get("k") == 2)
+                writer.clear()
+                wait_for(lambda: reader.get("k") is None)
+                assert errors == []
+            assert admin.acl_log() == []
+            url = redis_url.replace("://", "://nostream:app-pass@")
+            with Cache.from_settings(near_settings(url, "app")) as cache:
+                assert cache.connect(timeout=5) is State.READY  # the cache itself: fine
+                wait_for(
+                    lambda: any(
+                        e["object"] == "__kvcache_invalidations__:app" for e in admin.acl_log()
+                    )
+                )
+                assert not near_of(cache).ready  # its listener cannot read the stream
+        finally:
+            admin.execute_command("ACL", "DELUSER", "app", "nostream")
+
+
 def test_a_copy_lives_no_longer_than_redis_keeps_the_key_and_the_l1_is_bounded() -> None:
     now = [100.0]
     near = NearCache(NearCacheConfig(maxsize=3, ttl=60), "n", clock=lambda: now[0])

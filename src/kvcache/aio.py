@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, overload
 
 from .drivers import arun
 from .errors import CacheUnavailableError, StoreError
@@ -99,6 +99,17 @@ class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
 
     async def clear(self) -> int:
         return await arun(self._ops.clear())
+
+    # An async factory's value is what it awaits to (the first overload), not its coroutine.
+    @overload
+    async def get_or_set(
+        self, key: Key, factory: Callable[[], Awaitable[T]], ttl: float | None = None
+    ) -> T: ...
+
+    @overload
+    async def get_or_set(
+        self, key: Key, factory: Callable[[], T], ttl: float | None = None
+    ) -> T: ...
 
     async def get_or_set(
         self, key: Key, factory: Callable[[], T | Awaitable[T]], ttl: float | None = None

@@ -62,17 +62,20 @@ def _url_user(url: str) -> tuple[str, str]:
     return unquote(user), unquote(password)
 
 
+# Defaults are written Field(default=...), never Field(value, ...): a type checker without
+# pydantic's mypy plugin (an application's) sees only a keyword default, and would take every
+# other setting for a required argument of KVCacheSettings(...).
 class NearCacheSettings(BaseModel):
     """The near cache (``KVCACHE_NEAR_CACHE__ENABLED=true`` …): a per-process copy of values
     read, evicted through a Redis Stream when any process writes (``nearcache.py``)."""
 
     enabled: bool = False
-    maxsize: int = Field(10_000, ge=1, description="entries kept in each process")
-    ttl: float = Field(60.0, gt=0, le=86_400, description="seconds a copy lives at most")
+    maxsize: int = Field(default=10_000, ge=1, description="entries kept in each process")
+    ttl: float = Field(default=60.0, gt=0, le=86_400, description="seconds a copy lives at most")
     stream_maxlen: int = Field(
-        10_000, ge=100, description="invalidations kept; a listener further behind flushes"
+        default=10_000, ge=100, description="invalidations kept; a listener further behind flushes"
     )
-    block: float = Field(1.0, gt=0, le=60, description="seconds a blocked read waits")
+    block: float = Field(default=1.0, gt=0, le=60, description="seconds a blocked read waits")
 
     def config(self) -> NearCacheConfig | bool:
         if not self.enabled:
@@ -89,16 +92,18 @@ class IAMSettings(BaseModel):
     enabled: bool = False
     service: Literal["elasticache", "memorydb"] = "elasticache"
     name: str | None = Field(
-        None, description="replication group, serverless cache or MemoryDB cluster name"
+        default=None, description="replication group, serverless cache or MemoryDB cluster name"
     )
-    user_id: str | None = Field(None, description="the IAM-enabled user (its id is its name)")
-    region: str | None = Field(None, description="the cache's region; default: boto3's")
-    serverless: bool = Field(False, description="ElastiCache Serverless")
+    user_id: str | None = Field(
+        default=None, description="the IAM-enabled user (its id is its name)"
+    )
+    region: str | None = Field(default=None, description="the cache's region; default: boto3's")
+    serverless: bool = Field(default=False, description="ElastiCache Serverless")
     refresh_margin: float = Field(
-        300.0, gt=60, lt=900, description="seconds before expiry a token is re-signed"
+        default=300.0, gt=60, lt=900, description="seconds before expiry a token is re-signed"
     )
     max_connection_age: float = Field(
-        11 * 3600.0,
+        default=11 * 3600.0,
         gt=0,
         le=12 * 3600.0,
         description="seconds after which an idle connection is re-opened (AWS closes IAM "
@@ -126,72 +131,87 @@ class KVCacheSettings(BaseSettings):
     )
 
     url: str = Field(
-        "redis://127.0.0.1:6379/0",
+        default="redis://127.0.0.1:6379/0",
         repr=False,
         description="redis://, rediss:// (TLS), unix:// or memory:// (in-process store)",
     )
-    namespace: str = Field("kvcache", min_length=1, description="key prefix; clear() stays in it")
+    namespace: str = Field(
+        default="kvcache", min_length=1, description="key prefix; clear() stays in it"
+    )
     separator: str = ":"
-    default_ttl: float | None = Field(None, gt=0, description="seconds; None = no expiry")
+    default_ttl: float | None = Field(default=None, gt=0, description="seconds; None = no expiry")
     connect_timeout: float = Field(
-        0.5, gt=0, le=60, description="seconds per step of a background probe (connect, AUTH)"
+        default=0.5,
+        gt=0,
+        le=60,
+        description="seconds per step of a background probe (connect, AUTH)",
     )
     op_timeout: float = Field(
-        0.25, gt=0, le=60, description="seconds a call gives the network, and per wait for a slot"
+        default=0.25,
+        gt=0,
+        le=60,
+        description="seconds a call gives the network, and per wait for a slot",
     )
     max_connections: int = Field(
-        64, ge=1, description="connections per process (per event loop for AsyncCache)"
+        default=64, ge=1, description="connections per process (per event loop for AsyncCache)"
     )
     client_name: str | None = Field(
-        None, description="CLIENT SETNAME on each connection (needs that ACL permission)"
+        default=None, description="CLIENT SETNAME on each connection (needs that ACL permission)"
     )
     serializer: Literal["json", "pickle"] | InstanceOf[Serializer] = Field(
-        "json", description="json, pickle, or (in code) any Serializer object"
+        default="json", description="json, pickle, or (in code) any Serializer object"
     )
     signing_key: SecretStr | None = Field(
-        None, description="key for signed pickle (a keyed BLAKE2b MAC)"
+        default=None, description="key for signed pickle (a keyed BLAKE2b MAC)"
     )
-    compress_threshold: int | None = Field(DEFAULT_COMPRESS_THRESHOLD, ge=0)
-    max_key_length: int = Field(DEFAULT_MAX_KEY_LENGTH, ge=1, le=512 * 1024 * 1024)
+    compress_threshold: int | None = Field(default=DEFAULT_COMPRESS_THRESHOLD, ge=0)
+    max_key_length: int = Field(default=DEFAULT_MAX_KEY_LENGTH, ge=1, le=512 * 1024 * 1024)
     throw_on_errors: bool = False
-    memory_maxsize: int = Field(DEFAULT_MAXSIZE, ge=1, description="entries in the memory store")
+    memory_maxsize: int = Field(
+        default=DEFAULT_MAXSIZE, ge=1, description="entries in the memory store"
+    )
     non_blocking: bool = Field(
-        True, description="false: STARTING calls wait for the whole first-connect phase"
+        default=True, description="false: STARTING calls wait for the whole first-connect phase"
     )
     connect_attempts: int = Field(
-        3, ge=1, le=100, description="probes in the first-connect phase before DEGRADED"
+        default=3, ge=1, le=100, description="probes in the first-connect phase before DEGRADED"
     )
-    retry_base: float = Field(0.05, gt=0, le=60, description="seconds: first probe delay")
+    retry_base: float = Field(default=0.05, gt=0, le=60, description="seconds: first probe delay")
     retry_max: float = Field(
-        0.5, gt=0, le=300, description="seconds: longest probe delay (bounds recovery time)"
+        default=0.5, gt=0, le=300, description="seconds: longest probe delay (bounds recovery time)"
     )
     fallback: Literal["memory", "none"] | None = Field(
-        "memory", description="what serves while Redis is away; none: calls fail fast"
+        default="memory", description="what serves while Redis is away; none: calls fail fast"
     )
-    fallback_maxsize: int = Field(DEFAULT_FALLBACK_MAXSIZE, ge=1, description="fallback entries")
+    fallback_maxsize: int = Field(
+        default=DEFAULT_FALLBACK_MAXSIZE, ge=1, description="fallback entries"
+    )
     fallback_ttl: float = Field(
-        DEFAULT_FALLBACK_TTL, gt=0, description="seconds: TTL cap of outage-era entries"
+        default=DEFAULT_FALLBACK_TTL, gt=0, description="seconds: TTL cap of outage-era entries"
     )
-    journal_size: int = Field(10_000, ge=0, description="keys remembered for deletion on recovery")
+    journal_size: int = Field(
+        default=10_000, ge=0, description="keys remembered for deletion on recovery"
+    )
     journal_overflow: Literal["clear", "ignore"] = Field(
-        "clear", description="past journal_size: clear the namespace on recovery, or not"
+        default="clear", description="past journal_size: clear the namespace on recovery, or not"
     )
     mode: Mode = Field(
-        "standalone",
+        default="standalone",
         description="standalone: one client for one address, MOVED never followed (also for "
         "Envoy/HAProxy-style proxies); cluster: Redis Cluster; auto: ask the server (CLUSTER "
         "SLOTS, which the ACL user must be allowed). A ?mode=... in the URL wins.",
     )
     topology_interval: float = Field(
-        5.0, gt=0, le=3600, description="seconds between cluster topology checks (jittered)"
+        default=5.0, gt=0, le=3600, description="seconds between cluster topology checks (jittered)"
     )
     iam: IAMSettings = Field(default_factory=IAMSettings)
     telemetry: bool = Field(
-        True, description="OpenTelemetry metrics and spans (no-ops until an SDK is installed)"
+        default=True,
+        description="OpenTelemetry metrics and spans (no-ops until an SDK is installed)",
     )
     near_cache: NearCacheSettings = Field(default_factory=NearCacheSettings)
     stale_ttl: float | None = Field(
-        None,
+        default=None,
         gt=0,
         le=MAX_TTL,
         description="seconds a value is kept past its TTL, for get_or_set to serve when its "

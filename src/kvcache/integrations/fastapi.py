@@ -6,7 +6,7 @@ dependency, and a readiness endpoint.
     from kvcache.integrations.fastapi import get_cache, health, lifespan
 
     app = FastAPI(lifespan=lifespan())          # settings from KVCACHE_* (or pass them)
-    app.add_api_route("/health/cache", health)  # 200 while serving, 503 otherwise
+    app.add_api_route("/health/cache", health)  # 200 while READY or DEGRADED, else 503
 
     @app.get("/users/{user_id}")
     async def user(user_id: int, cache: AsyncCache = Depends(get_cache)):
