@@ -287,7 +287,7 @@ def test_doctor_when_cluster_is_refused_like_behind_a_proxy(
 def test_a_count_or_duration_that_cannot_work_is_a_usage_error(
     capsys: pytest.CaptureFixture[str], args: list[str]
 ) -> None:
-    # Before: doctor --samples 0 ran (and failed on empty latency figures), demo --workers 0
+    # Before: doctor --samples 0 ran without a single PING for its figures, demo --workers 0
     # drove no traffic, demo --duration 0 silently ran for 5 s.
     with pytest.raises(SystemExit) as exited:
         main(args)
