@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import re
 import warnings
@@ -78,8 +79,6 @@ def _url_user(url: str) -> tuple[str, str]:
 def _accepted(*classes: type) -> frozenset[str]:
     """The keyword arguments every one of ``classes`` accepts (their ``__init__``s along
     the MRO): what redis-py really passes a URL's query options to."""
-    import inspect
-
     sets = []
     for cls in classes:
         names: set[str] = set()
@@ -518,5 +517,5 @@ def _warn_unknown_variables() -> None:
             f"{variable} names no kvcache setting"
             + (f": did you mean {close[0]}?" if close else ""),
             ConfigurationWarning,
-            stacklevel=4,
+            stacklevel=3,  # the code that builds the settings
         )
