@@ -334,7 +334,9 @@ def test_a_url_option_redis_py_would_refuse_is_refused_at_construction(
         started = time.perf_counter()
         with pytest.raises(ConfigurationError, match=named):
             construct(url=url)  # type: ignore[operator]
-        assert time.perf_counter() - started < 0.1  # no I/O, no waiting
+        assert (
+            time.perf_counter() - started < 0.5
+        )  # no I/O, no waiting (as test_construction_does_no_io)
 
 
 def test_unix_socket_urls_have_no_tcp_options() -> None:
