@@ -270,3 +270,26 @@ def test_doctor_when_cluster_is_refused_like_behind_a_proxy(
     status, report = doctor(capsys, "--url", url + "?mode=auto")
     assert status == 1
     assert statuses(report)["mode"] == "fail"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["doctor", "--samples", "0"],
+        ["doctor", "--samples", "-3"],
+        ["demo", "--workers", "0"],
+        ["demo", "--duration", "0"],
+        ["demo", "--duration", "-5"],
+        ["demo", "--duration", "nan"],
+    ],
+    ids=" ".join,
+)
+def test_a_count_or_duration_that_cannot_work_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    # Before: doctor --samples 0 ran without a single PING for its figures, demo --workers 0
+    # drove no traffic, demo --duration 0 silently ran for 5 s.
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    assert f"argument {args[1]}" in capsys.readouterr().err

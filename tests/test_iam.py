@@ -31,7 +31,6 @@ import pytest
 import redis
 from botocore.model import ServiceId
 from botocore.signers import RequestSigner
-from pydantic import ValidationError
 
 from conftest import Traffic, listener_has_read_all, ready_cache
 from kvcache import Cache, State
@@ -397,7 +396,7 @@ IAM = {"enabled": True, "name": NAME, "user_id": USER, "region": REGION}
     ],
 )
 def test_iam_settings_are_checked(url: str, iam: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValidationError, match=message) as caught:
+    with pytest.raises(ConfigurationError, match=message) as caught:
         KVCacheSettings(url=url, iam=iam)
     assert "secret" not in str(caught.value)
 

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import time
+import warnings
+from typing import Any
 
 import pytest
-from pydantic import ValidationError
+import redis
 
 from kvcache import (
+    FOREVER,
     AsyncCache,
     AsyncRedisStore,
     Cache,
     ConfigurationError,
+    ConfigurationWarning,
+    InvalidTTLError,
     KVCacheError,
     KVCacheSettings,
     MemoryStore,
@@ -22,6 +28,7 @@ from kvcache import (
     State,
 )
 from kvcache.settings import redact_url
+from kvcache.testing import RedisServer
 
 SECRET = "pa55-w0rd-in-url"
 
@@ -42,7 +49,8 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KVCACHE_OP_TIMEOUT", "0.1")
     monkeypatch.setenv("KVCACHE_THROW_ON_ERRORS", "true")
     settings = KVCacheSettings()
-    assert (settings.url, settings.namespace, settings.default_ttl) == ("memory://", "app", 30)
+    assert settings.url.get_secret_value() == "memory://"
+    assert (settings.namespace, settings.default_ttl) == ("app", 30)
     assert settings.op_timeout == 0.1
     assert settings.throw_on_errors is True
     cache = Cache.from_settings()
@@ -77,14 +85,18 @@ def test_a_bad_setting_is_named_in_the_error(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
     monkeypatch.setenv(f"KVCACHE_{name.upper()}", value)
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(ConfigurationError) as caught:
         KVCacheSettings()
-    assert {error["loc"][0] for error in caught.value.errors()} == {name}
+    assert isinstance(caught.value, ValueError)
+    assert f"{name} (KVCACHE_{name.upper()}) = " in str(caught.value)  # the setting, the value
+    assert repr(value) in str(caught.value) or name == "url"  # (the URL shown redacted)
 
 
 def test_unknown_keyword_is_refused() -> None:
-    with pytest.raises(ValidationError, match="namspace"):
+    with pytest.raises(ConfigurationError, match=r"unknown setting 'namspace' .*'namespace'"):
         Cache.from_url("memory://", namspace="typo")
+    with pytest.raises(ConfigurationError, match="unknown setting 'namspace'"):
+        AsyncCache.from_url("memory://", namspace="typo")
 
 
 def test_passwords_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,12 +108,16 @@ def test_passwords_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
     cache = Cache.from_settings(settings)
     assert SECRET not in repr(cache)
     assert "127.0.0.1:6399/2" in repr(cache)
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(ConfigurationError) as caught:
         KVCacheSettings(url=f"redis://user:{SECRET}@host:notaport/0", op_timeout=-1)
     assert SECRET not in str(caught.value)
     monkeypatch.setenv("KVCACHE_URL", f"ftp://user:{SECRET}@host/")
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(ConfigurationError) as caught:
         KVCacheSettings()
+    assert SECRET not in str(caught.value)
+    assert "'ftp://***@host/'" in str(caught.value)  # the bad value, redacted
+    with pytest.raises(ConfigurationError, match="signing_key") as caught:
+        KVCacheSettings(url="memory://", serializer="pickle", signing_key=[SECRET])
     assert SECRET not in str(caught.value)
 
 
@@ -124,13 +140,20 @@ def test_passwords_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_every_url_form_of_a_password_is_masked(url: str, shown: str) -> None:
     assert redact_url(url) == shown
-    assert SECRET not in repr(KVCacheSettings(url=url))
+    if "Password" in url or "/with/" in url:  # redis-py's names are lower case; a raw "/"
+        with pytest.raises(ConfigurationError) as caught:
+            KVCacheSettings(url=url)
+        assert SECRET not in str(caught.value)
+        return
+    settings = KVCacheSettings(url=url)
+    assert SECRET not in repr(settings)
+    assert SECRET not in str(settings.model_dump()) + settings.model_dump_json()
 
 
 def test_a_signing_key_without_pickle_is_refused() -> None:
-    with pytest.raises(ValidationError, match="signing_key"):
+    with pytest.raises(ConfigurationError, match="signing_key"):
         KVCacheSettings(url="memory://", signing_key="k" * 20)
-    with pytest.raises(ValidationError, match="signing_key"):
+    with pytest.raises(ConfigurationError, match="signing_key"):
         KVCacheSettings(url="memory://", serializer=PickleSerializer(), signing_key="k" * 20)
 
 
@@ -194,7 +217,7 @@ def test_the_fallback_is_bounded_and_caps_ttls() -> None:
 
 
 def test_retry_base_above_retry_max_is_refused() -> None:
-    with pytest.raises(ValidationError, match="retry_base"):
+    with pytest.raises(ConfigurationError, match="retry_base"):
         KVCacheSettings(retry_base=2, retry_max=1)
 
 
@@ -271,12 +294,174 @@ def test_async_cache_from_settings_runs() -> None:
 def test_a_call_never_gets_more_network_time_than_op_timeout() -> None:
     from kvcache.client import async_client, sync_client
 
-    settings = KVCacheSettings(op_timeout=0.25, connect_timeout=2.0)
+    settings = KVCacheSettings(url="redis://127.0.0.1:1/0", op_timeout=0.25, connect_timeout=2.0)
     for client in (sync_client(settings), async_client(settings)):
         kwargs = client.connection_pool.connection_kwargs
         # a little under op_timeout: the call also has to open the breaker and ask the fallback
         assert 0.24 <= kwargs["socket_timeout"] < 0.25
         assert kwargs["socket_connect_timeout"] == kwargs["socket_timeout"]  # not 2 s
-    cache = Cache.from_settings(settings.model_copy(update={"url": "redis://127.0.0.1:1/0"}))
+    cache = Cache.from_settings(settings)
     assert cache.store.probe_timeout == 4.0  # probes, in the background, get connect_timeout
     cache.close()
+
+
+# --- Checked at construction (issue 16, section 2) ------------------------------------------
+
+
+def with_query(url: str, query: str) -> str:
+    return url + ("&" if "?" in url else "?") + query
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("foo=1", "'foo' is not accepted"),
+        ("ssl_cert_reqs=none", "'ssl_cert_reqs' needs a rediss://"),
+        ("ssl_ca_certs=ca.pem", "'ssl_ca_certs' needs a rediss://"),
+        ("timeout=1", "'timeout' is not accepted"),  # a BlockingConnectionPool's, not ours
+        ("decode_responses=true", "'decode_responses' is not accepted"),  # kvcache's own
+        ("max_connections=5", "'max_connections' is not accepted"),  # a setting
+        ("socket_timout=0.1", "did you mean 'socket_timeout'"),
+    ],
+)
+def test_a_url_option_redis_py_would_refuse_is_refused_at_construction(
+    redis_url: str, query: str, named: str
+) -> None:
+    # Before: construction succeeded, then every connect died of a TypeError (an unknown
+    # keyword to Connection) and the cache stayed STARTING, serving from memory.
+    url = with_query(redis_url, query)
+    for construct in (KVCacheSettings, Cache.from_url, AsyncCache.from_url):
+        started = time.perf_counter()
+        with pytest.raises(ConfigurationError, match=named):
+            construct(url=url)  # type: ignore[operator]
+        assert (
+            time.perf_counter() - started < 0.5
+        )  # no I/O, no waiting (as test_construction_does_no_io)
+
+
+def test_unix_socket_urls_have_no_tcp_options() -> None:
+    with pytest.raises(ConfigurationError, match="'socket_keepalive' is not accepted on unix"):
+        KVCacheSettings(url="unix:///run/redis.sock?socket_keepalive=true")
+    assert KVCacheSettings(url="unix:///run/redis.sock?db=2&socket_timeout=0.1")
+
+
+def test_the_accepted_url_options_really_reach_redis(redis_url: str, open_cache: Any) -> None:
+    query = (
+        "db=3&socket_timeout=0.2&socket_connect_timeout=0.2&socket_keepalive=true"
+        "&socket_read_size=32768&health_check_interval=5&mode=standalone"
+    )
+    cache = open_cache(with_query(redis_url, query), namespace="opts")
+    assert cache.set("k", 1) is True
+    with redis.Redis.from_url(with_query(redis_url, "db=3")) as admin:
+        assert admin.exists("opts:k") == 1
+    assert KVCacheSettings(url="rediss://h:6380/0?ssl_cert_reqs=none&ssl_check_hostname=false")
+
+
+@pytest.mark.parametrize("name", ["socket_timeout", "socket_connect_timeout"])
+def test_a_url_timeout_may_not_exceed_op_timeout(name: str) -> None:
+    # Before: ?socket_timeout=3 silently replaced the op_timeout bound (a blackholed first get
+    # took 3.0 s instead of 0.25 s).
+    with pytest.raises(ConfigurationError, match=f"{name}=3 must be > 0 and at most op_timeout"):
+        KVCacheSettings(url=f"redis://h:6379/0?{name}=3")
+    with pytest.raises(ConfigurationError, match=name):
+        Cache.from_url(f"redis://h:6379/0?{name}=0")
+    assert KVCacheSettings(url=f"redis://h:6379/0?{name}=3", op_timeout=3)
+
+
+def test_a_shorter_url_timeout_is_kept(redis_url: str) -> None:
+    from kvcache.client import sync_client
+
+    settings = KVCacheSettings(url=with_query(redis_url, "socket_timeout=0.05"))
+    assert sync_client(settings).connection_pool.connection_kwargs["socket_timeout"] == 0.05
+
+
+@pytest.mark.parametrize("path", ["/abc", "/0/1", "/1x"])
+def test_a_url_path_that_is_no_database_number_is_refused(path: str) -> None:
+    # Before: redis://h/abc silently used db 0.
+    with pytest.raises(ConfigurationError, match="database number"):
+        KVCacheSettings(url=f"redis://h:6379{path}")
+    with pytest.raises(ConfigurationError, match="'db'"):
+        KVCacheSettings(url="redis://h:6379?db=abc")
+    for fine in ("redis://h:6379", "redis://h:6379/", "redis://h:6379/15"):
+        assert KVCacheSettings(url=fine)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 1e308 * 10], ids=repr)
+def test_an_infinite_or_nan_ttl_is_refused(redis_url: str, open_cache: Any, bad: float) -> None:
+    # Before: ttl=float("inf") was stored without expiry; FOREVER is the way to say forever.
+    cache = open_cache(redis_url, namespace="inf")
+    for call in (
+        lambda: cache.set("k", 1, ttl=bad),
+        lambda: cache.touch("k", ttl=bad),
+        lambda: cache.get_or_set("k", lambda: 1, ttl=bad),
+    ):
+        with pytest.raises(InvalidTTLError, match="ttl"):
+            call()
+    assert not cache.has("k")
+    for option in ("default_ttl", "stale_ttl"):
+        with pytest.raises(KVCacheError, match=option) as refused:
+            Cache(MemoryStore(), **{option: bad})  # type: ignore[arg-type]
+        assert isinstance(refused.value, ValueError)
+        with pytest.raises(ConfigurationError, match=option):
+            KVCacheSettings(url="memory://", **{option: bad})
+    assert cache.set("forever", 1, ttl=FOREVER) is True
+    assert cache.ttl("forever") == FOREVER
+    assert cache.set("copied", 1, ttl=pickle.loads(pickle.dumps(FOREVER))) is True
+
+
+def test_a_bad_environment_value_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVCACHE_OP_TIMEOUT", "fast")
+    with pytest.raises(ConfigurationError, match=r"op_timeout \(KVCACHE_OP_TIMEOUT\) = 'fast'"):
+        Cache.from_url("memory://")
+    monkeypatch.delenv("KVCACHE_OP_TIMEOUT")
+    with pytest.raises(ConfigurationError, match=r"namespace .* = ''") as caught:
+        AsyncCache.from_url("memory://", namespace="")
+    assert isinstance(caught.value, ValueError)
+    url = f"http://user:{SECRET}@x/"
+    with pytest.raises(ConfigurationError, match="'http://\\*\\*\\*@x/'") as caught:
+        Cache.from_url(url)
+    assert SECRET not in str(caught.value)
+    assert caught.value.__cause__ is None  # no pydantic error chained, echoing the input
+
+
+def test_an_unknown_kvcache_variable_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kvcache.settings
+
+    monkeypatch.setattr(kvcache.settings, "_warned", set())
+    monkeypatch.setenv("KVCACHE_NAMESPCE", "app")
+    monkeypatch.setenv("KVCACHE_NEAR_CACHE__ENABLED", "false")  # nested: a setting
+    monkeypatch.setenv("KVCACHE_IAM__REGION", "eu-west-1")
+    monkeypatch.setenv("KVCACHE_REDIS_SERVER", "/usr/bin/redis-server")  # kvcache.testing's
+    monkeypatch.setenv("KVCACHE_URL", "memory://")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        KVCacheSettings()
+        Cache.from_url("memory://")
+    assert [str(w.message) for w in caught] == [
+        "KVCACHE_NAMESPCE names no kvcache setting: did you mean KVCACHE_NAMESPACE?"
+    ]
+    assert caught[0].category is ConfigurationWarning
+    assert issubclass(ConfigurationWarning, UserWarning)
+
+
+def test_get_or_set_refuses_a_factory_that_is_no_callable(redis_url: str, open_cache: Any) -> None:
+    cache = open_cache(redis_url, namespace="factory")
+    with pytest.raises(TypeError, match="get_or_set needs a factory to call on a miss"):
+        cache.get_or_set("k", 5)
+    assert cache.stats.misses == 0  # refused before any I/O
+    assert not cache.has("k")
+
+
+def test_dumps_never_show_secrets() -> None:
+    # Before: model_dump() and model_dump_json() printed the URL's password in clear.
+    key = "signing-key-" + SECRET
+    with RedisServer(password=SECRET) as server:
+        settings = KVCacheSettings(url=server.url, serializer="pickle", signing_key=key)
+        for shown in (str(settings.model_dump()), settings.model_dump_json(), repr(settings)):
+            assert SECRET not in shown
+            assert f"redis://***@127.0.0.1:{server.port}/0" in shown
+        assert settings.url.get_secret_value() == server.url  # for the code that needs it
+        with Cache.from_settings(settings) as cache:  # ... which gets the password through
+            assert cache.connect(timeout=5) is State.READY
+            assert cache.set("k", {1}) is True
+            assert cache.get("k") == {1}

@@ -12,7 +12,7 @@ from .errors import CacheUnavailableError, StoreError
 from .facade import CacheBase
 from .keys import K, Key
 from .nearcache import MISSING
-from .ops import Stale
+from .ops import Stale, check_factory
 from .settings import KVCacheSettings
 from .singleflight import AsyncSingleFlight
 from .state import State
@@ -115,6 +115,7 @@ class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
         self, key: Key, factory: Callable[[], T | Awaitable[T]], ttl: float | None = None
     ) -> T:
         """Like ``Cache.get_or_set``; ``factory`` may be a plain or an async callable."""
+        check_factory(factory)
         self._ops.ttl_ms(ttl)  # bad input fails before any I/O
         found = await self._get(key, MISSING, True)
         if found is not MISSING and not isinstance(found, Stale):

@@ -11,7 +11,7 @@ from .errors import CacheUnavailableError, StoreError
 from .facade import CacheBase
 from .keys import K, Key
 from .nearcache import MISSING
-from .ops import Stale
+from .ops import Stale, check_factory
 from .settings import KVCacheSettings
 from .singleflight import SingleFlight
 from .state import State
@@ -117,6 +117,7 @@ class Cache(CacheBase[Store | RedisClusterStore]):
         """The cached value, or ``factory()`` stored with ``ttl``. Concurrent callers in this
         process share one call of ``factory`` per key. With ``stale_ttl`` (fail-safe), a
         factory that raises is answered with the last value, if one is still kept."""
+        check_factory(factory)
         self._ops.ttl_ms(ttl)  # bad input fails before any I/O
         found = self._get(key, MISSING, True)
         if found is not MISSING and not isinstance(found, Stale):

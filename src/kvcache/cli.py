@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
-
-from pydantic import ValidationError
 
 from . import __version__
 from .errors import ConfigurationError
@@ -31,13 +30,35 @@ def doctor(url: str | None, as_json: bool, samples: int) -> int:
         settings = KVCacheSettings(url=url) if url else KVCacheSettings()
         settings.cache_options()  # the serializer and its key, checked before any I/O
         report = diagnose(settings, samples=samples)
-    except (ValidationError, ConfigurationError) as exc:
+    except ConfigurationError as exc:
         print(f"kvcache doctor: unusable settings: {exc}", file=sys.stderr)
         return 2
     finally:
         logger.setLevel(level)
     print(report.to_json() if as_json else report.render())
     return 0 if report.healthy else 1
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (``--workers 0`` would drive no traffic at all)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return seconds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,18 +68,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     demo = commands.add_parser("demo", help="show graceful degradation through Redis outages")
     demo.add_argument(
-        "--duration", type=float, default=30.0, help="seconds (default 30; at least 5)"
+        "--duration", type=_positive_seconds, default=30.0, help="seconds (default 30; at least 5)"
     )
     demo.add_argument(
         "--url", help='a redis:// to cut off through a local proxy (its "demo:*" keys are cleared)'
     )
-    demo.add_argument("--workers", type=int, default=4, help="threads driving traffic")
+    demo.add_argument("--workers", type=_positive_int, default=4, help="threads driving traffic")
     demo.add_argument("--plot", metavar="PNG", help="write the timeline as a picture (matplotlib)")
 
     check = commands.add_parser("doctor", help="diagnose the Redis these settings name")
     check.add_argument("--url", help="the Redis to diagnose (default: KVCACHE_URL)")
     check.add_argument("--json", action="store_true", help="one JSON document, for scripts")
-    check.add_argument("--samples", type=int, default=50, help="PINGs for the latency figures")
+    check.add_argument(
+        "--samples", type=_positive_int, default=50, help="PINGs for the latency figures"
+    )
 
     args = parser.parse_args(argv)
     if args.command == "demo":

@@ -83,7 +83,7 @@ class Report:
 def masked_settings(settings: KVCacheSettings) -> dict[str, Any]:
     """The resolved settings, fit to print: URL redacted, secrets masked."""
     shown = settings.model_dump(mode="json", exclude={"url", "serializer", "signing_key"})
-    shown["url"] = redact_url(settings.url)
+    shown["url"] = redact_url(settings.url.get_secret_value())
     shown["mode"] = settings.resolved_mode
     serializer = settings.serializer
     shown["serializer"] = serializer if isinstance(serializer, str) else type(serializer).__name__
@@ -101,7 +101,7 @@ def diagnose(settings: KVCacheSettings, *, samples: int = 50) -> Report:
     else:
         _network_checks(settings, run, samples)
     run.check("cache", lambda: _cache_verdict(settings))
-    return Report(redact_url(settings.url), masked_settings(settings), checks)
+    return Report(redact_url(settings.url.get_secret_value()), masked_settings(settings), checks)
 
 
 class _Runner:

@@ -11,6 +11,11 @@ class ConfigurationError(KVCacheError, ValueError):
     """A setting or constructor argument is invalid."""
 
 
+class ConfigurationWarning(UserWarning):
+    """A setting looks mistaken but is not an error (e.g. a ``KVCACHE_`` variable that names
+    no setting)."""
+
+
 class InvalidKeyError(KVCacheError, TypeError, ValueError):
     """A key is not str/bytes, is empty, or is too long. Raised before any I/O."""
 

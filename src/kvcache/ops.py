@@ -80,6 +80,15 @@ def check_amount(amount: object) -> int:
     return amount
 
 
+def check_factory(factory: object) -> None:
+    """``get_or_set``'s factory must be callable: found out before any I/O, not on a miss."""
+    if not callable(factory):
+        raise TypeError(
+            f"get_or_set needs a factory to call on a miss (e.g. lambda: value), "
+            f"not {type(factory).__name__}"
+        )
+
+
 def observed(
     operation: str, *, many: bool = False, per_key: bool = False
 ) -> Callable[[BodyMethod[P, T]], OpMethod[P, T]]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import os
 import re
+import warnings
 from typing import Any, Literal
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -12,12 +16,22 @@ from pydantic import (
     Field,
     InstanceOf,
     SecretStr,
+    ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.asyncio import connection as async_connection
+from redis.connection import (
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
 
 from .codec import DEFAULT_COMPRESS_THRESHOLD
+from .errors import ConfigurationError, ConfigurationWarning
 from .keys import DEFAULT_MAX_KEY_LENGTH
 from .nearcache import NearCacheConfig
 from .serializers import Serializer, serializer_named
@@ -62,12 +76,109 @@ def _url_user(url: str) -> tuple[str, str]:
     return unquote(user), unquote(password)
 
 
+def _accepted(*classes: type) -> frozenset[str]:
+    """The keyword arguments every one of ``classes`` accepts (their ``__init__``s along
+    the MRO): what redis-py really passes a URL's query options to."""
+    sets = []
+    for cls in classes:
+        names: set[str] = set()
+        for base in cls.__mro__:
+            if "__init__" in vars(base):
+                names.update(inspect.signature(base.__init__).parameters)  # type: ignore[misc]
+        sets.append(names)
+    return frozenset.intersection(*map(frozenset, sets))
+
+
+# Query options a URL may carry. Left out on purpose: what kvcache sets itself (retries,
+# decode_responses, protocol, client_name and max_connections, which are settings), what
+# redis-py deprecates (lib_name, lib_version) and what a string cannot carry (classes).
+# Kept only where the connection class of the scheme, sync and async, accepts it: anything
+# else would reach its constructor and make every connect fail with a TypeError.
+_URL_OPTIONS = [
+    "db",
+    "username",
+    "password",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "socket_read_size",
+    "health_check_interval",
+]
+_TLS_OPTIONS = [
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_password",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_data",
+    "ssl_ca_path",
+    "ssl_check_hostname",
+    "ssl_ciphers",
+    "ssl_min_version",
+    "ssl_include_verify_flags",
+    "ssl_exclude_verify_flags",
+]
+URL_OPTIONS: dict[str, frozenset[str]] = {
+    scheme: frozenset(_URL_OPTIONS + _TLS_OPTIONS) & _accepted(sync, asynchronous)
+    for scheme, sync, asynchronous in (
+        ("redis", Connection, async_connection.Connection),
+        ("rediss", SSLConnection, async_connection.SSLConnection),
+        (
+            "unix",
+            UnixDomainSocketConnection,
+            async_connection.UnixDomainSocketConnection,
+        ),
+    )
+}
+_URL_TIMEOUTS = ("socket_timeout", "socket_connect_timeout")
+
+
+def check_url(url: str, op_timeout: float) -> None:
+    """Refuse, before any I/O, what redis-py would fail on only when connecting (an unknown
+    query option, a TLS option without TLS), or silently ignore (a path that is no database
+    number), and URL timeouts longer than ``op_timeout``, the bound every call keeps.
+    ``url`` is without kvcache's own ``mode`` option. Errors never quote a value."""
+    scheme = url.partition("://")[0].lower()
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (parsing it is the check)
+    except ValueError:
+        raise ConfigurationError("url is not a valid Redis URL (bad port)") from None
+    accepted = URL_OPTIONS[scheme]
+    for name in parse_qs(parts.query, keep_blank_values=True):
+        if name in accepted:
+            continue
+        if name in _TLS_OPTIONS:
+            raise ConfigurationError(f"the URL option {name!r} needs a rediss:// (TLS) URL")
+        hint = difflib.get_close_matches(name, sorted(accepted), n=1)
+        raise ConfigurationError(
+            f"the URL option {name!r} is not accepted on {scheme}:// URLs"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; accepted: mode, {', '.join(sorted(accepted))}"
+        )
+    if scheme != "unix" and not re.fullmatch(r"/?\d*", unquote(parts.path)):
+        raise ConfigurationError("url: the path must be a database number (redis://host:6379/0)")
+    try:
+        # No I/O: redis-py's own parsing of each option's value.
+        options = parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:  # "Invalid value for 'db' in connection URL.": no value shown
+        raise ConfigurationError(f"url: {exc}") from None
+    for name in _URL_TIMEOUTS:
+        if name in options and not 0 < options[name] <= op_timeout:
+            raise ConfigurationError(
+                f"the URL's {name}={options[name]:g} must be > 0 and at most op_timeout "
+                f"({op_timeout:g} s): op_timeout bounds every call; set op_timeout instead"
+            )
+
+
 # Defaults are written Field(default=...), never Field(value, ...): a type checker without
 # pydantic's mypy plugin (an application's) sees only a keyword default, and would take every
 # other setting for a required argument of KVCacheSettings(...).
 class NearCacheSettings(BaseModel):
     """The near cache (``KVCACHE_NEAR_CACHE__ENABLED=true`` …): a per-process copy of values
     read, evicted through a Redis Stream when any process writes (``nearcache.py``)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     enabled: bool = False
     maxsize: int = Field(default=10_000, ge=1, description="entries kept in each process")
@@ -87,7 +198,7 @@ class IAMSettings(BaseModel):
     """ElastiCache / MemoryDB IAM authentication (``KVCACHE_IAM__ENABLED=true`` …). The AWS
     credentials come from boto3's standard chain (environment, profile, instance role)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = False
     service: Literal["elasticache", "memorydb"] = "elasticache"
@@ -127,13 +238,15 @@ class KVCacheSettings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         hide_input_in_errors=True,  # a bad URL must not echo its password in the error
+        allow_inf_nan=False,  # no expiry is None (or kvcache.FOREVER in a call), never inf
         env_parse_none_str="none",  # KVCACHE_COMPRESS_THRESHOLD=none turns compression off
     )
 
-    url: str = Field(
-        default="redis://127.0.0.1:6379/0",
+    url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
         repr=False,
-        description="redis://, rediss:// (TLS), unix:// or memory:// (in-process store)",
+        description="redis://, rediss:// (TLS), unix:// or memory:// (in-process store); "
+        "a secret (it may carry a password): read it with url.get_secret_value()",
     )
     namespace: str = Field(
         default="kvcache", min_length=1, description="key prefix; clear() stays in it"
@@ -224,15 +337,30 @@ class KVCacheSettings(BaseSettings):
         """``near_cache=True`` is short for ``near_cache={"enabled": True}``."""
         return {"enabled": value} if isinstance(value, bool) else value
 
+    def __init__(self, **values: Any) -> None:
+        """As pydantic's, but an invalid setting is a ``ConfigurationError`` naming it (and
+        its value, unless secret), and a ``KVCACHE_`` variable naming no setting warns."""
+        _warn_unknown_variables()
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigurationError(_explain(exc)) from None
+
     @field_validator("url")
     @classmethod
-    def _known_scheme(cls, url: str) -> str:
-        scheme = url.partition("://")[0].lower() if "://" in url else ""
+    def _known_scheme(cls, url: SecretStr) -> SecretStr:
+        value = url.get_secret_value()
+        scheme = value.partition("://")[0].lower() if "://" in value else ""
         if scheme not in URL_SCHEMES:
             raise ValueError(
                 f"URL scheme must be one of {', '.join(s + '://' for s in URL_SCHEMES)}"
             )
         return url
+
+    @field_serializer("url")
+    def _shown_url(self, url: SecretStr) -> str:
+        """Dumps show the URL with its credentials masked (the host, port and db help)."""
+        return redact_url(url.get_secret_value())
 
     @model_validator(mode="after")
     def _consistent(self) -> KVCacheSettings:
@@ -240,9 +368,11 @@ class KVCacheSettings(BaseSettings):
             raise ValueError("signing_key is only used with serializer='pickle'")
         if self.retry_base > self.retry_max:
             raise ValueError("retry_base must not exceed retry_max")
-        in_url = _MODE_PARAM.search(self.url.partition("?")[2])
+        in_url = _MODE_PARAM.search(self._url.partition("?")[2])
         if in_url and in_url.group(2) not in MODES:
             raise ValueError(f"the URL's mode must be one of {', '.join(MODES)}")
+        if self.scheme != "memory":
+            check_url(self.redis_url, self.op_timeout)
         if self.iam.enabled:
             self._check_iam_url()
         return self
@@ -250,40 +380,44 @@ class KVCacheSettings(BaseSettings):
     def _check_iam_url(self) -> None:
         if self.scheme != "rediss":
             raise ValueError("IAM authentication needs TLS: use a rediss:// URL")
-        if _CREDENTIAL_PARAM.search(self.url.partition("?")[2]):
+        if _CREDENTIAL_PARAM.search(self._url.partition("?")[2]):
             raise ValueError("with IAM authentication the URL must not carry username=/password=")
-        user, password = _url_user(self.url)
+        user, password = _url_user(self._url)
         if password:
             raise ValueError("with IAM authentication the URL must not carry a password")
         if user and user != self.iam.user_id:
             raise ValueError("the URL's user name must be iam.user_id (or none)")
 
     def __repr_args__(self) -> Any:
-        yield "url", redact_url(self.url)
+        yield "url", redact_url(self._url)
         yield from super().__repr_args__()
+
+    @property
+    def _url(self) -> str:
+        return self.url.get_secret_value()
 
     @property
     def url_credentials(self) -> bool:
         """Does the URL carry a user name or password (user info, or query parameters)?"""
-        return any(_url_user(self.url)) or bool(
-            _CREDENTIAL_PARAM.search(self.url.partition("?")[2])
+        return any(_url_user(self._url)) or bool(
+            _CREDENTIAL_PARAM.search(self._url.partition("?")[2])
         )
 
     @property
     def scheme(self) -> str:
-        return self.url.partition("://")[0].lower()
+        return self._url.partition("://")[0].lower()
 
     @property
     def resolved_mode(self) -> Mode:
         """The URL's ``?mode=`` if it has one, else ``mode``."""
-        in_url = _MODE_PARAM.search(self.url.partition("?")[2])
+        in_url = _MODE_PARAM.search(self._url.partition("?")[2])
         return in_url.group(2) if in_url else self.mode  # type: ignore[return-value]
 
     @property
     def redis_url(self) -> str:
         """The URL for redis-py: without kvcache's own ``mode`` parameter, and without user
         info under IAM (the credential provider gives the user and the token)."""
-        head, question, query = self.url.partition("?")
+        head, question, query = self._url.partition("?")
         query = _MODE_PARAM.sub("", query).lstrip("&")
         if self.iam.enabled:
             scheme, slashes, rest = head.partition("://")
@@ -317,3 +451,91 @@ class KVCacheSettings(BaseSettings):
             "near_cache": self.near_cache.config(),
             "stale_ttl": self.stale_ttl,
         }
+
+
+_SECRET_SETTINGS = re.compile(r"signing_key|password|token|secret", re.IGNORECASE)
+# KVCACHE_ variables kvcache reads that are not settings (the testing helpers' binary).
+_NOT_SETTINGS = frozenset({"KVCACHE_REDIS_SERVER"})
+_warned: set[str] = set()  # each unknown variable warns once per process
+
+
+def _shown(setting: str, value: object) -> str:
+    """A bad value as an error may show it: URLs redacted, secrets never."""
+    if _SECRET_SETTINGS.search(setting):
+        return "***"
+    if setting == "url":
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        return repr(redact_url(raw))
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def _env_name(setting: str) -> str:
+    return "KVCACHE_" + setting.replace(".", "__").upper()
+
+
+def _setting(loc: tuple[int | str, ...]) -> str:
+    """The setting an error's location names: ``iam.name``, not a union member's tag."""
+    if not loc:
+        return ""
+    first = str(loc[0])
+    field = KVCacheSettings.model_fields.get(first)
+    nested = field.annotation if field is not None else None
+    nested_model = isinstance(nested, type) and issubclass(nested, BaseModel)
+    if len(loc) > 1 and nested_model and loc[1] in nested.model_fields:  # type: ignore[union-attr]
+        return f"{first}.{loc[1]}"
+    return first
+
+
+def _explain(exc: ValidationError) -> str:
+    """pydantic's errors as one line each, naming the setting, its variable and the value."""
+    fields = KVCacheSettings.model_fields
+    lines, named = [], set()
+    for error in exc.errors():
+        setting = _setting(error["loc"])
+        if setting in named:  # a union's members each add an error: the first says enough
+            continue
+        named.add(setting)
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(setting, sorted(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            lines.append(f"unknown setting {setting!r}{hint}")
+        elif not setting or isinstance(error["input"], dict):  # a check across settings
+            lines.append(f"{setting}: {message}" if setting else message)
+        else:
+            value = _shown(setting, error["input"])
+            lines.append(f"{setting} ({_env_name(setting)}) = {value}: {message}")
+    return "invalid kvcache settings: " + "; ".join(lines)
+
+
+def _setting_variables() -> list[str]:
+    """Every ``KVCACHE_*`` variable a setting is read from, nested ones included."""
+    names = []
+    for name, field in KVCacheSettings.model_fields.items():
+        names.append(_env_name(name))
+        nested = field.annotation
+        if isinstance(nested, type) and issubclass(nested, BaseModel):
+            names += [_env_name(f"{name}.{sub}") for sub in nested.model_fields]
+    return names
+
+
+def _warn_unknown_variables() -> None:
+    """One warning per ``KVCACHE_`` variable that names no setting (a typo such as
+    ``KVCACHE_NAMESPCE`` would otherwise be ignored without a word)."""
+    known: list[str] | None = None
+    for variable in os.environ:
+        upper = variable.upper()  # (pydantic-settings reads them case-insensitively)
+        if not upper.startswith("KVCACHE_") or upper in _NOT_SETTINGS or upper in _warned:
+            continue
+        known = known if known is not None else _setting_variables()
+        if upper in known:
+            continue
+        _warned.add(upper)
+        close = difflib.get_close_matches(upper, known, n=1)
+        warnings.warn(
+            f"{variable} names no kvcache setting"
+            + (f": did you mean {close[0]}?" if close else ""),
+            ConfigurationWarning,
+            stacklevel=3,  # the code that builds the settings
+        )

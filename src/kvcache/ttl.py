@@ -7,8 +7,21 @@ from typing import Final
 
 from .errors import InvalidTTLError
 
-FOREVER: Final = math.inf
-"""Pass as ``ttl`` to store without expiry even when the cache has a default TTL."""
+
+class _Forever(float):
+    """Infinity that says "no expiry" on purpose: a ``float("inf")`` that an overflow or a
+    parsed string produced is refused, so that only this constant stores a key forever."""
+
+    def __repr__(self) -> str:
+        return "kvcache.FOREVER"
+
+    def __reduce__(self) -> str:  # unpickles (and copies) as the one constant
+        return "FOREVER"
+
+
+FOREVER: Final = _Forever(math.inf)
+"""Pass as ``ttl`` to store without expiry even when the cache has a default TTL. It equals
+``math.inf``, but only this constant is accepted: any other infinity is an error."""
 
 TTL = float | None  # seconds; None means "the cache's default TTL"
 
@@ -21,11 +34,15 @@ def check_ttl(ttl: object, name: str = "ttl") -> float | None:
         return None
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
         raise InvalidTTLError(f"{name} must be a number of seconds, not {type(ttl).__name__}")
+    if ttl is FOREVER:
+        return FOREVER
+    if math.isinf(ttl) and ttl > 0:
+        raise InvalidTTLError(f"{name} must be finite: for no expiry pass kvcache.FOREVER")
     if math.isnan(ttl) or ttl <= 0:
         raise InvalidTTLError(
             f"{name} must be > 0 seconds (or None / kvcache.FOREVER), got {ttl!r}"
         )
-    if MAX_TTL < ttl < FOREVER:
+    if ttl > MAX_TTL:
         raise InvalidTTLError(
             f"{name} must be at most {MAX_TTL:.0f} seconds or FOREVER, got {ttl!r}"
         )
