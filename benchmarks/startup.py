@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import statistics
 import time
@@ -65,10 +66,8 @@ def redis_py(url: str, later: int) -> tuple[float, float, bool]:
     client = redis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
 
     def call(*command: Any) -> None:
-        try:
+        with contextlib.suppress(redis.RedisError):
             client.execute_command(*command)
-        except redis.RedisError:
-            pass
 
     try:
         return _timed(lambda: call("SET", "bench:k", 1), lambda: call("GET", "j"), later, url)

@@ -402,3 +402,10 @@ def test_option_names_in_any_case(redis_url: str, raw: redis.Redis) -> None:
 def test_a_timeout_past_a_century_is_forever(cache: Any, raw: redis.Redis) -> None:
     cache.set("k", 1, timeout=200 * 365 * 86400)
     assert raw.ttl("django:1:k") == -1
+
+
+def test_connect_wait_is_ignored_with_a_deprecation_warning(redis_url: str) -> None:
+    with override_settings(CACHES=caches_on(redis_url, OPTIONS={"CONNECT_WAIT": 2})):
+        with pytest.warns(DeprecationWarning, match="CONNECT_WAIT"):
+            caches["default"].set("k", 1)
+        assert caches["default"].get("k") == 1

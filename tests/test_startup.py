@@ -177,3 +177,36 @@ def test_a_probe_that_raises_unexpectedly_is_a_failed_probe_and_probing_goes_on(
         assert "RuntimeError" in caplog.text
     finally:
         cache.close()
+
+
+def test_iterating_right_after_construction_sees_the_keys_in_redis(
+    open_cache: Any, redis_url: str, admin: redis.Redis
+) -> None:
+    admin.set("app:a", b"1")
+    admin.set("app:b", b"2")
+    cache = open_cache(redis_url, connect=False, namespace="app")
+    assert sorted(cache) == ["a", "b"]  # waited for the first connect, like any call
+
+
+def test_calls_waiting_for_the_first_attempt_give_up_together(
+    open_cache: Any, chaos_proxy: ChaosProxy
+) -> None:
+    """One call's wait running out ends the others' too: a blackholed start costs the calls
+    made meanwhile one op_timeout in all, not one each in turn."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chaos_proxy.blackhole()
+    slow = {"op_timeout": 1.0, "connect_timeout": 3.0}
+    cache = open_cache(chaos_proxy.url, connect=False, namespace="app", **slow)
+    started = time.perf_counter()
+
+    def late_call(delay: float) -> float:
+        time.sleep(delay)
+        cache.get("k")
+        return time.perf_counter() - started
+
+    with ThreadPoolExecutor(2) as pool:
+        _, second = pool.map(late_call, [0.0, 0.5])
+    # Both end when the first call's wait (1 s) ran out; the second, had it waited its own
+    # full bound, would end at 1.5 s.
+    assert second < 1.3

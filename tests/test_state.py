@@ -442,6 +442,9 @@ def test_an_unexpected_probe_error_is_a_failed_probe_not_a_dead_prober(
     def broken() -> None:
         raise TypeError("__init__() got an unexpected keyword argument 'foo'")
 
+    primary.down = True
+    probe_now(made, drive)  # a network failure first: the bug's streak starts after it
+    primary.down = False
     primary.ping = broken  # type: ignore[method-assign]
     with caplog.at_level("ERROR", logger="kvcache.adapter"):
         for _ in range(4):
@@ -449,7 +452,7 @@ def test_an_unexpected_probe_error_is_a_failed_probe_not_a_dead_prober(
     assert made.machine.state is State.DEGRADED  # the first-connect phase ended
     health = made.health()
     assert health.last_error == "TypeError"
-    assert health.failed_probes == 4
+    assert health.failed_probes == 5
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1  # the trace once per streak, not once per probe
     assert shell.changes[-1].error is not None
@@ -589,7 +592,7 @@ def test_a_closed_adapter_refuses_calls(drive: Any) -> None:
     with pytest.raises(CacheClosedError):
         drive(made.call("get", PREFIX + b"k"))
     with pytest.raises(CacheClosedError):
-        made.scan_store()
+        drive(made.scan_store())
     assert primary.calls == []
     assert shell.changes[-1].current is State.CLOSED
 

@@ -145,6 +145,7 @@ class Adapter:
             # and asks us before a call that waited for one sends its command.
             primary.breaker = self
         self.supervisor: Supervisor | None = None  # attached by the facade's shell
+        self._probe_broken = False  # the last probe raised something unexpected (logged)
         self._observed = signals is not None and signals.enabled
         self._probe_attributes: dict[str, str | int] = {}
         if self._observed and self.probeable:
@@ -242,6 +243,7 @@ class Adapter:
         yield (self.supervisor, "wait_until", attempted, self.op_timeout)
         if machine.connecting and machine.state is State.STARTING:
             machine.gave_up_waiting()
+            self.supervisor.wake()  # the calls waiting since give up too, not each in turn
 
     def _offline(
         self,
@@ -302,8 +304,11 @@ class Adapter:
             self.publish(change)
         return True
 
-    def scan_store(self) -> Any:
-        """The store to iterate this namespace's keys in."""
+    def scan_store(self) -> Generator[Call, Any, Any]:
+        """The store to iterate this namespace's keys in (while STARTING, after waiting for
+        the first connect attempt like any call)."""
+        if self.machine.state is not _READY:
+            yield from self._route_while_away(None)
         if self.machine.state is _READY:
             return self.primary
         fallback = self._serving()
@@ -377,16 +382,20 @@ class Adapter:
                     break
         except StoreError as exc:
             failure = exc
+            self._probe_broken = False
             change = machine.probe_failed(exc)
         except Exception as exc:  # a bug, a client that cannot be built: a failed probe too,
             # never a dead prober and a cache stuck in STARTING; the trace once per streak
-            if machine.failures == 0:
+            if not self._probe_broken:
                 log.error("kvcache: probing %r failed unexpectedly", self.primary, exc_info=exc)
+            self._probe_broken = True
             failure = exc
             change = machine.probe_failed(exc)
         except BaseException:  # cancelled (task, loop gone): let the next prober try
             machine.probe_abandoned()
             raise
+        if failure is None:
+            self._probe_broken = False
         if change is not None:
             self.publish(replace(change, journal_applied=applied), deleted)
         elif self.supervisor is not None:  # calls waiting for the first attempt may go on

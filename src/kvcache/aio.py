@@ -139,7 +139,7 @@ class AsyncCache(CacheBase[Store | AsyncStore | AsyncRedisClusterStore]):
     async def __aiter__(self) -> AsyncIterator[Key]:
         keys = self._ops.keys
         try:
-            found = self._adapter.scan_store().scan(keys.prefix)
+            found = (await arun(self._adapter.scan_store())).scan(keys.prefix)
             if isinstance(found, AsyncIterator):
                 async for full in found:
                     yield keys.strip(full)

@@ -141,7 +141,7 @@ class Cache(CacheBase[Store | RedisClusterStore]):
         is away."""
         keys = self._ops.keys
         try:
-            for full in self._adapter.scan_store().scan(keys.prefix):
+            for full in run(self._adapter.scan_store()).scan(keys.prefix):
                 yield keys.strip(full)
         except StoreError as exc:
             self._adapter.trips(exc)

@@ -150,9 +150,11 @@ class ShardedAdapter:
         for shard in shards:
             _retire(shard)
 
-    def scan_store(self) -> Any:
+    def scan_store(self) -> Generator[Call, Any, Any]:
         if self.root.machine.state is not _READY:
-            return self.root.scan_store()
+            store = yield from self.root.scan_store()
+            if self.root.machine.state is not _READY:
+                return store  # the root's fallback
         return _ScanAll([self.nodes.node(name) for name in self._primaries()], self.nodes.is_async)
 
     # -- calls -----------------------------------------------------------------------------

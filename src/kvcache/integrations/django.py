@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -76,7 +77,14 @@ def _settings(location: str, options: Mapping[str, Any], namespace: str) -> KVCa
 
 def _shared_for(location: str, options: Mapping[str, Any], namespace: str) -> _Shared:
     """One pair of kvcache caches per configuration, for every thread."""
-    kvcache_options = {k: v for k, v in options.items() if k != "NAMESPACE"}
+    if "CONNECT_WAIT" in options:
+        warnings.warn(
+            "kvcache: OPTIONS['CONNECT_WAIT'] is ignored and no longer needed: a call made "
+            "while the first connect is in flight waits for it, at most op_timeout",
+            DeprecationWarning,
+            stacklevel=4,
+        )
+    kvcache_options = {k: v for k, v in options.items() if k not in ("CONNECT_WAIT", "NAMESPACE")}
     described = repr((location, namespace, sorted((k, repr(v)) for k, v in options.items())))
     key = hashlib.sha256(described.encode()).hexdigest()  # (the URL may hold a password)
     with _lock:
