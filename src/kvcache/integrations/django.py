@@ -11,8 +11,9 @@
         }
     }
 
-Values are pickled, as Django expects (any picklable object), and signed with a key derived
-from ``SECRET_KEY`` unless ``OPTIONS`` names a ``SIGNING_KEY`` or another ``SERIALIZER``.
+Values are pickled, as Django expects (any picklable object), and always signed: with
+``OPTIONS["SIGNING_KEY"]``, else a key derived from ``SECRET_KEY``. Unsigned pickle only when
+``OPTIONS`` names ``"SERIALIZER": "pickle-unsigned"``.
 With Django's default key function the Redis keys are ``<KEY_PREFIX>:<version>:<key>``, as
 Django's own ``RedisCache`` writes them; ``clear()`` deletes this namespace only, never the
 whole database. The async methods (``aget``, ``aset``, …) run on kvcache's ``AsyncCache``,
@@ -40,6 +41,7 @@ from ..drivers import Op, arun, run
 from ..settings import KVCacheSettings
 from ..state import State
 from ..ttl import FOREVER, MAX_TTL
+from . import sign_pickle_with_secret
 
 CONNECT_WAIT = 1.0  # seconds the first use waits for Redis (then it serves from memory)
 MAX_KEY_LENGTH = 64 * 1024  # Django sets no limit of its own (and its key warnings are skipped)
@@ -81,12 +83,8 @@ def _settings(location: str, options: Mapping[str, Any], namespace: str) -> KVCa
     chosen = {name.lower(): value for name, value in options.items()}
     chosen["namespace"] = namespace
     chosen.setdefault("max_key_length", MAX_KEY_LENGTH)
-    if "serializer" not in chosen:
-        chosen["serializer"] = "pickle"
-        secret = getattr(django_settings, "SECRET_KEY", "")
-        if "signing_key" not in chosen and secret:
-            digest = hashlib.sha256(b"kvcache.integrations.django:" + secret.encode())
-            chosen["signing_key"] = digest.hexdigest()
+    secret = getattr(django_settings, "SECRET_KEY", "")
+    sign_pickle_with_secret(chosen, secret, "SECRET_KEY", "kvcache.integrations.django")
     return KVCacheSettings(url=location, **chosen)
 
 

@@ -9,16 +9,16 @@
     )
     cache = flask_caching.Cache(app)
 
-Values are pickled (``@cache.memoize`` stores whatever a function returns), signed with a key
-derived from the app's ``SECRET_KEY`` unless the options name a ``signing_key`` or another
-``serializer``. Timeouts follow cachelib: None is the default timeout, 0 never expires; a
-negative one stores nothing.
+Values are pickled (``@cache.memoize`` stores whatever a function returns) and always signed:
+with ``CACHE_OPTIONS["signing_key"]``, else a key derived from the app's ``SECRET_KEY`` (with
+neither, construction raises ConfigurationError). Unsigned pickle only when the options name
+``"serializer": "pickle-unsigned"``. Timeouts follow cachelib: None is the default timeout,
+0 never expires; a negative one stores nothing.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import math
 from typing import Any
 
@@ -28,6 +28,7 @@ from flask_caching.backends.base import BaseCache
 from ..cache import Cache
 from ..settings import KVCacheSettings
 from ..ttl import FOREVER
+from . import sign_pickle_with_secret
 
 CONNECT_WAIT = 1.0  # seconds the app's start waits for Redis (then it serves from memory)
 MAX_KEY_LENGTH = 64 * 1024  # view keys carry the request path; cachelib sets no limit
@@ -56,13 +57,8 @@ class KVCache(BaseCache):
             options.setdefault("separator", last)
         else:  # "app", "flask_cache_" (the default): "<prefix>:<key>"
             options.setdefault("namespace", prefix)
-        if "serializer" not in options:
-            options["serializer"] = "pickle"
-            secret = app.config.get("SECRET_KEY")
-            if "signing_key" not in options and secret:
-                material = secret if isinstance(secret, bytes) else str(secret).encode()
-                digest = hashlib.sha256(b"kvcache.integrations.flask:" + material)
-                options["signing_key"] = digest.hexdigest()
+        secret = app.config.get("SECRET_KEY")
+        sign_pickle_with_secret(options, secret, "SECRET_KEY", "kvcache.integrations.flask")
         url = config.get("CACHE_REDIS_URL") or "redis://127.0.0.1:6379/0"
         cache = Cache.from_settings(KVCacheSettings(url=url, **options))
         cache.connect(connect_wait)
