@@ -223,3 +223,60 @@ def test_unsigned_pickle_only_when_the_options_name_it(redis_url: str, raw: redi
         assert made.cache.get("plain") == {"plain"}
     finally:
         made.backend.kvcache.close()
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[RedisServer]:
+    with RedisServer(password="p@ss:word/with&odd chars") as server:
+        yield server
+
+
+def flask_cache(**config: Any) -> FlaskCache:
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY="a test secret key", CACHE_TYPE="kvcache.integrations.flask.KVCache", **config
+    )
+    return FlaskCache(app)
+
+
+def test_host_port_db_and_password_settings_are_honoured(guarded: RedisServer) -> None:
+    cache = flask_cache(
+        CACHE_REDIS_HOST="127.0.0.1",
+        CACHE_REDIS_PORT=guarded.port,
+        CACHE_REDIS_DB=3,
+        CACHE_REDIS_PASSWORD=guarded.password,
+        CACHE_KEY_PREFIX="hp_",
+    )
+    try:
+        assert cache.cache.kvcache.state is State.READY
+        assert cache.set("k", 1)
+        with guarded.client(db=3) as db3:
+            assert db3.exists("hp_k")
+        assert cache.get("k") == 1
+    finally:
+        cache.cache.kvcache.close()
+
+
+def test_the_redis_url_wins_over_host_and_port(guarded: RedisServer) -> None:
+    # As in Flask-Caching's RedisCache: the URL's database wins; without one, CACHE_REDIS_DB.
+    url = guarded.url.rpartition("/")[0]  # no database in the path
+    cache = flask_cache(
+        CACHE_REDIS_URL=url,
+        CACHE_REDIS_HOST="192.0.2.1",  # TEST-NET: nothing answers there
+        CACHE_REDIS_PORT=1,
+        CACHE_REDIS_DB=2,
+        CACHE_KEY_PREFIX="url_",
+    )
+    try:
+        assert cache.set("k", 1)
+        with guarded.client(db=2) as db2:
+            assert db2.exists("url_k")
+    finally:
+        cache.cache.kvcache.close()
+    cache = flask_cache(CACHE_REDIS_URL=url + "/4", CACHE_REDIS_DB=2, CACHE_KEY_PREFIX="url_")
+    try:
+        assert cache.set("k4", 1)
+        with guarded.client(db=4) as db4:
+            assert db4.exists("url_k4")
+    finally:
+        cache.cache.kvcache.close()

@@ -2,7 +2,7 @@
 
     app.config.update(
         CACHE_TYPE="kvcache.integrations.flask.KVCache",
-        CACHE_REDIS_URL="redis://127.0.0.1:6379/0",
+        CACHE_REDIS_URL="redis://127.0.0.1:6379/0",  # or CACHE_REDIS_HOST, _PORT, _DB, _PASSWORD
         CACHE_KEY_PREFIX="myapp_",       # Redis keys "myapp_<key>"; clear() scans "myapp_*"
         CACHE_DEFAULT_TIMEOUT=300,       # 0: never expires
         CACHE_OPTIONS={"op_timeout": 0.25, "mode": "cluster"},  # any kvcache setting
@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import math
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from flask import Flask
 from flask_caching.backends.base import BaseCache
@@ -32,6 +33,27 @@ from . import sign_pickle_with_secret
 
 CONNECT_WAIT = 1.0  # seconds the app's start waits for Redis (then it serves from memory)
 MAX_KEY_LENGTH = 64 * 1024  # view keys carry the request path; cachelib sets no limit
+
+
+def redis_url(config: dict[str, Any]) -> str:
+    """The Redis URL Flask-Caching's own RedisCache would connect to: ``CACHE_REDIS_URL`` (its
+    database, else ``CACHE_REDIS_DB``), else ``CACHE_REDIS_HOST`` (``localhost``),
+    ``CACHE_REDIS_PORT`` (6379), ``CACHE_REDIS_DB`` (0) and ``CACHE_REDIS_PASSWORD``."""
+    db = config.get("CACHE_REDIS_DB", 0)
+    url = config.get("CACHE_REDIS_URL")
+    if url:
+        # redis.from_url(url, db=CACHE_REDIS_DB), as RedisCache calls it: the URL's database
+        # wins; CACHE_REDIS_HOST, _PORT and _PASSWORD are not used.
+        parts = urlsplit(str(url))
+        if parts.scheme in ("redis", "rediss") and parts.path in ("", "/") and db:
+            return urlunsplit(parts._replace(path=f"/{db}"))
+        return str(url)
+    host = str(config.get("CACHE_REDIS_HOST", "localhost"))
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    password = config.get("CACHE_REDIS_PASSWORD")
+    auth = f":{quote(str(password), safe='')}@" if password else ""
+    return f"redis://{auth}{host}:{config.get('CACHE_REDIS_PORT', 6379)}/{db}"
 
 
 class KVCache(BaseCache):
@@ -59,7 +81,7 @@ class KVCache(BaseCache):
             options.setdefault("namespace", prefix)
         secret = app.config.get("SECRET_KEY")
         sign_pickle_with_secret(options, secret, "SECRET_KEY", "kvcache.integrations.flask")
-        url = config.get("CACHE_REDIS_URL") or "redis://127.0.0.1:6379/0"
+        url = redis_url(config)
         cache = Cache.from_settings(KVCacheSettings(url=url, **options))
         cache.connect(connect_wait)
         return cls(cache, default_timeout=default_timeout)
