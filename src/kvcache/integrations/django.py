@@ -50,7 +50,7 @@ from ..ttl import FOREVER, MAX_TTL
 from . import sign_pickle_with_secret
 
 CONNECT_WAIT = 1.0  # seconds the first use waits for Redis (then it serves from memory)
-MAX_KEY_LENGTH = 64 * 1024  # Django sets no limit of its own (and its key warnings are skipped)
+MAX_KEY_LENGTH = 64 * 1024  # Django sets no limit of its own (only memcached warnings)
 
 T = TypeVar("T")
 
