@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from kvcache import AsyncCache, Cache, MemoryStore, State
+from kvcache.codec import PLAIN
 from kvcache.settings import KVCacheSettings
 from kvcache.stores import open_async_store, open_store
 from kvcache.testing import RedisServerNotFound, find_redis_server
@@ -240,3 +244,19 @@ def slowest_page(request: Callable[[int], None], pages: int = 20) -> float:
         request(n)
         slowest = max(slowest, time.monotonic() - started)
     return slowest
+
+
+class CodeRan:
+    """A real pickle whose loading runs code: it creates ``marker`` (a directory), so a test
+    can tell whether a value planted in Redis was unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (str(self.marker),))
+
+
+def planted_pickle(marker: Path) -> bytes:
+    """The payload as the codec would store a pickled value (unsigned: planted by an attacker)."""
+    return PLAIN + pickle.dumps(CodeRan(marker))

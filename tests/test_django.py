@@ -9,6 +9,7 @@ import pickle
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import django
@@ -16,7 +17,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from conftest import PAGE_BOUND, slowest_page
+from conftest import PAGE_BOUND, planted_pickle, slowest_page
 
 if not settings.configured:
     settings.configure(
@@ -226,6 +227,19 @@ def test_values_are_signed_with_a_key_from_secret_key(cache: Any, raw: redis.Red
     assert stored == PLAIN + pickle.dumps({"a": 1}, pickle.HIGHEST_PROTOCOL) + stored[-32:]
     raw.set("django:1:k", PLAIN + pickle.dumps({"planted": True}))  # valid, but unsigned
     assert cache.get("k", "default") == "default"
+
+
+def test_a_pickle_serializer_option_is_still_signed(
+    redis_url: str, raw: redis.Redis, tmp_path: Path
+) -> None:
+    marker = tmp_path / "code-ran"
+    entry = caches_on(redis_url, OPTIONS={"SERIALIZER": "pickle"})
+    with override_settings(CACHES=entry):
+        default_cache.set("mine", {1, 2})
+        assert default_cache.get("mine") == {1, 2}
+        raw.set("django:1:k", planted_pickle(marker))
+        assert default_cache.get("k", "default") == "default"  # a miss, not the planted code
+        assert not marker.exists()
 
 
 def test_async_methods_run_on_the_async_cache(cache: Any) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +14,10 @@ import redis
 from flask import Flask
 from flask_caching import Cache as FlaskCache
 
-from conftest import PAGE_BOUND, slowest_page
+from conftest import PAGE_BOUND, planted_pickle, slowest_page
 from kvcache import State
 from kvcache.codec import PLAIN
+from kvcache.errors import ConfigurationError
 from kvcache.testing import ChaosProxy, RedisServer
 
 pytestmark = pytest.mark.redis
@@ -26,8 +28,8 @@ class App:
 
     def __init__(self, url: str, **config: Any) -> None:
         self.app = Flask(__name__)
+        config.setdefault("SECRET_KEY", "a test secret key")
         self.app.config.update(
-            SECRET_KEY="a test secret key",
             CACHE_TYPE="kvcache.integrations.flask.KVCache",
             CACHE_REDIS_URL=url,
             CACHE_KEY_PREFIX="app_",
@@ -132,7 +134,11 @@ def test_cachelib_api_semantics(app: App, raw: redis.Redis) -> None:
 
 def test_the_default_configuration_works(redis_url: str, raw: redis.Redis) -> None:
     app = Flask(__name__)
-    app.config.update(CACHE_TYPE="kvcache.integrations.flask.KVCache", CACHE_REDIS_URL=redis_url)
+    app.config.update(
+        SECRET_KEY="the app's secret",  # signed pickle needs one (or a signing_key option)
+        CACHE_TYPE="kvcache.integrations.flask.KVCache",
+        CACHE_REDIS_URL=redis_url,
+    )
     cache = FlaskCache(app)  # Flask-Caching's default prefix: "flask_cache_"
     try:
         assert cache.set("k", 1)
@@ -175,3 +181,102 @@ def test_pages_keep_rendering_fast_while_redis_is_blackholed(proxy: ChaosProxy) 
     finally:
         proxy.up()
         app.backend.kvcache.close()
+
+
+def test_pickle_without_secret_key_is_refused_at_construction(
+    redis_url: str, raw: redis.Redis, tmp_path: Path
+) -> None:
+    marker = tmp_path / "code-ran"
+    raw.set("app_k", planted_pickle(marker))
+
+    def open_and_read() -> None:  # today's code got to the read, which ran the planted code
+        made = App(redis_url, SECRET_KEY=None)
+        try:
+            made.cache.get("k")
+        finally:
+            made.backend.kvcache.close()
+
+    with pytest.raises(ConfigurationError, match="SECRET_KEY"):
+        open_and_read()
+    assert not marker.exists()
+
+
+def test_a_pickle_serializer_option_is_still_signed(
+    redis_url: str, raw: redis.Redis, tmp_path: Path
+) -> None:
+    marker = tmp_path / "code-ran"
+    made = App(redis_url, CACHE_OPTIONS={"serializer": "pickle"})
+    try:
+        made.cache.set("mine", {1, 2})
+        assert made.cache.get("mine") == {1, 2}
+        raw.set("app_k", planted_pickle(marker))
+        assert made.cache.get("k") is None  # a miss, not the planted code
+        assert not marker.exists()
+    finally:
+        made.backend.kvcache.close()
+
+
+def test_unsigned_pickle_only_when_the_options_name_it(redis_url: str, raw: redis.Redis) -> None:
+    made = App(redis_url, SECRET_KEY=None, CACHE_OPTIONS={"serializer": "pickle-unsigned"})
+    try:
+        raw.set("app_plain", PLAIN + pickle.dumps({"plain"}))
+        assert made.cache.get("plain") == {"plain"}
+    finally:
+        made.backend.kvcache.close()
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[RedisServer]:
+    with RedisServer(password="p@ss:word/with&odd chars") as server:
+        yield server
+
+
+def flask_cache(**config: Any) -> FlaskCache:
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY="a test secret key", CACHE_TYPE="kvcache.integrations.flask.KVCache", **config
+    )
+    return FlaskCache(app)
+
+
+def test_host_port_db_and_password_settings_are_honoured(guarded: RedisServer) -> None:
+    cache = flask_cache(
+        CACHE_REDIS_HOST="127.0.0.1",
+        CACHE_REDIS_PORT=guarded.port,
+        CACHE_REDIS_DB=3,
+        CACHE_REDIS_PASSWORD=guarded.password,
+        CACHE_KEY_PREFIX="hp_",
+    )
+    try:
+        assert cache.cache.kvcache.state is State.READY
+        assert cache.set("k", 1)
+        with guarded.client(db=3) as db3:
+            assert db3.exists("hp_k")
+        assert cache.get("k") == 1
+    finally:
+        cache.cache.kvcache.close()
+
+
+def test_the_redis_url_wins_over_host_and_port(guarded: RedisServer) -> None:
+    # As in Flask-Caching's RedisCache: the URL's database wins; without one, CACHE_REDIS_DB.
+    url = guarded.url.rpartition("/")[0]  # no database in the path
+    cache = flask_cache(
+        CACHE_REDIS_URL=url,
+        CACHE_REDIS_HOST="192.0.2.1",  # TEST-NET: nothing answers there
+        CACHE_REDIS_PORT=1,
+        CACHE_REDIS_DB=2,
+        CACHE_KEY_PREFIX="url_",
+    )
+    try:
+        assert cache.set("k", 1)
+        with guarded.client(db=2) as db2:
+            assert db2.exists("url_k")
+    finally:
+        cache.cache.kvcache.close()
+    cache = flask_cache(CACHE_REDIS_URL=url + "/4", CACHE_REDIS_DB=2, CACHE_KEY_PREFIX="url_")
+    try:
+        assert cache.set("k4", 1)
+        with guarded.client(db=4) as db4:
+            assert db4.exists("url_k4")
+    finally:
+        cache.cache.kvcache.close()

@@ -8,11 +8,13 @@ import pickle
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from conftest import planted_pickle
 from kvcache import (
     AsyncCache,
     Cache,
@@ -28,6 +30,8 @@ from kvcache import (
     StoreError,
 )
 from kvcache.client import async_client
+from kvcache.errors import ConfigurationError
+from kvcache.serializers import serializer_named
 from kvcache.stores import AsyncRedisStore
 from kvcache.testing import RedisServer
 from kvcache.testing.server import free_port
@@ -186,6 +190,35 @@ def test_signed_pickle_refuses_a_value_planted_in_redis(open_cache: Any, redis_u
     cache.on("error", events.append)
     assert cache.get("evil") is None
     assert isinstance(events[0].error, SerializationError)  # and Exploit never ran
+
+
+def test_pickle_without_a_signing_key_is_refused_at_construction(
+    redis_url: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "code-ran"
+    with redis.Redis.from_url(redis_url) as admin:
+        admin.set("n:k", planted_pickle(marker))
+
+    def open_and_read() -> None:  # today's code got to the read, which ran the planted code
+        with Cache.from_url(redis_url, namespace="n", serializer="pickle") as cache:
+            cache.connect(5.0)
+            cache.get("k")
+
+    with pytest.raises(ConfigurationError, match="serializer='pickle' needs a signing_key"):
+        open_and_read()
+    assert not marker.exists()
+    with pytest.raises(ConfigurationError, match="signing_key"):
+        serializer_named("pickle")
+
+
+def test_unsigned_pickle_only_when_the_app_names_it(redis_url: str) -> None:
+    with Cache.from_url(redis_url, namespace="n", serializer="pickle-unsigned") as cache:
+        cache.connect(5.0)
+        with redis.Redis.from_url(redis_url) as admin:
+            admin.set("n:plain", b"\x00" + pickle.dumps({"plain": (1,)}))
+        assert cache.get("plain") == {"plain": (1,)}
+    with pytest.raises(ValueError, match="signing_key is only used with serializer='pickle'"):
+        KVCacheSettings(url=redis_url, serializer="pickle-unsigned", signing_key="k" * 20)
 
 
 class Exploit:

@@ -1,4 +1,5 @@
-"""Serializers turn values into bytes and back. JSON is the safe default; pickle is opt-in.
+"""Serializers turn values into bytes and back. JSON is the safe default; pickle is opt-in
+and signed unless the app names ``pickle-unsigned``.
 
 A serializer only sees values the codec (``codec.py``) does not handle itself: integers are
 stored as plain decimal text so that Redis INCRBY works on them whatever the serializer.
@@ -97,10 +98,25 @@ class PickleSerializer:
         return f"PickleSerializer(signed={self._key is not None}, protocol={self._protocol})"
 
 
+SERIALIZER_NAMES = ("json", "pickle", "pickle-unsigned")
+
+
 def serializer_named(name: str, signing_key: bytes | str | None = None) -> Serializer:
-    """The serializer a setting names: ``json`` or ``pickle``."""
+    """The serializer a setting names: ``json``, ``pickle`` (always signed: it needs
+    ``signing_key``) or ``pickle-unsigned`` (only for a Redis nobody else can write to)."""
     if name == "json":
         return JsonSerializer()
     if name == "pickle":
+        # Unsigned pickle runs whatever code a value planted in Redis carries, so it is
+        # never the accidental result of a forgotten key: the app must name it.
+        if not signing_key:
+            raise ConfigurationError(
+                "serializer='pickle' needs a signing_key (at least 16 bytes), or name "
+                "serializer='pickle-unsigned' to load pickles that are not signed"
+            )
         return PickleSerializer(signing_key)
-    raise ConfigurationError(f"serializer must be 'json' or 'pickle', not {name!r}")
+    if name == "pickle-unsigned":
+        return PickleSerializer()
+    raise ConfigurationError(
+        f"serializer must be one of {', '.join(map(repr, SERIALIZER_NAMES))}, not {name!r}"
+    )

@@ -271,8 +271,9 @@ class KVCacheSettings(BaseSettings):
     client_name: str | None = Field(
         default=None, description="CLIENT SETNAME on each connection (needs that ACL permission)"
     )
-    serializer: Literal["json", "pickle"] | InstanceOf[Serializer] = Field(
-        default="json", description="json, pickle, or (in code) any Serializer object"
+    serializer: Literal["json", "pickle", "pickle-unsigned"] | InstanceOf[Serializer] = Field(
+        default="json",
+        description="json, pickle (signed), pickle-unsigned, or (in code) any Serializer",
     )
     signing_key: SecretStr | None = Field(
         default=None, description="key for signed pickle (a keyed BLAKE2b MAC)"
@@ -366,6 +367,8 @@ class KVCacheSettings(BaseSettings):
     def _consistent(self) -> KVCacheSettings:
         if self.signing_key is not None and self.serializer != "pickle":
             raise ValueError("signing_key is only used with serializer='pickle'")
+        if isinstance(self.serializer, str):  # pickle without a key is refused here, early
+            serializer_named(self.serializer, self._signing_key())
         if self.retry_base > self.retry_max:
             raise ValueError("retry_base must not exceed retry_max")
         in_url = _MODE_PARAM.search(self._url.partition("?")[2])
@@ -424,12 +427,14 @@ class KVCacheSettings(BaseSettings):
             head = scheme + slashes + rest.rpartition("@")[2]
         return head + (question if query else "") + query
 
+    def _signing_key(self) -> str | None:
+        return self.signing_key.get_secret_value() if self.signing_key else None
+
     def cache_options(self) -> dict[str, Any]:
         """The facade's keyword arguments (``Cache(store, **options)``)."""
-        key = self.signing_key.get_secret_value() if self.signing_key else None
         serializer = self.serializer
         if isinstance(serializer, str):
-            serializer = serializer_named(serializer, key)
+            serializer = serializer_named(serializer, self._signing_key())
         return {
             "namespace": self.namespace,
             "separator": self.separator,

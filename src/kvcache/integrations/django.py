@@ -11,8 +11,9 @@
         }
     }
 
-Values are pickled, as Django expects (any picklable object), and signed with a key derived
-from ``SECRET_KEY`` unless ``OPTIONS`` names a ``SIGNING_KEY`` or another ``SERIALIZER``.
+Values are pickled, as Django expects (any picklable object), and always signed: with
+``OPTIONS["SIGNING_KEY"]``, else a key derived from ``SECRET_KEY``. Unsigned pickle only when
+``OPTIONS`` names ``"SERIALIZER": "pickle-unsigned"``.
 With Django's default key function the Redis keys are ``<KEY_PREFIX>:<version>:<key>``, as
 Django's own ``RedisCache`` writes them; ``clear()`` deletes this namespace only, never the
 whole database. The async methods (``aget``, ``aset``, …) run on kvcache's ``AsyncCache``,
@@ -33,15 +34,22 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from django.conf import settings as django_settings
-from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, default_key_func
+from django.core.cache.backends.base import (
+    DEFAULT_TIMEOUT,
+    MEMCACHE_MAX_KEY_LENGTH,
+    BaseCache,
+    default_key_func,
+)
 
 from ..aio import AsyncCache
 from ..cache import Cache
 from ..drivers import Op, arun, run
+from ..errors import SerializationError
 from ..settings import KVCacheSettings
 from ..ttl import FOREVER, MAX_TTL
+from . import sign_pickle_with_secret
 
-MAX_KEY_LENGTH = 64 * 1024  # Django sets no limit of its own (and its key warnings are skipped)
+MAX_KEY_LENGTH = 64 * 1024  # Django sets no limit of its own (only memcached warnings)
 
 T = TypeVar("T")
 
@@ -66,12 +74,8 @@ def _settings(location: str, options: Mapping[str, Any], namespace: str) -> KVCa
     chosen = {name.lower(): value for name, value in options.items()}
     chosen["namespace"] = namespace
     chosen.setdefault("max_key_length", MAX_KEY_LENGTH)
-    if "serializer" not in chosen:
-        chosen["serializer"] = "pickle"
-        secret = getattr(django_settings, "SECRET_KEY", "")
-        if "signing_key" not in chosen and secret:
-            digest = hashlib.sha256(b"kvcache.integrations.django:" + secret.encode())
-            chosen["signing_key"] = digest.hexdigest()
+    secret = getattr(django_settings, "SECRET_KEY", "")
+    sign_pickle_with_secret(chosen, secret, "SECRET_KEY", "kvcache.integrations.django")
     return KVCacheSettings(url=location, **chosen)
 
 
@@ -109,6 +113,12 @@ def close_all() -> None:
         asyncio.run(shared.async_cache.close())
 
 
+def _serializers_own(error: SerializationError) -> BaseException:
+    """The serializer's own exception (``pickle.PicklingError``, …) that kvcache wrapped:
+    Django's backends let it through, and Django's code (and its tests) expect it."""
+    return error.__cause__ if error.__cause__ is not None else error
+
+
 class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
     def __init__(self, location: str, params: dict[str, Any]) -> None:
         super().__init__(params)
@@ -116,9 +126,10 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
         namespace = str(options.get("NAMESPACE") or self.key_prefix or "django")
         # Django's default key function puts the prefix in front; kvcache's namespace is
         # that prefix already, so only "<version>:<key>" is left to add.
-        self._short_keys = self.key_func is default_key_func and (
-            not self.key_prefix or namespace == self.key_prefix
-        )
+        # (Checked per call too: code may replace ``key_func`` later, as Django's tests do.)
+        self._prefix_is_namespace = not self.key_prefix or namespace == self.key_prefix
+        # Django's key is "<prefix>:<version>:<key>"; this much is left for "<version>:<key>".
+        self._short_room = MEMCACHE_MAX_KEY_LENGTH - len(self.key_prefix) - 1
         self._where = (location, options, namespace)
         self._shared = _shared_for(*self._where)
 
@@ -133,22 +144,36 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
     def make_key(self, key: Any, version: int | None = None) -> str:
         if version is None:
             version = self.version
-        if self._short_keys:
+        if self._prefix_is_namespace and self.key_func is default_key_func:
             return f"{version}:{key}"
         return str(self.key_func(key, self.key_prefix, version))
 
-    def validate_key(self, key: str) -> None:
-        """kvcache validates keys itself (InvalidKeyError). Django's memcached-portability
-        warnings (~4 µs a key) say nothing about Redis; django-redis skips them too. (So
-        the methods call ``make_key``, not ``make_and_validate_key``.)"""
+    def _name(self, key: Any, version: Any) -> str:
+        """``make_and_validate_key``, with a fast path: Django's memcached-portability check
+        (``BaseCache.validate_key``, a loop over every character: ~4 µs a key) runs only
+        when a key is too long or holds a space or another unprintable character; then it
+        warns (CacheKeyWarning) exactly as Django's own backends do."""
+        name = self.make_key(key, version)
+        if self._prefix_is_namespace and self.key_func is default_key_func:
+            if len(name) > self._short_room or " " in name or not name.isprintable():
+                version = self.version if version is None else version
+                self.validate_key(default_key_func(key, self.key_prefix, version))
+        elif len(name) > MEMCACHE_MAX_KEY_LENGTH or " " in name or not name.isprintable():
+            self.validate_key(name)
+        return name
 
     def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> float | None:
-        """Seconds for kvcache: FOREVER for None, 0 for "do not cache" (0 or less)."""
+        """As Django's: seconds, None for "forever", 0 for "do not cache" (0 or less)."""
         if timeout is DEFAULT_TIMEOUT:
             timeout = self.default_timeout
-        if timeout is None or timeout > MAX_TTL:  # (Django stores 200 years too)
+        return None if timeout is None else max(0, timeout)
+
+    def _ttl(self, timeout: Any) -> float:
+        """Seconds for kvcache: FOREVER for None (and beyond MAX_TTL), 0 for "do not cache"."""
+        seconds = self.get_backend_timeout(timeout)
+        if seconds is None or seconds > MAX_TTL:  # (Django stores 200 years too)
             return FOREVER
-        return max(0.0, float(timeout))
+        return float(seconds)
 
     # -- one body per operation, run by kvcache's two drivers -------------------------------
     # Each operation is written once, as a generator that yields the calls it needs,
@@ -156,13 +181,19 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
     # ``drivers.arun`` awaits them on the AsyncCache, as for kvcache's own core.
 
     def _run(self, operation: Callable[..., Op[T]], *args: Any) -> T:
-        return run(operation(self._current().cache, *args))
+        try:
+            return run(operation(self._current().cache, *args))
+        except SerializationError as exc:
+            raise _serializers_own(exc) from None
 
     async def _arun(self, operation: Callable[..., Op[T]], *args: Any) -> T:
-        return await arun(operation(self._current().async_cache, *args))
+        try:
+            return await arun(operation(self._current().async_cache, *args))
+        except SerializationError as exc:
+            raise _serializers_own(exc) from None
 
     def _add(self, cache: Any, key: Any, value: Any, timeout: Any, version: Any) -> Op[bool]:
-        name, ttl = self.make_key(key, version), self.get_backend_timeout(timeout)
+        name, ttl = self._name(key, version), self._ttl(timeout)
         if ttl != 0:
             return bool((yield (cache, "add", name, value, ttl)))
         added = yield (cache, "add", name, value)  # "would it have been added?"; nothing stays
@@ -171,29 +202,29 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
         return bool(added)
 
     def _get(self, cache: Any, key: Any, default: Any, version: Any) -> Op[Any]:
-        return (yield (cache, "get", self.make_key(key, version), default))
+        return (yield (cache, "get", self._name(key, version), default))
 
     def _set(self, cache: Any, key: Any, value: Any, timeout: Any, version: Any) -> Op[None]:
-        name, ttl = self.make_key(key, version), self.get_backend_timeout(timeout)
+        name, ttl = self._name(key, version), self._ttl(timeout)
         yield (cache, "set", name, value, ttl) if ttl != 0 else (cache, "delete", name)
 
     def _touch(self, cache: Any, key: Any, timeout: Any, version: Any) -> Op[bool]:
-        name, ttl = self.make_key(key, version), self.get_backend_timeout(timeout)
+        name, ttl = self._name(key, version), self._ttl(timeout)
         return bool((yield (cache, "touch", name, ttl) if ttl != 0 else (cache, "delete", name)))
 
     def _delete(self, cache: Any, key: Any, version: Any) -> Op[bool]:
-        return bool((yield (cache, "delete", self.make_key(key, version))))
+        return bool((yield (cache, "delete", self._name(key, version))))
 
     def _get_many(self, cache: Any, keys: Iterable[Any], version: Any) -> Op[dict[Any, Any]]:
-        names = {self.make_key(key, version): key for key in keys}
+        names = {self._name(key, version): key for key in keys}
         found = yield (cache, "get_many", names)
         return {names[name]: value for name, value in found.items()}
 
     def _has_key(self, cache: Any, key: Any, version: Any) -> Op[bool]:
-        return bool((yield (cache, "has", self.make_key(key, version))))
+        return bool((yield (cache, "has", self._name(key, version))))
 
     def _incr(self, cache: Any, key: Any, delta: int, version: Any) -> Op[int]:
-        name = self.make_key(key, version)
+        name = self._name(key, version)
         if not (yield (cache, "has", name)):  # as Django's RedisCache: missing is an error, not 0
             raise ValueError(f"Key '{key}' not found")
         value = yield (cache, "incr", name, delta)
@@ -206,15 +237,15 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
     ) -> Op[list[Any]]:
         if not data:
             return []
-        named = {self.make_key(key, version): value for key, value in data.items()}
-        ttl = self.get_backend_timeout(timeout)
+        named = {self._name(key, version): value for key, value in data.items()}
+        ttl = self._ttl(timeout)
         if ttl == 0:
             yield (cache, "delete_many", named)
             return []
         return [] if (yield (cache, "set_many", named, ttl)) else list(data)
 
     def _delete_many(self, cache: Any, keys: Iterable[Any], version: Any) -> Op[None]:
-        names = [self.make_key(key, version) for key in keys]
+        names = [self._name(key, version) for key in keys]
         if names:
             yield (cache, "delete_many", names)
 

@@ -2,25 +2,26 @@
 
     app.config.update(
         CACHE_TYPE="kvcache.integrations.flask.KVCache",
-        CACHE_REDIS_URL="redis://127.0.0.1:6379/0",
+        CACHE_REDIS_URL="redis://127.0.0.1:6379/0",  # or CACHE_REDIS_HOST, _PORT, _DB, _PASSWORD
         CACHE_KEY_PREFIX="myapp_",       # Redis keys "myapp_<key>"; clear() scans "myapp_*"
         CACHE_DEFAULT_TIMEOUT=300,       # 0: never expires
         CACHE_OPTIONS={"op_timeout": 0.25, "mode": "cluster"},  # any kvcache setting
     )
     cache = flask_caching.Cache(app)
 
-Values are pickled (``@cache.memoize`` stores whatever a function returns), signed with a key
-derived from the app's ``SECRET_KEY`` unless the options name a ``signing_key`` or another
-``serializer``. Timeouts follow cachelib: None is the default timeout, 0 never expires; a
-negative one stores nothing.
+Values are pickled (``@cache.memoize`` stores whatever a function returns) and always signed:
+with ``CACHE_OPTIONS["signing_key"]``, else a key derived from the app's ``SECRET_KEY`` (with
+neither, construction raises ConfigurationError). Unsigned pickle only when the options name
+``"serializer": "pickle-unsigned"``. Timeouts follow cachelib: None is the default timeout,
+0 never expires; a negative one stores nothing.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import math
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from flask import Flask
 from flask_caching.backends.base import BaseCache
@@ -28,9 +29,31 @@ from flask_caching.backends.base import BaseCache
 from ..cache import Cache
 from ..settings import KVCacheSettings
 from ..ttl import FOREVER
+from . import sign_pickle_with_secret
 
 CONNECT_WAIT = 1.0  # seconds the app's start waits for Redis (then it serves from memory)
 MAX_KEY_LENGTH = 64 * 1024  # view keys carry the request path; cachelib sets no limit
+
+
+def redis_url(config: dict[str, Any]) -> str:
+    """The Redis URL Flask-Caching's own RedisCache would connect to: ``CACHE_REDIS_URL`` (its
+    database, else ``CACHE_REDIS_DB``), else ``CACHE_REDIS_HOST`` (``localhost``),
+    ``CACHE_REDIS_PORT`` (6379), ``CACHE_REDIS_DB`` (0) and ``CACHE_REDIS_PASSWORD``."""
+    db = config.get("CACHE_REDIS_DB", 0)
+    url = config.get("CACHE_REDIS_URL")
+    if url:
+        # redis.from_url(url, db=CACHE_REDIS_DB), as RedisCache calls it: the URL's database
+        # wins; CACHE_REDIS_HOST, _PORT and _PASSWORD are not used.
+        parts = urlsplit(str(url))
+        if parts.scheme in ("redis", "rediss") and parts.path in ("", "/") and db:
+            return urlunsplit(parts._replace(path=f"/{db}"))
+        return str(url)
+    host = str(config.get("CACHE_REDIS_HOST", "localhost"))
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    password = config.get("CACHE_REDIS_PASSWORD")
+    auth = f":{quote(str(password), safe='')}@" if password else ""
+    return f"redis://{auth}{host}:{config.get('CACHE_REDIS_PORT', 6379)}/{db}"
 
 
 class KVCache(BaseCache):
@@ -56,14 +79,9 @@ class KVCache(BaseCache):
             options.setdefault("separator", last)
         else:  # "app", "flask_cache_" (the default): "<prefix>:<key>"
             options.setdefault("namespace", prefix)
-        if "serializer" not in options:
-            options["serializer"] = "pickle"
-            secret = app.config.get("SECRET_KEY")
-            if "signing_key" not in options and secret:
-                material = secret if isinstance(secret, bytes) else str(secret).encode()
-                digest = hashlib.sha256(b"kvcache.integrations.flask:" + material)
-                options["signing_key"] = digest.hexdigest()
-        url = config.get("CACHE_REDIS_URL") or "redis://127.0.0.1:6379/0"
+        secret = app.config.get("SECRET_KEY")
+        sign_pickle_with_secret(options, secret, "SECRET_KEY", "kvcache.integrations.flask")
+        url = redis_url(config)
         cache = Cache.from_settings(KVCacheSettings(url=url, **options))
         cache.connect(connect_wait)
         return cls(cache, default_timeout=default_timeout)
