@@ -200,9 +200,15 @@ def wait_near_ready(cache: Any, timeout: float = 10.0) -> None:
 def listener_has_read_all(cache: Any, admin: redis.Redis) -> bool:
     """Has ``cache``'s near-cache listener read its stream's last entry (``admin``: a client
     of the node that holds it), and is it caught up? Then a copy filled now cannot be evicted
-    by an earlier write's entry still on its way."""
+    by an earlier write's entry still on its way. No stream yet: no (a write's announcement
+    that met a slow or dropped connection is made later, by the writer's listener)."""
     inner = cache._cache if isinstance(cache, Blocking) else cache
-    last = admin.xinfo_stream(inner._near.stream)["last-generated-id"]
+    try:
+        last = admin.xinfo_stream(inner._near.stream)["last-generated-id"]
+    except redis.ResponseError as exc:
+        if "no such key" not in str(exc).lower():
+            raise
+        return False
     return bool(inner._near.ready and inner._listener._feed.last_id == last)
 
 
