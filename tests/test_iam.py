@@ -18,6 +18,8 @@ import json
 import logging
 import multiprocessing
 import os
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -488,6 +490,31 @@ def tls_server(tls: TLSFiles) -> Iterator[RedisServer]:
 def tls_cluster(tls: TLSFiles) -> Iterator[RedisClusterServer]:
     with RedisClusterServer(primaries=3, tls=tls) as cluster:
         yield cluster
+
+
+def test_a_test_server_is_not_pinged_before_it_listens(tls: TLSFiles) -> None:
+    """``RedisServer.start`` talks TLS to its port only once the server says it listens: a
+    handshake that a peer resets leaks Python's SSLSocket (its ResourceWarning, at a later
+    collection, failed whichever test it landed in; seen under load, at cluster start). Here
+    the port is held by a listener that resets every connection, so the server cannot bind."""
+    holder = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def reset_each() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = holder.accept()
+                accepted.append(1)
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                connection.close()
+
+    threading.Thread(target=reset_each, daemon=True).start()
+    try:
+        with pytest.raises(RuntimeError, match="did not start"):
+            RedisServer(port=holder.getsockname()[1], tls=tls).start()
+        assert accepted == []  # never a handshake with what was not our server
+    finally:
+        holder.close()
 
 
 @contextlib.contextmanager
