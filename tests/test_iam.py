@@ -18,6 +18,8 @@ import json
 import logging
 import multiprocessing
 import os
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -489,6 +491,31 @@ def tls_cluster(tls: TLSFiles) -> Iterator[RedisClusterServer]:
         yield cluster
 
 
+def test_a_test_server_is_not_pinged_before_it_listens(tls: TLSFiles) -> None:
+    """``RedisServer.start`` talks TLS to its port only once the server says it listens: a
+    handshake that a peer resets leaks Python's SSLSocket (its ResourceWarning, at a later
+    collection, failed whichever test it landed in; seen under load, at cluster start). Here
+    the port is held by a listener that resets every connection, so the server cannot bind."""
+    holder = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def reset_each() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = holder.accept()
+                accepted.append(1)
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                connection.close()
+
+    threading.Thread(target=reset_each, daemon=True).start()
+    try:
+        with pytest.raises(RuntimeError, match="did not start"):
+            RedisServer(port=holder.getsockname()[1], tls=tls).start()
+        assert accepted == []  # never a handshake with what was not our server
+    finally:
+        holder.close()
+
+
 @contextlib.contextmanager
 def enforcing(
     target: RedisServer | RedisClusterServer, tls: TLSFiles
@@ -590,16 +617,21 @@ def test_the_near_cache_listener_reconnects_with_a_fresh_token(
         def read_to_the_end() -> bool:
             return listener_has_read_all(reader, admin)
 
-        assert writer.set("k", 1)
-        wait_for(read_to_the_end)
-        assert reader.get("k") == 1
+        full = f"{reader.namespace}:k"
+        owner = server.owner(full) if isinstance(server, RedisClusterServer) else server.port
+        in_redis = redis.Redis(port=owner, **tls.client_options())
+        # On a busy machine any call may outlast op_timeout, and that cache then serves from
+        # memory until its prober is back: each step waits for the state it needs.
+        wait_for(lambda: writer.set("k", 1) and in_redis.get(full) == b"1", 10)
+        hits = reader.stats.near_hits
+        # Until the reader holds 1 in its near cache (a near hit), its listener caught up.
+        wait_for(
+            lambda: read_to_the_end() and reader.get("k") == 1 and reader.stats.near_hits > hits, 10
+        )
         signed = iam.signed
         before = admin.xinfo_stream(stream)["last-generated-id"].decode()
         stand_in.allow(clock.advance(TOKEN_LIFETIME))  # the token expires; connections drop
         assert stand_in.kill() >= 2  # the listener's among them
-        full = f"{reader.namespace}:k"
-        owner = server.owner(full) if isinstance(server, RedisClusterServer) else server.port
-        in_redis = redis.Redis(port=owner, **tls.client_options())
         # (a write that meets a dropped connection is served by the writer's fallback)
         wait_for(lambda: writer.set("k", 2) and in_redis.get(full) == b"2", 10)
 
@@ -610,12 +642,19 @@ def test_the_near_cache_listener_reconnects_with_a_fresh_token(
         wait_for(announced, 10)
         wait_for(read_to_the_end, 10)  # the listener is back, with a new token
         assert iam.signed > signed
-        seen: list[Any] = []  # asyncio may see a dropped connection only when it writes:
-        wait_for(lambda: seen.append(reader.get("k")) or seen[-1] == 2)  # the fallback's None
+        # Until the reader answers 2 from its near cache again: from Redis first (or None
+        # from the fallback while its own connection is away: asyncio may see a dropped
+        # connection only when it writes), then a near hit. (A fill can be dropped, or a
+        # copy evicted, by a later entry: the writer's flush after its recovery, say.)
+        seen: list[Any] = []
+
+        def a_near_hit_of_2() -> bool:
+            hits = reader.stats.near_hits
+            seen.append(reader.get("k"))
+            return seen[-1] == 2 and reader.stats.near_hits == hits + 1
+
+        wait_for(a_near_hit_of_2, 15)
         assert 1 not in seen  # never the old value
-        hits = reader.stats.near_hits
-        assert reader.get("k") == 2
-        assert reader.stats.near_hits == hits + 1
 
 
 @pytest.mark.redis
@@ -643,9 +682,8 @@ def test_a_refused_token_is_replaced_once_then_the_cache_degrades(
         signed = iam.signed
         assert cache.get("k") in (None, 1)
         assert cache.state is State.DEGRADED
-        time.sleep(1.0)  # the prober keeps trying
+        wait_for(lambda: iam.signed - signed >= 2, 10)  # the prober keeps trying
         attempts = iam.signed - signed
-        assert attempts >= 2
         # 2 refusals per new token (no retry would give 1, a loop many); one attempt may
         # be caught between its two AUTHs at either end of the count
         assert abs(stand_in.refused() - 2 * attempts) <= 1

@@ -9,6 +9,7 @@ test fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -26,6 +27,7 @@ from redis.retry import Retry
 from .tls import TLSFiles
 
 START_TIMEOUT = 10.0  # seconds for the server to answer PING
+READY_LINE = "Ready to accept connections"  # redis-server's log, once it listens
 
 
 class RedisServerNotFound(RuntimeError):
@@ -52,12 +54,19 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _ready(log: str) -> bool:
+    """Has the server said it accepts connections? Asked before the first PING: a TLS
+    handshake that a server still starting cuts short leaks its socket (Python's SSLSocket
+    keeps the descriptor, unclosed, when its connect check fails), and the ResourceWarning
+    of that socket's collection fails whichever test it lands in."""
+    try:
+        with open(log, encoding="utf-8", errors="replace") as file:
+            return READY_LINE in file.read()
+    except FileNotFoundError:
+        return False
+
+
 def _ping(port: int, password: str | None, tls: TLSFiles | None) -> bool:
-    if tls is not None:  # a TLS handshake cut short by a server still starting leaks a socket
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        except OSError:
-            return False
     client = redis.Redis(
         port=port,
         password=password,
@@ -122,9 +131,10 @@ class RedisServer:
         binary = find_redis_server()
         self._dir = tempfile.TemporaryDirectory(prefix="kvcache-redis-")
         config = os.path.join(self._dir.name, "redis.conf")
+        log = os.path.join(self._dir.name, "redis.log")
         with open(config, "w") as file:  # the password goes here, not on the command line (ps)
             file.write('save ""\nappendonly no\nbind 127.0.0.1\n')
-            file.write(f"dir {self._dir.name}\n")
+            file.write(f"dir {self._dir.name}\nlogfile {log}\n")
             if self.password:
                 escaped = self.password.replace("\\", "\\\\").replace('"', '\\"')
                 file.write(f'requirepass "{escaped}"\n')
@@ -133,6 +143,8 @@ class RedisServer:
             ports: tuple[str, ...] = ("--port", str(self.port))
             if self.tls:
                 ports = ("--port", "0", "--tls-port", str(self.port), *self.tls.server_args())
+            with contextlib.suppress(FileNotFoundError):  # a failed attempt's "ready"
+                os.remove(log)
             self._process = subprocess.Popen(
                 [binary, config, *ports, *self.extra_args],
                 stdout=subprocess.DEVNULL,
@@ -140,7 +152,7 @@ class RedisServer:
             )
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline and self._process.poll() is None:
-                if _ping(self.port, self.password, self.tls):
+                if _ready(log) and _ping(self.port, self.password, self.tls):
                     return self
                 time.sleep(0.02)
             self._kill()
