@@ -99,3 +99,18 @@ def test_pages_keep_answering_fast_while_redis_is_blackholed(redis_server: Redis
             assert report.json()["state"] == "degraded"
             assert report.json()["last_error"] == "TimeoutError"
             proxy.up()
+
+
+def test_the_first_write_through_the_lifespan_lands_in_redis(redis_url: str) -> None:
+    import redis
+
+    app = FastAPI(lifespan=lifespan(KVCacheSettings(url=redis_url, namespace="api")))
+
+    @app.post("/remember")
+    async def remember(cache: AsyncCache = CACHE) -> bool:
+        return await cache.set("a", 1)
+
+    with TestClient(app) as http:
+        assert http.post("/remember").json() is True
+    with redis.Redis.from_url(redis_url) as admin:
+        assert admin.get("api:a") == b"1"

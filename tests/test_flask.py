@@ -280,3 +280,13 @@ def test_the_redis_url_wins_over_host_and_port(guarded: RedisServer) -> None:
             assert db4.exists("url_k4")
     finally:
         cache.cache.kvcache.close()
+
+
+def test_the_first_write_of_an_app_lands_in_redis(redis_url: str) -> None:
+    made = App(redis_url)
+    assert made.cache.set("a", 1) is True
+    with redis.Redis.from_url(redis_url) as admin:
+        assert admin.exists("app_a")  # in Redis, not in the fallback
+    assert (
+        made.backend.kvcache.stats.fallback_hits + made.backend.kvcache.stats.fallback_misses == 0
+    )
