@@ -412,7 +412,9 @@ def test_the_first_write_of_a_process_lands_in_the_cluster(
     shared_cluster: RedisClusterServer, open_cache: Callable[..., Any]
 ) -> None:
     """No connect(): the first call waits for the first topology fetch (op_timeout at most)."""
-    cache = open_cache(shared_cluster.url, connect=False, mode="cluster", namespace="first")
+    cache = open_cache(  # op_timeout: generous, for a loaded machine
+        shared_cluster.url, connect=False, mode="cluster", namespace="first", op_timeout=2.0
+    )
     keys = {f"k{i}": i for i in range(30)}  # over every primary
     assert cache.set("a", 1) is True
     assert cache.set_many(keys) is True

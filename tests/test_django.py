@@ -360,9 +360,9 @@ def test_set_many_reports_every_key_when_nothing_can_store_them(
 def test_the_first_write_of_a_process_lands_in_redis(redis_url: str, raw: redis.Redis) -> None:
     """No connect wait of the backend's own: the core's first call waits for the first
     connect (op_timeout at most), so a fresh process's first set reaches Redis."""
-    with override_settings(CACHES=caches_on(redis_url, OPTIONS={"NAMESPACE": "first"})):
-        assert caches["default"].kvcache.state is State.STARTING
-        caches["default"].set("a", 1)
+    options = {"NAMESPACE": "first", "OP_TIMEOUT": 2.0}  # generous, for a loaded machine
+    with override_settings(CACHES=caches_on(redis_url, OPTIONS=options)):
+        caches["default"].set("a", 1)  # the backend's first call: no connect() before it
         assert raw.exists("first:1:a")
         assert asyncio.run(caches["default"].aget("a")) == 1
 
@@ -423,3 +423,19 @@ def test_connect_wait_is_ignored_with_a_deprecation_warning(redis_url: str) -> N
         with pytest.warns(DeprecationWarning, match="CONNECT_WAIT"):
             caches["default"].set("k", 1)
         assert caches["default"].get("k") == 1
+
+
+def test_an_empty_secret_key_is_only_needed_for_pickle(redis_url: str) -> None:
+    """SECRET_KEY is read only when signed pickle needs it: a JSON cache works without it,
+    and default pickle without it is kvcache's clear error, not Django's."""
+    from kvcache.errors import ConfigurationError
+
+    json_cache = caches_on(redis_url, OPTIONS={"SERIALIZER": "json", "NAMESPACE": "nokey"})
+    with override_settings(SECRET_KEY="", CACHES=json_cache):
+        caches["default"].set("k", {"a": 1})
+        assert caches["default"].get("k") == {"a": 1}
+    with (
+        override_settings(SECRET_KEY="", CACHES=caches_on(redis_url)),
+        pytest.raises(ConfigurationError, match="SECRET_KEY"),
+    ):
+        caches["default"].set("k", 1)

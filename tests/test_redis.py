@@ -373,3 +373,13 @@ def test_bad_input_never_reaches_the_server(open_cache: Any, redis_url: str) -> 
             with pytest.raises(KVCacheError):
                 call()
         assert commands_served(admin) == before
+
+
+def test_a_test_server_started_with_a_quiet_log_still_starts() -> None:
+    from kvcache.testing import RedisServer as Server
+
+    with (
+        Server(extra_args=("--loglevel", "warning")) as server,  # no "ready" line logged
+        redis.Redis(port=server.port, password=server.password) as client,
+    ):
+        assert client.ping()

@@ -21,6 +21,9 @@ from kvcache.testing import ChaosProxy
 pytestmark = pytest.mark.redis
 
 NO_IO = 0.18  # seconds: a call that touches no network (see test_outage.py)
+# A first call waits for the first connect at most op_timeout: generous here, so that a loaded
+# machine's slow thread start and connect still fit (the code before waited not at all).
+PATIENT = {"op_timeout": 2.0}
 
 
 @pytest.fixture
@@ -38,7 +41,7 @@ def settle(cache: Any) -> None:
 def test_the_first_write_of_a_process_lands_in_redis(
     open_cache: Any, redis_url: str, admin: redis.Redis
 ) -> None:
-    cache = open_cache(redis_url, connect=False, namespace="app")
+    cache = open_cache(redis_url, connect=False, namespace="app", **PATIENT)
     assert cache.set("a", 1) is True
     assert admin.get("app:a") == b"1"  # in Redis at once, not in the fallback
     assert cache.get("a") == 1
@@ -52,7 +55,7 @@ def test_a_process_start_never_deletes_keys_it_did_not_write(
     open_cache: Any, redis_url: str, admin: redis.Redis
 ) -> None:
     admin.set("app:shared", b"42")  # another process wrote it
-    cache = open_cache(redis_url, connect=False, namespace="app")
+    cache = open_cache(redis_url, connect=False, namespace="app", **PATIENT)
     calls: list[int] = []
     assert cache.get_or_set("shared", lambda: calls.append(1) or 7) == 42
     assert calls == []  # Redis answered: the factory did not run
@@ -63,7 +66,7 @@ def test_a_process_start_never_deletes_keys_it_did_not_write(
 def test_the_first_write_does_not_raise_with_throw_on_errors(
     open_cache: Any, redis_url: str, admin: redis.Redis
 ) -> None:
-    cache = open_cache(redis_url, connect=False, namespace="app", throw_on_errors=True)
+    cache = open_cache(redis_url, connect=False, namespace="app", throw_on_errors=True, **PATIENT)
     assert cache.set("a", 1) is True  # no CacheUnavailableError: Redis is up
     assert admin.get("app:a") == b"1"
 
@@ -184,7 +187,7 @@ def test_iterating_right_after_construction_sees_the_keys_in_redis(
 ) -> None:
     admin.set("app:a", b"1")
     admin.set("app:b", b"2")
-    cache = open_cache(redis_url, connect=False, namespace="app")
+    cache = open_cache(redis_url, connect=False, namespace="app", **PATIENT)
     assert sorted(cache) == ["a", "b"]  # waited for the first connect, like any call
 
 
@@ -196,7 +199,7 @@ def test_calls_waiting_for_the_first_attempt_give_up_together(
     from concurrent.futures import ThreadPoolExecutor
 
     chaos_proxy.blackhole()
-    slow = {"op_timeout": 1.0, "connect_timeout": 3.0}
+    slow = {"op_timeout": 2.0, "connect_timeout": 6.0}
     cache = open_cache(chaos_proxy.url, connect=False, namespace="app", **slow)
     started = time.perf_counter()
 
@@ -206,7 +209,7 @@ def test_calls_waiting_for_the_first_attempt_give_up_together(
         return time.perf_counter() - started
 
     with ThreadPoolExecutor(2) as pool:
-        _, second = pool.map(late_call, [0.0, 0.5])
-    # Both end when the first call's wait (1 s) ran out; the second, had it waited its own
-    # full bound, would end at 1.5 s.
-    assert second < 1.3
+        _, second = pool.map(late_call, [0.0, 1.0])
+    # Both end when the first call's wait (2 s) ran out; the second, had it waited its own
+    # full bound, would end at 3 s.
+    assert second < 2.6

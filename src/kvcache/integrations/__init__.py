@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigurationError
 
 
 def sign_pickle_with_secret(
-    options: dict[str, Any], secret: str | bytes | None, name: str, purpose: str
+    options: dict[str, Any], secret: Callable[[], str | bytes | None], name: str, purpose: str
 ) -> None:
     """Make ``options`` pickle (a framework's default) signed with a key derived from the
-    framework's secret, unless they name another serializer or their own ``signing_key``.
+    framework's secret (``secret()``, read only then), unless they name another serializer or
+    their own ``signing_key``.
 
     Pickle is never unsigned by accident: with no key and no secret it is a
     ConfigurationError naming ``name`` (e.g. ``SECRET_KEY``); ``pickle-unsigned`` is the
@@ -20,12 +22,13 @@ def sign_pickle_with_secret(
     options.setdefault("serializer", "pickle")
     if options["serializer"] != "pickle" or options.get("signing_key"):
         return
-    if not secret:
+    secret_value = secret()
+    if not secret_value:
         raise ConfigurationError(
             f"{name} is empty: signed pickle derives its signing key from it. Set {name}, "
             "or give a signing_key, or name serializer='pickle-unsigned' (only for a Redis "
             "nobody else can write to)"
         )
-    material = secret if isinstance(secret, bytes) else str(secret).encode()
+    material = secret_value if isinstance(secret_value, bytes) else str(secret_value).encode()
     # Derived per integration (``purpose``): the cache's key is not the framework's secret.
     options["signing_key"] = hashlib.sha256(f"{purpose}:".encode() + material).hexdigest()

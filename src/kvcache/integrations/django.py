@@ -40,6 +40,7 @@ from django.core.cache.backends.base import (
     BaseCache,
     default_key_func,
 )
+from django.core.exceptions import ImproperlyConfigured
 
 from ..aio import AsyncCache
 from ..cache import Cache
@@ -69,13 +70,20 @@ _shared: dict[str, _Shared] = {}
 _lock = threading.Lock()
 
 
+def _secret_key() -> str:
+    """Django's SECRET_KEY, or "" (Django refuses to hand out an empty one)."""
+    try:
+        return str(getattr(django_settings, "SECRET_KEY", ""))
+    except ImproperlyConfigured:
+        return ""
+
+
 def _settings(location: str, options: Mapping[str, Any], namespace: str) -> KVCacheSettings:
     """kvcache settings from a CACHES entry's OPTIONS (upper-cased names of kvcache's)."""
     chosen = {name.lower(): value for name, value in options.items()}
     chosen["namespace"] = namespace
     chosen.setdefault("max_key_length", MAX_KEY_LENGTH)
-    secret = getattr(django_settings, "SECRET_KEY", "")
-    sign_pickle_with_secret(chosen, secret, "SECRET_KEY", "kvcache.integrations.django")
+    sign_pickle_with_secret(chosen, _secret_key, "SECRET_KEY", "kvcache.integrations.django")
     return KVCacheSettings(url=location, **chosen)
 
 

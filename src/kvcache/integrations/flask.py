@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import math
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -79,7 +80,7 @@ class KVCache(BaseCache):
             options.setdefault("separator", last)
         else:  # "app", "flask_cache_" (the default): "<prefix>:<key>"
             options.setdefault("namespace", prefix)
-        secret = app.config.get("SECRET_KEY")
+        secret = partial(app.config.get, "SECRET_KEY")
         sign_pickle_with_secret(options, secret, "SECRET_KEY", "kvcache.integrations.flask")
         url = redis_url(config)
         cache = Cache.from_settings(KVCacheSettings(url=url, **options))

@@ -138,6 +138,8 @@ class RedisServer:
             if self.password:
                 escaped = self.password.replace("\\", "\\\\").replace('"', '\\"')
                 file.write(f'requirepass "{escaped}"\n')
+        # Extra args that quiet or move the log hide the "ready" line: then PING alone says.
+        watch_log = not {"--loglevel", "--logfile"} & set(self.extra_args)
         for _attempt in range(5):  # the free port may be taken between probe and bind
             self.port = self._requested_port or free_port()
             ports: tuple[str, ...] = ("--port", str(self.port))
@@ -152,7 +154,7 @@ class RedisServer:
             )
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline and self._process.poll() is None:
-                if _ready(log) and _ping(self.port, self.password, self.tls):
+                if (not watch_log or _ready(log)) and _ping(self.port, self.password, self.tls):
                     return self
                 time.sleep(0.02)
             self._kill()
