@@ -383,3 +383,15 @@ def test_a_test_server_started_with_a_quiet_log_still_starts() -> None:
         redis.Redis(port=server.port, password=server.password) as client,
     ):
         assert client.ping()
+
+
+def test_a_cluster_node_port_comes_with_a_free_bus_port() -> None:
+    """A cluster node also listens on port + 10000: both must be free, or it cannot start."""
+    import socket
+
+    from kvcache.testing.server import free_port
+
+    for _ in range(20):
+        port = free_port(with_bus=True)
+        with socket.socket() as bus:
+            bus.bind(("127.0.0.1", port + 10000))  # raises if taken

@@ -9,7 +9,6 @@ test fails.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
@@ -48,10 +47,21 @@ def find_redis_server() -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def free_port(*, with_bus: bool = False) -> int:
+    """A free port; ``with_bus``: whose port + 10000 (a cluster node's bus) is free too."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if not with_bus:
+            return port
+        if port + 10000 <= 65535:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
 
 
 def _ready(log: str) -> bool:
@@ -64,6 +74,15 @@ def _ready(log: str) -> bool:
             return READY_LINE in file.read()
     except FileNotFoundError:
         return False
+
+
+def _tail(log: str, lines: int = 5) -> str:
+    """The last lines of the server's log (why it did not start), for the error."""
+    try:
+        with open(log, encoding="utf-8", errors="replace") as file:
+            return " | ".join(line.strip() for line in file.readlines()[-lines:]) or "nothing"
+    except FileNotFoundError:
+        return "nothing (no log)"
 
 
 def _ping(port: int, password: str | None, tls: TLSFiles | None) -> bool:
@@ -140,13 +159,15 @@ class RedisServer:
                 file.write(f'requirepass "{escaped}"\n')
         # Extra args that quiet or move the log hide the "ready" line: then PING alone says.
         watch_log = not {"--loglevel", "--logfile"} & set(self.extra_args)
+        cluster = "--cluster-enabled" in self.extra_args
         for _attempt in range(5):  # the free port may be taken between probe and bind
-            self.port = self._requested_port or free_port()
+            self.port = self._requested_port or free_port(with_bus=cluster)
             ports: tuple[str, ...] = ("--port", str(self.port))
             if self.tls:
                 ports = ("--port", "0", "--tls-port", str(self.port), *self.tls.server_args())
-            with contextlib.suppress(FileNotFoundError):  # a failed attempt's "ready"
-                os.remove(log)
+            for name in os.listdir(self._dir.name):  # a failed attempt's log and nodes.conf
+                if name != "redis.conf":
+                    os.remove(os.path.join(self._dir.name, name))
             self._process = subprocess.Popen(
                 [binary, config, *ports, *self.extra_args],
                 stdout=subprocess.DEVNULL,
@@ -158,8 +179,9 @@ class RedisServer:
                     return self
                 time.sleep(0.02)
             self._kill()
+        said = _tail(log)
         self.stop()
-        raise RuntimeError(f"redis-server ({binary}) did not start on a free port")
+        raise RuntimeError(f"redis-server ({binary}) did not start on a free port; it said: {said}")
 
     def _kill(self) -> None:
         if self._process is not None:
