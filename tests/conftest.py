@@ -272,3 +272,28 @@ class CodeRan:
 def planted_pickle(marker: Path) -> bytes:
     """The payload as the codec would store a pickled value (unsigned: planted by an attacker)."""
     return PLAIN + pickle.dumps(CodeRan(marker))
+
+
+CLUSTER_INTERVAL = 0.5  # seconds: the topology check interval of cluster tests
+
+
+@pytest.fixture(params=["sync", "async"])
+def make_cache(
+    request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
+) -> Iterator[Callable[..., Any]]:
+    made: list[Any] = []
+
+    def make(url: str, remap: Callable[[int], int] | None = None, **options: Any) -> Any:
+        """A cluster cache on ``url``, READY; ``remap``: node port -> port to dial instead."""
+
+        def prepare(store: Any) -> None:
+            if remap is not None:
+                store.remap = lambda where: (where[0], remap(where[1]))
+
+        settings = KVCacheSettings(url=url, topology_interval=CLUSTER_INTERVAL, **options)
+        made.append(ready_cache(request.param, settings, loop, prepare))
+        return made[-1]
+
+    yield make
+    for cache in made:
+        cache.close()

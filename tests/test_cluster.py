@@ -4,7 +4,6 @@ one shard cut off through a ChaosProxy), with Cache and with AsyncCache."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +12,12 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import Traffic, listener_has_read_all, ready_cache, wait_near_ready
+from conftest import (
+    CLUSTER_INTERVAL,
+    Traffic,
+    listener_has_read_all,
+    wait_near_ready,
+)
 from kvcache import Cache, State
 from kvcache.errors import RedirectError
 from kvcache.nearcache import stream_key
@@ -24,7 +28,6 @@ from kvcache.testing import ChaosProxy
 from kvcache.testing.cluster import RedisClusterServer
 
 pytestmark = pytest.mark.redis
-INTERVAL = 0.5  # topology check interval for these tests (seconds)
 
 
 @pytest.fixture(scope="module")
@@ -32,28 +35,6 @@ def shared_cluster() -> Iterator[RedisClusterServer]:
     """A 3-primary cluster for tests that leave it with 3 primaries."""
     with RedisClusterServer(primaries=3) as cluster:
         yield cluster
-
-
-@pytest.fixture(params=["sync", "async"])
-def make_cache(
-    request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
-) -> Iterator[Callable[..., Any]]:
-    made: list[Any] = []
-
-    def make(url: str, remap: Callable[[int], int] | None = None, **options: Any) -> Any:
-        """A cluster cache on ``url``, READY; ``remap``: node port -> port to dial instead."""
-
-        def prepare(store: Any) -> None:
-            if remap is not None:
-                store.remap = lambda where: (where[0], remap(where[1]))
-
-        settings = KVCacheSettings(url=url, topology_interval=INTERVAL, **options)
-        made.append(ready_cache(request.param, settings, loop, prepare))
-        return made[-1]
-
-    yield make
-    for cache in made:
-        cache.close()
 
 
 def owner_client(cluster: RedisClusterServer, full_key: bytes) -> redis.Redis:
@@ -231,22 +212,22 @@ def test_scale_out_scale_in_and_failover_under_traffic(make_cache: Callable[...,
                 # scale out: a new primary takes some slots (with their keys)
                 added = cluster.add_primary()
                 cluster.migrate_slots(range(64), to=added)
-                traffic.run_for(INTERVAL * 2)
+                traffic.run_for(CLUSTER_INTERVAL * 2)
                 assert len(cache.health().shards) == 3
                 # scale in: it hands them back, is forgotten, and stops
                 cluster.remove_node(added)
-                traffic.run_for(INTERVAL * 3)
+                traffic.run_for(CLUSTER_INTERVAL * 3)
                 proxies[added].reset_counters()
-                traffic.run_for(INTERVAL * 3)
+                traffic.run_for(CLUSTER_INTERVAL * 3)
                 # within a topology interval the node that left is no longer dialled
                 assert proxies[added].accepted == 0
                 # failover: a primary dies, its replica takes over
                 victim = cluster.primary_ports[0]
                 cluster.failover(victim)
                 _wait_ready(cache)
-                traffic.run_for(INTERVAL * 3)
+                traffic.run_for(CLUSTER_INTERVAL * 3)
                 proxies[victim].reset_counters()
-                traffic.run_for(INTERVAL * 3)
+                traffic.run_for(CLUSTER_INTERVAL * 3)
             assert traffic.exceptions == []
             assert traffic.wrong == []
             assert proxies[victim].accepted == 0

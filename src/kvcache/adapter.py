@@ -50,6 +50,9 @@ Call = tuple[Any, ...]  # (store, method name, *arguments)
 # returns (result, served offline?); for a cluster get_many that met a degraded shard, the
 # flag may be a list, one per key (sharding.py)
 Routed = Generator[Call, Any, tuple[Any, Any]]
+# applies a journal taken on recovery, (keys, clear the namespace?), in Redis; returns the
+# number of keys deleted
+Recovery = Callable[[list[bytes], bool], Generator[Call, Any, int]]
 
 ALL_KEYS: Final[Sequence[bytes]] = (b"*",)
 """``writes`` of clear(): the whole namespace changed (compared by identity)."""
@@ -118,11 +121,14 @@ class Adapter:
         shard: str | None = None,
         on_change: Callable[[StateChange], object] | None = None,
         signals: Telemetry | None = None,
+        recovery: Recovery | None = None,
     ) -> None:
         """``starting=False``: READY at once (a cluster shard, found in a topology just
         fetched). ``shard``: the primary this adapter is the breaker of, named in its state
         events. ``on_change``: told of each transition (the cluster router listens).
-        ``signals``: the cache's telemetry (state gauge, journal size, probe spans)."""
+        ``signals``: the cache's telemetry (state gauge, journal size, probe spans).
+        ``recovery``: applies the journal on recovery (a cluster shard's: where each key
+        lives now); by default it is deleted on ``primary``."""
         self.primary = primary
         # A store that can be probed can fail and come back: it gets the breaker. One that
         # cannot (MemoryStore, a custom store) is always READY and its errors pass through.
@@ -145,6 +151,7 @@ class Adapter:
             # and asks us before a call that waited for one sends its command.
             primary.breaker = self
         self.supervisor: Supervisor | None = None  # attached by the facade's shell
+        self._recovery = recovery or self._delete_on_primary
         self._probe_broken = False  # the last probe raised something unexpected (logged)
         self._observed = signals is not None and signals.enabled
         self._probe_attributes: dict[str, str | int] = {}
@@ -368,10 +375,8 @@ class Adapter:
                 keys, clear_all = self.journal.take()
                 applied = applied or clear_all or bool(keys)
                 try:
-                    if clear_all:
-                        deleted += yield (self.primary, "clear", self.prefix)
-                    elif keys:
-                        deleted += yield (self.primary, "delete_many", keys)
+                    if clear_all or keys:
+                        deleted += yield from self._recovery(keys, clear_all)
                 except BaseException:
                     self.journal.restore(keys, clear_all)
                     raise
@@ -401,6 +406,11 @@ class Adapter:
         elif self.supervisor is not None:  # calls waiting for the first attempt may go on
             self.supervisor.wake()
         return failure or telemetry.OK
+
+    def _delete_on_primary(self, keys: list[bytes], clear_all: bool) -> Generator[Call, Any, int]:
+        if clear_all:
+            return (yield (self.primary, "clear", self.prefix))  # type: ignore[no-any-return]
+        return (yield (self.primary, "delete_many", keys))  # type: ignore[no-any-return]
 
     def _settle(self) -> None:
         """Runs as the state turns READY, atomically with it."""

@@ -23,6 +23,7 @@ check) is handed to the shell's ``spawn``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -317,6 +318,7 @@ class ShardedAdapter:
                     starting=False,
                     shard=name,
                     on_change=self._shard_changed,
+                    recovery=functools.partial(self._recover, name),
                     **self._options,
                 )
                 assert self._supervise is not None
@@ -399,21 +401,21 @@ class ShardedAdapter:
     def _install(self, topology: Topology) -> Generator[Call, Any, bool]:
         """Install ``topology`` unless it is the one in use; True if it was installed."""
         with self._lock:
-            if self.topology == topology:
-                return False
-            left = {n: s for n, s in self.shards.items() if n not in topology.primaries}
-        # What a leaving shard wrote while it was away (its journal) may be older where
-        # those keys live now (a promoted replica, the node that took its slots): delete it
-        # there *before* any call is routed by the new map, or a read there could answer a
-        # value older than one written during the outage. If that fails, the map is not
-        # installed; the next check tries again.
-        for shard in left.values():
-            yield from self._delete_journaled(shard, topology)
-        with self._lock:
-            old = self.topology
+            old, shards = self.topology, dict(self.shards)
             if old == topology:
                 return False
+        # What a shard wrote while it was away (its journal) may be older where those keys
+        # live in the new map (a promoted replica, the node that took some or all of its
+        # slots): delete it there *before* any call is routed by the new map, or a read
+        # there could answer a value older than one written during the outage. If that
+        # fails, the map is not installed; the next check tries again.
+        for name, shard in shards.items():
+            yield from self._hand_over(name, shard, old, topology)
+        with self._lock:
+            if self.topology != old:
+                return False  # another check installed a map meanwhile: the next one looks
             self.topology = topology
+            left = {n: s for n, s in shards.items() if n not in topology.primaries}
             self.shards = {n: s for n, s in self.shards.items() if n not in left}
         for name in topology.primaries:
             self._shard(name)
@@ -432,31 +434,81 @@ class ShardedAdapter:
             store = self.nodes.forget(name)
             if store is not None:
                 yield (store, "close")  # no more connections to a node that left
-            # Written in the moment since: through the router, whose breakers journal it
-            # again if a node fails.
-            keys, clear_all = shard.journal.take()
-            if clear_all:
-                yield from self.route("clear", (self.prefix,))
-            elif keys:
-                yield from self.route("delete_many", (keys,))
+        # Journaled in the moment since, by calls routed by the old map: the same again,
+        # through the new map's breakers (which journal it anew where a node is away).
+        for name, shard in shards.items():
+            yield from self._hand_over(name, shard, old, topology)
         return True
 
-    def _delete_journaled(self, shard: Adapter, topology: Topology) -> Generator[Call, Any, None]:
-        """Apply ``shard``'s journal on the nodes that own its keys in ``topology``."""
+    def _hand_over(
+        self, name: str, shard: Adapter, old: Topology | None, new: Topology
+    ) -> Generator[Call, Any, None]:
+        """Apply the part of ``shard``'s journal that ``new`` puts on other primaries there,
+        and keep the rest (its own slots') for its own recovery."""
         keys, clear_all = shard.journal.take()
+        if not keys and not clear_all:
+            return
         try:
             if clear_all:
-                for name in topology.primaries:
-                    yield (self.nodes.node(name), "clear", self.prefix)
-            elif keys:
-                by_node: dict[str, list[bytes]] = {}
-                for key in keys:
-                    by_node.setdefault(topology.owner(key), []).append(key)
-                for name, group in by_node.items():
-                    yield (self.nodes.node(name), "delete_many", group)
+                if name in new.primaries:
+                    shard.journal.add_all()  # its own node's part: cleared when it recovers
+                for owner in _receivers(name, old, new):
+                    yield from self._delete_at(owner, "clear", (self.prefix,), ALL_KEYS)
+                return
+            by_owner: dict[str, list[bytes]] = {}
+            for key in keys:
+                by_owner.setdefault(new.owner(key), []).append(key)
+            kept = by_owner.pop(name, None)
+            if kept:
+                shard.journal.add(kept)
+            for owner, group in by_owner.items():
+                if not owner:  # no node serves the slot yet: try again with the next map
+                    raise CacheUnavailableError("a journaled key's slot has no owner")
+                yield from self._delete_at(owner, "delete_many", (group,), group)
         except BaseException:
             shard.journal.restore(keys, clear_all)
             raise
+
+    def _delete_at(
+        self, name: str, method: str, args: tuple[Any, ...], writes: Sequence[bytes]
+    ) -> Generator[Call, Any, None]:
+        """Delete on primary ``name`` through its breaker (a shard that is away journals it,
+        touching no network), or directly on a node this map brings in."""
+        shard = self.shards.get(name)
+        if shard is not None and shard.machine.state is not _CLOSED:
+            yield from shard.call(method, *args, writes=writes)
+        else:
+            yield (self.nodes.node(name), method, *args)
+
+    def _recover(self, name: str, keys: list[bytes], clear_all: bool) -> Generator[Call, Any, int]:
+        """A shard's recovery: apply its journal where each key lives now. Its own node's
+        keys are deleted there (a failure fails the probe); keys whose slots have moved go
+        through the router (their owner's breaker journals them if that node is away). A
+        MOVED from its own node patches the map, brings the topology check forward, and
+        routes those keys again, instead of failing the probe."""
+        store = self.nodes.node(name)
+        if clear_all:  # slots it lost since were cleared at their new owners (_hand_over)
+            return (yield (store, "clear", self.prefix))  # type: ignore[no-any-return]
+        deleted = 0
+        for _attempt in range(MAX_REDIRECTS):
+            by_owner: dict[bool, list[bytes]] = {True: [], False: []}
+            for key in keys:
+                by_owner[self._owner(key) == name].append(key)
+            if by_owner[False]:
+                removed, _ = yield from self.route("delete_many", (by_owner[False],))
+                deleted += removed
+            keys = by_owner[True]
+            if not keys:
+                return deleted
+            try:
+                removed = yield (store, "delete_many", keys)
+            except RedirectError as redirect:
+                if redirect.kind != "MOVED":
+                    raise  # ASK, TRYAGAIN: a slot half migrated; the next probe tries again
+                self._moved(redirect)
+            else:
+                return deleted + int(removed)
+        raise StoreError(f"delete_many: still redirected after {MAX_REDIRECTS} tries")
 
 
 class _MapChanged(Exception):
@@ -471,6 +523,14 @@ def _per_key(keys: Sequence[bytes], served_offline: set[bytes]) -> bool | list[b
     if len(served_offline) == len(set(keys)):
         return True
     return [key in served_offline for key in keys]
+
+
+def _receivers(name: str, old: Topology | None, new: Topology) -> list[str]:
+    """The primaries that serve, in ``new``, slots that ``name`` served in ``old``."""
+    if old is None:
+        return []
+    pairs = zip(old.owners, new.owners, strict=True)
+    return sorted({n for o, n in pairs if o == name and n not in (name, "")})
 
 
 def _retire(shard: Adapter) -> None:

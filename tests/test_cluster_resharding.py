@@ -1,0 +1,154 @@
+"""Slots that move while a shard is cut off: every primary reached through a ChaosProxy, one
+of them blackholed, keys written during the outage (acknowledged: into that shard's fallback
+and journal), then slots migrated away from the degraded shard, to it, or both, then the
+proxy restored. No read may ever answer a value older than one the cache acknowledged, and
+the shard must recover, with Cache and with AsyncCache."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from kvcache import State
+from kvcache.testing import ChaosProxy
+from kvcache.testing.cluster import RedisClusterServer
+
+pytestmark = pytest.mark.redis
+PREFIX = b"kvcache:"
+KEYS_PER_TAG = 10
+CHECK_GAP = 0.5  # sharding.MIN_CHECK_GAP: the most often a topology check runs
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServer]:
+    """Three primaries; each test leaves slots where it moved them (owners are looked up)."""
+    with RedisClusterServer(primaries=3) as cluster:
+        yield cluster
+
+
+def tags_on(cluster: RedisClusterServer, port: int, count: int, taken: set[str]) -> list[str]:
+    """``count`` hash tags whose slots ``port`` serves (keys ``{tag}:n`` share a slot)."""
+    owners = cluster.slot_map()
+    found: list[str] = []
+    n = 0
+    while len(found) < count:
+        tag = f"t{n}"
+        n += 1
+        if tag not in taken and owners[cluster.keyslot(tag)] == port:
+            found.append(tag)
+            taken.add(tag)
+    return found
+
+
+def keys_of(tags: list[str]) -> list[str]:
+    return [f"{{{tag}}}:{i}" for tag in tags for i in range(KEYS_PER_TAG)]
+
+
+def read_never_older(cache: Any, keys: list[str], acknowledged: dict[str, str], seconds: float):
+    """Read every key for ``seconds``: each answer is the acknowledged value or a miss."""
+    deadline = time.monotonic() + seconds
+    reads = 0
+    while True:
+        for key in keys:
+            value = cache.get(key)
+            assert value in (acknowledged[key], None), (key, value, acknowledged[key])
+            reads += 1
+        if time.monotonic() >= deadline:
+            return reads
+
+
+@pytest.mark.parametrize("moves", ["away", "to", "both"])
+def test_slots_moved_while_a_shard_is_down_serve_nothing_stale_and_it_recovers(
+    cluster: RedisClusterServer, make_cache: Callable[..., Any], moves: str
+) -> None:
+    proxies = {port: ChaosProxy("127.0.0.1", port).start() for port in cluster.primary_ports}
+    try:
+        cache = make_cache(cluster.url, remap=lambda port: proxies[port].port, mode="cluster")
+        dead, other = cluster.primary_ports[:2]
+        taken: set[str] = set()
+        away_tags = tags_on(cluster, dead, 4, taken) if moves != "to" else []
+        to_tags = tags_on(cluster, other, 4, taken) if moves != "away" else []
+        (stay_tag,) = tags_on(cluster, dead, 1, taken)  # a slot that stays on the dead node
+        away, to, stay = keys_of(away_tags), keys_of(to_tags), keys_of([stay_tag])
+        everything = away + to + stay
+        cache.set_many(dict.fromkeys(everything, "v1"))
+        acknowledged = dict.fromkeys(everything, "v1")
+
+        proxies[dead].blackhole()
+        for key in away + stay:  # acknowledged while the node is cut off: fallback, journal
+            assert cache.set(key, "v2") is True
+            acknowledged[key] = "v2"
+        assert cache.health().shards[f"127.0.0.1:{proxies[dead].port}"].journal_keys
+
+        # Resharding on the servers themselves (the proxies only cut this process off).
+        slots = {cluster.keyslot(tag) for tag in away_tags}
+        cluster.migrate_slots(sorted(slots), to=other)
+        cluster.migrate_slots(sorted({cluster.keyslot(tag) for tag in to_tags}), to=dead)
+        for key in to:  # now the degraded shard's keys: fallback and journal again
+            assert cache.set(key, "v2") is True
+            acknowledged[key] = "v2"
+
+        # The topology check sees the new map meanwhile (a degraded shard brings it forward).
+        assert read_never_older(cache, everything, acknowledged, 3.0)
+
+        proxies[dead].up()
+        deadline = time.monotonic() + 15
+        while cache.state is not State.READY and time.monotonic() < deadline:
+            read_never_older(cache, everything, acknowledged, 0.05)
+        health = cache.health()
+        assert cache.state is State.READY, health
+        assert all(shard.journal_keys == 0 for shard in health.shards.values()), health
+        read_never_older(cache, everything, acknowledged, 0.5)
+
+        # The recovered shard takes writes to Redis again, in the slots it kept...
+        assert cache.set(stay[0], "v3") is True
+        with redis.Redis(port=dead) as node:
+            assert node.exists(PREFIX + stay[0].encode())
+        # ...and in the slots it took over.
+        for key in to[:1]:
+            assert cache.set(key, "v3") is True
+            with redis.Redis(port=dead) as node:
+                assert node.exists(PREFIX + key.encode())
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+
+
+def test_a_moved_during_recovery_is_followed_not_counted_as_a_failed_probe(
+    cluster: RedisClusterServer, make_cache: Callable[..., Any]
+) -> None:
+    """The slots move while the shard is away and it comes back before any topology check
+    saw it (no call is made meanwhile, and calls are what bring checks): its probe meets
+    MOVED deleting its journal on its own node, follows it, and the shard recovers."""
+    proxies = {port: ChaosProxy("127.0.0.1", port).start() for port in cluster.primary_ports}
+    try:
+        cache = make_cache(cluster.url, remap=lambda port: proxies[port].port, mode="cluster")
+        dead, other = cluster.primary_ports[:2]
+        taken: set[str] = set()
+        moving = keys_of(tags_on(cluster, dead, 3, taken))
+        cache.set_many(dict.fromkeys(moving, "v1"))
+        proxies[dead].blackhole()
+        for key in moving:
+            assert cache.set(key, "v2") is True
+        name = f"127.0.0.1:{proxies[dead].port}"
+        assert cache.health().shards[name].journal_keys == len(moving)
+        time.sleep(2 * CHECK_GAP)  # the checks those calls brought have run (unchanged map)
+
+        cluster.migrate_slots(sorted({cluster.keyslot(key) for key in moving}), to=other)
+        proxies[dead].up()
+        deadline = time.monotonic() + 15
+        while cache.health().shards[name].state is not State.READY:
+            assert time.monotonic() < deadline, cache.health().shards[name]
+            time.sleep(0.05)
+        assert cache.health().shards[name].journal_keys == 0
+        with redis.Redis(port=other) as node:  # deleted where the keys live now
+            assert not any(node.exists(PREFIX + key.encode()) for key in moving)
+        for key in moving:
+            assert cache.get(key) is None  # never v1, older than the acknowledged v2
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
