@@ -61,6 +61,11 @@ class Journal:
             self._clear_all = False
             return taken
 
+    def peek(self) -> tuple[list[bytes], bool]:
+        """What ``take`` would return, kept."""
+        with self._lock:
+            return list(self._keys), self._clear_all
+
     def after_fork(self) -> None:
         self._lock = threading.Lock()
 

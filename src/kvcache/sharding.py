@@ -434,40 +434,40 @@ class ShardedAdapter:
             store = self.nodes.forget(name)
             if store is not None:
                 yield (store, "close")  # no more connections to a node that left
-        # Journaled in the moment since, by calls routed by the old map: the same again,
-        # through the new map's breakers (which journal it anew where a node is away).
-        for name, shard in shards.items():
+            # Its journal is nobody's to recover now: through the router, whose breakers
+            # journal it again where a node is away.
+            keys, clear_all = shard.journal.take()
+            if clear_all:
+                yield from self.route("clear", (self.prefix,))
+            elif keys:
+                yield from self.route("delete_many", (keys,))
+        # Journaled in the moment since, by calls routed by the old map: the same again.
+        for name, shard in self.shards.items():
             yield from self._hand_over(name, shard, old, topology)
         return True
 
     def _hand_over(
         self, name: str, shard: Adapter, old: Topology | None, new: Topology
     ) -> Generator[Call, Any, None]:
-        """Apply the part of ``shard``'s journal that ``new`` puts on other primaries there,
-        and keep the rest (its own slots') for its own recovery."""
-        keys, clear_all = shard.journal.take()
-        if not keys and not clear_all:
+        """Delete the keys of ``shard``'s journal that ``new`` puts on other primaries,
+        there (the namespace on the primaries that took its slots, if its journal
+        overflowed). The journal keeps them: the shard's own recovery applies all of it,
+        where each key lives by then, so nothing is lost if that recovery runs meanwhile
+        (a second delete costs a miss at most)."""
+        keys, clear_all = shard.journal.peek()
+        if clear_all:
+            for owner in _receivers(name, old, new):
+                yield from self._delete_at(owner, "clear", (self.prefix,), ALL_KEYS)
             return
-        try:
-            if clear_all:
-                if name in new.primaries:
-                    shard.journal.add_all()  # its own node's part: cleared when it recovers
-                for owner in _receivers(name, old, new):
-                    yield from self._delete_at(owner, "clear", (self.prefix,), ALL_KEYS)
-                return
-            by_owner: dict[str, list[bytes]] = {}
-            for key in keys:
-                by_owner.setdefault(new.owner(key), []).append(key)
-            kept = by_owner.pop(name, None)
-            if kept:
-                shard.journal.add(kept)
-            for owner, group in by_owner.items():
-                if not owner:  # no node serves the slot yet: try again with the next map
-                    raise CacheUnavailableError("a journaled key's slot has no owner")
-                yield from self._delete_at(owner, "delete_many", (group,), group)
-        except BaseException:
-            shard.journal.restore(keys, clear_all)
-            raise
+        by_owner: dict[str, list[bytes]] = {}
+        for key in keys:
+            owner = new.owner(key)
+            if owner != name:
+                by_owner.setdefault(owner, []).append(key)
+        for owner, group in by_owner.items():
+            if not owner:  # no node serves the slot yet: try again with the next map
+                raise CacheUnavailableError("a journaled key's slot has no owner")
+            yield from self._delete_at(owner, "delete_many", (group,), group)
 
     def _delete_at(
         self, name: str, method: str, args: tuple[Any, ...], writes: Sequence[bytes]
@@ -487,7 +487,7 @@ class ShardedAdapter:
         MOVED from its own node patches the map, brings the topology check forward, and
         routes those keys again, instead of failing the probe."""
         store = self.nodes.node(name)
-        if clear_all:  # slots it lost since were cleared at their new owners (_hand_over)
+        if clear_all:  # the slots it lost were cleared where they went (_hand_over)
             return (yield (store, "clear", self.prefix))  # type: ignore[no-any-return]
         deleted = 0
         for _attempt in range(MAX_REDIRECTS):
