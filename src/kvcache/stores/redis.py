@@ -20,7 +20,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AskError, MovedError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 from redis.retry import Retry
 
 from .. import forksafe
@@ -48,7 +48,16 @@ UNLINK_BATCH = 500  # keys per UNLINK, so clear() never sends one huge command
 
 
 _FAILURES = (redis.RedisError, OSError, asyncio.TimeoutError)  # the last: Python 3.10
-_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError, asyncio.TimeoutError)
+# What means "Redis cannot serve us now", so the breaker opens. ClusterDownError (a reply,
+# not a network failure: CLUSTERDOWN, "CLUSTERDOWN Hash slot not served", MASTERDOWN) too:
+# during a failover the healthy nodes answer it to every key until the cluster is whole.
+_UNREACHABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OSError,
+    asyncio.TimeoutError,
+    ClusterDownError,
+)
 
 
 def translate(exc: BaseException) -> KVCacheError:
@@ -100,11 +109,26 @@ def probe_connection(pool: Any, step_timeout: float, read_timeout: float | None 
 
 
 PING: Final = ("PING",)
+CLUSTER_INFO: Final = ("CLUSTER", "INFO")
+
+
+def probe_command(cluster: bool) -> tuple[str, ...]:
+    """What a probe sends on its fresh connection. A cluster node answers PING while the
+    cluster is down (and refuses every key), so there the probe asks CLUSTER INFO: the same
+    round trip, and it says whether the cluster serves (ACL category @slow, as CLUSTER SLOTS,
+    which the router needs anyway)."""
+    return CLUSTER_INFO if cluster else PING
 
 
 def probe_verdict(command: tuple[str, ...], reply: Any, took: float, op_timeout: float) -> None:
-    """Raise unless the probe passed: its round trip fits a call's bound."""
+    """Raise unless the probe passed: its round trip fits a call's bound, and a cluster
+    node's cluster is up (cluster_state:ok)."""
     fits_a_call(" ".join(command), took, op_timeout)
+    if command is CLUSTER_INFO:
+        text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+        state = next((f for f in text.split() if f.startswith("cluster_state:")), "")
+        if state != "cluster_state:ok":
+            raise CacheUnavailableError(f"the cluster serves no keys ({state or text[:60]})")
 
 
 def step_timeout(client: Any, connect_timeout: float | None) -> float:
@@ -414,10 +438,10 @@ class RedisStore:
 
     def ping(self) -> None:
         """The adapter's probe: connect + AUTH on a fresh connection, each step within the
-        connect timeout, then PING, which must come back
+        connect timeout, then PING (CLUSTER INFO on a cluster node), which must come back
         within the bound a call has (``probe_verdict``)."""
         connection = probe_connection(self._client.connection_pool, self._step)
-        command = PING
+        command = probe_command(self.cluster)
         try:
             connection.connect()
             started = time.monotonic()
@@ -614,7 +638,7 @@ class AsyncRedisStore:
     async def ping(self) -> None:
         """As ``RedisStore.ping``, and all of it within ``probe_timeout``."""
         connection = probe_connection(self._here().client.connection_pool, self._step)
-        command = PING
+        command = probe_command(self.cluster)
         try:
             reply, took = await asyncio.wait_for(
                 self._ping_on(connection, *command), self.probe_timeout
