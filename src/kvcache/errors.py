@@ -43,6 +43,11 @@ class CacheUnavailableError(StoreError):
     """The backing store cannot be reached (connection refused, timed out, reset, auth failed)."""
 
 
+class SlowReplyError(CacheUnavailableError):
+    """Redis answered a probe, but slower than a call may wait (``op_timeout``): as good as
+    unavailable, since every call would time out."""
+
+
 class NoFreeConnectionError(CacheUnavailableError):
     """Every connection was busy for ``op_timeout``: local overload, not an outage, so it
     fails the one call and never opens the breaker."""

@@ -189,7 +189,14 @@ class ShardedAdapter:
                     return (yield from self._one_by_one(method, args))
                 if redirect.kind == "ASK":
                     return (yield from self._asking(redirect, method, args))
-                # TRYAGAIN for one key: the migration moves on; try again
+                # TRYAGAIN for one key: the migration moves on; try again, a few times. Past
+                # that the shard cannot serve it now: an outage, like CLUSTERDOWN (its breaker
+                # opens, the fallback serves the call, a write is journaled).
+                keys = _keys(method, args)
+                if _attempt == MAX_REDIRECTS - 1 and keys and keys is not ALL_KEYS:
+                    busy = CacheUnavailableError(f"TRYAGAIN {MAX_REDIRECTS} times in a row")
+                    if self._shard(self._owner(keys[0])).trips(busy):
+                        return (yield from self.route(method, args, journal=journal))
         raise StoreError(f"{method}: still redirected after {MAX_REDIRECTS} tries")
 
     def _on_shard(

@@ -14,16 +14,10 @@ from redis.credentials import CredentialProvider
 
 from ..errors import ConfigurationError
 from ..settings import KVCacheSettings
+from ..timeouts import command_timeout
 from .auth import ConnectionPolicy
 
 C = TypeVar("C", redis.Redis, redis.asyncio.Redis)
-
-
-def command_timeout(op_timeout: float) -> float:
-    """The socket timeout for a call whose whole budget is ``op_timeout``: a little less,
-    so the call that meets a dead socket also has time to open the breaker and ask the
-    fallback (measured: ~0.7 ms of socket-timeout overshoot + ~0.5 ms of bookkeeping)."""
-    return op_timeout - min(0.005, op_timeout / 20)
 
 
 def at_address(url: str, host: str, port: int) -> str:

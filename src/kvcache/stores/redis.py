@@ -11,15 +11,16 @@ import asyncio
 import inspect
 import queue
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Final, Protocol, TypeVar
 
 import redis
 import redis.asyncio
 import redis.asyncio.retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AskError, MovedError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 from redis.retry import Retry
 
 from .. import forksafe
@@ -35,6 +36,7 @@ from ..errors import (
     StoreError,
 )
 from ..keys import scan_pattern
+from ..timeouts import fits_a_call
 from ..topology import replace_command, set_command, slot_groups, xadd_command
 
 T = TypeVar("T")
@@ -46,6 +48,16 @@ UNLINK_BATCH = 500  # keys per UNLINK, so clear() never sends one huge command
 
 
 _FAILURES = (redis.RedisError, OSError, asyncio.TimeoutError)  # the last: Python 3.10
+# What means "Redis cannot serve us now", so the breaker opens. ClusterDownError (a reply,
+# not a network failure: CLUSTERDOWN, "CLUSTERDOWN Hash slot not served", MASTERDOWN) too:
+# during a failover the healthy nodes answer it to every key until the cluster is whole.
+_UNREACHABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OSError,
+    asyncio.TimeoutError,
+    ClusterDownError,
+)
 
 
 def translate(exc: BaseException) -> KVCacheError:
@@ -58,7 +70,7 @@ def translate(exc: BaseException) -> KVCacheError:
 
 
 def _translated(exc: BaseException) -> KVCacheError:
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError | asyncio.TimeoutError):
+    if isinstance(exc, _UNREACHABLE):
         return CacheUnavailableError(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, AskError):  # MovedError too: a cluster node points elsewhere
         kind = "MOVED" if isinstance(exc, MovedError) else "ASK"
@@ -94,6 +106,29 @@ def probe_connection(pool: Any, step_timeout: float, read_timeout: float | None 
     if _DRIVER_INFO:  # no CLIENT SETINFO: two round trips less for a call that waits for
         kwargs["driver_info"] = None  # the first probe (redis-py 7.1 and later know it)
     return pool.connection_class(**kwargs)
+
+
+PING: Final = ("PING",)
+CLUSTER_INFO: Final = ("CLUSTER", "INFO")
+
+
+def probe_command(cluster: bool) -> tuple[str, ...]:
+    """What a probe sends on its fresh connection. A cluster node answers PING while the
+    cluster is down (and refuses every key), so there the probe asks CLUSTER INFO: the same
+    round trip, and it says whether the cluster serves (ACL category @slow, as CLUSTER SLOTS,
+    which the router needs anyway)."""
+    return CLUSTER_INFO if cluster else PING
+
+
+def probe_verdict(command: tuple[str, ...], reply: Any, took: float, op_timeout: float) -> None:
+    """Raise unless the probe passed: its round trip fits a call's bound, and a cluster
+    node's cluster is up (cluster_state:ok)."""
+    fits_a_call(" ".join(command), took, op_timeout)
+    if command is CLUSTER_INFO:
+        text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+        state = next((f for f in text.split() if f.startswith("cluster_state:")), "")
+        if state != "cluster_state:ok":
+            raise CacheUnavailableError(f"the cluster serves no keys ({state or text[:60]})")
 
 
 def step_timeout(client: Any, connect_timeout: float | None) -> float:
@@ -402,16 +437,22 @@ class RedisStore:
         return self._wait
 
     def ping(self) -> None:
-        """Connect + AUTH + PING on a fresh connection (the adapter's probe)."""
+        """The adapter's probe: connect + AUTH on a fresh connection, each step within the
+        connect timeout, then PING (CLUSTER INFO on a cluster node), which must come back
+        within the bound a call has (``probe_verdict``)."""
         connection = probe_connection(self._client.connection_pool, self._step)
+        command = probe_command(self.cluster)
         try:
             connection.connect()
-            connection.send_command("PING")
-            connection.read_response()
+            started = time.monotonic()
+            connection.send_command(*command)
+            reply = connection.read_response()
+            took = time.monotonic() - started
         except _FAILURES as exc:
             raise translate(exc) from exc
         finally:
             connection.disconnect()
+        probe_verdict(command, reply, took, self._wait)
 
     def cluster_slots(self) -> Any:
         """CLUSTER SLOTS on a fresh connection, every step bounded like a probe's; None
@@ -595,29 +636,37 @@ class AsyncRedisStore:
         return self._wait_timeout  # see RedisStore
 
     async def ping(self) -> None:
-        """Connect + AUTH + PING on a fresh connection, all within ``probe_timeout``."""
+        """As ``RedisStore.ping``, and all of it within ``probe_timeout``."""
         connection = probe_connection(self._here().client.connection_pool, self._step)
+        command = probe_command(self.cluster)
         try:
-            await asyncio.wait_for(self._ping_on(connection), self.probe_timeout)
+            reply, took = await asyncio.wait_for(
+                self._ping_on(connection, *command), self.probe_timeout
+            )
         except _FAILURES as exc:
             raise translate(exc) from exc
         finally:
             await connection.disconnect()
+        probe_verdict(command, reply, took, self._wait_timeout)
 
     @staticmethod
-    async def _ping_on(connection: Any, *command: Any) -> Any:
+    async def _ping_on(connection: Any, *command: Any) -> tuple[Any, float]:
+        """Connect (+ AUTH), then ``command``: its reply, and how long its round trip took."""
         await connection.connect()
-        await connection.send_command(*(command or ("PING",)))
-        return await connection.read_response()
+        started = time.monotonic()
+        await connection.send_command(*command)
+        reply = await connection.read_response()
+        return reply, time.monotonic() - started
 
     async def cluster_slots(self) -> Any:
         """CLUSTER SLOTS on a fresh connection, within ``probe_timeout``; None when the
         server is not in cluster mode."""
         connection = probe_connection(self._here().client.connection_pool, self._step)
         try:
-            return await asyncio.wait_for(
+            reply, _ = await asyncio.wait_for(
                 self._ping_on(connection, "CLUSTER", "SLOTS"), self.probe_timeout
             )
+            return reply
         except _FAILURES as exc:
             if cluster_disabled(exc):
                 return None

@@ -3,7 +3,7 @@
     with RedisClusterServer(primaries=3, replicas=1) as cluster:
         cache = Cache.from_url(cluster.url, mode="cluster")
         cluster.migrate_slots(range(0, 100), to=cluster.primary_ports[1])
-        cluster.failover(cluster.primary_ports[0])
+        cluster.failover(cluster.primary_ports[0])  # or crash(): no takeover, CLUSTERDOWN
 
 Every node is a ``RedisServer`` with ``cluster-enabled yes`` on a free loopback port. The
 helpers do what an operator (or ElastiCache) does: move slots with live keys (MIGRATING /
@@ -37,13 +37,22 @@ def _client(port: int, tls: TLSFiles | None) -> redis.Redis:
 
 
 class RedisClusterServer:
-    def __init__(self, primaries: int = 3, replicas: int = 0, tls: TLSFiles | None = None) -> None:
+    def __init__(
+        self,
+        primaries: int = 3,
+        replicas: int = 0,
+        tls: TLSFiles | None = None,
+        *,
+        node_timeout_ms: int = NODE_TIMEOUT_MS,
+    ) -> None:
         """``tls``: every node serves TLS only, and talks TLS to the others (cluster bus,
-        replication)."""
+        replication). ``node_timeout_ms``: cluster-node-timeout, how soon a node that stopped
+        answering is failed (and its replica elected, see ``crash``)."""
         if primaries < 1 or replicas < 0:
             raise ValueError("need primaries >= 1 and replicas >= 0")
         self._primaries = primaries
         self._replicas = replicas
+        self._node_timeout_ms = node_timeout_ms
         self.tls = tls
         self.nodes: dict[int, RedisServer] = {}  # port -> server, running or not
         self._clients: dict[int, redis.Redis] = {}  # one connection per node, reused
@@ -204,6 +213,23 @@ class RedisClusterServer:
         self.wait_settled()
         return replicas[0]
 
+    def crash(self, primary: int) -> None:
+        """kill -9 ``primary`` and let the cluster fail it over by itself: after
+        ``node_timeout_ms`` the others mark it failed (with full coverage required, every
+        node then answers CLUSTERDOWN to keys) until its replica wins the election. Needs
+        3+ primaries (a majority must agree) and a replica. Returns at once; see
+        ``wait_settled``."""
+        if not self.replicas_of(primary):
+            raise ValueError(f"primary {primary} has no replica")
+        client = self._clients.pop(primary, None)
+        if client is not None:
+            client.close()
+        self.nodes[primary].crash()
+
+    def cluster_state(self, port: int) -> str:
+        """``cluster_state`` as the node on ``port`` sees it: "ok" or "fail"."""
+        return self._cluster_info(port).get("cluster_state", "")
+
     def wait_settled(self, timeout: float = SETTLE_TIMEOUT) -> None:
         """Until every running node reports cluster_state:ok and the same slot map."""
 
@@ -227,7 +253,9 @@ class RedisClusterServer:
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
-                str(NODE_TIMEOUT_MS),
+                str(self._node_timeout_ms),
+                "--cluster-require-full-coverage",  # (Redis's default, and ElastiCache's)
+                "yes",
                 "--repl-diskless-sync-delay",  # a replica syncs now, not after 5 s
                 "0",
                 *(("--tls-cluster", "yes", "--tls-replication", "yes") if self.tls else ()),

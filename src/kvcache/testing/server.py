@@ -194,6 +194,13 @@ class RedisServer:
                     self._process.wait()
             self._process = None
 
+    def crash(self) -> None:
+        """SIGKILL, as a crash (kill -9): no shutdown, no goodbye to clients or peers."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
     def stop(self) -> None:
         self._kill()
         if self._dir is not None:
