@@ -17,7 +17,6 @@ from kvcache import (
     SerializationError,
     Serializer,
 )
-from kvcache import codec as codec_module
 from kvcache.codec import PLAIN, TIMED, ZLIB, Codec, fresh_until, is_stale, retime
 
 KEY = b"0123456789abcdef-signing-key"
@@ -110,14 +109,13 @@ def test_foreign_payloads_raise_serialization_error(payload: bytes) -> None:
         Codec().decode(payload)
 
 
-def test_truncated_and_oversized_zlib_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_truncated_and_oversized_zlib_are_refused() -> None:
     whole = zlib.compress(b'"' + b"x" * 10_000 + b'"')
     with pytest.raises(SerializationError):
         Codec().decode(ZLIB + whole[:-8])
-    monkeypatch.setattr(codec_module, "MAX_DECOMPRESSED", 1024 * 1024)
-    bomb = zlib.compress(b" " * (codec_module.MAX_DECOMPRESSED + 1))
-    with pytest.raises(SerializationError, match="too large"):
-        Codec().decode(ZLIB + bomb)
+    bomb = zlib.compress(b" " * (1024 * 1024 + 1))
+    with pytest.raises(SerializationError, match="larger than max_value_size"):
+        Codec(max_value_size=1024 * 1024).decode(ZLIB + bomb)
 
 
 def test_json_refuses_what_it_cannot_represent() -> None:
@@ -169,6 +167,9 @@ def test_bad_serializer_settings() -> None:
         Codec(serializer="json")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
         Codec(compress_threshold=-1)
+    for size in (0, -1, 1.5, None):
+        with pytest.raises(ConfigurationError, match="max_value_size"):
+            Codec(max_value_size=size)  # type: ignore[arg-type]
 
 
 def test_custom_serializer() -> None:

@@ -41,7 +41,7 @@ from django.test import Client, override_settings
 from django.urls import path
 from django.views.decorators.cache import cache_page
 
-from kvcache import State
+from kvcache import State, ValueTooLargeError
 from kvcache.codec import PLAIN
 from kvcache.integrations.django import close_all
 from kvcache.testing import ChaosProxy, RedisServer
@@ -439,3 +439,12 @@ def test_an_empty_secret_key_is_only_needed_for_pickle(redis_url: str) -> None:
         pytest.raises(ConfigurationError, match="SECRET_KEY"),
     ):
         caches["default"].set("k", 1)
+
+
+def test_memory_bounds_come_from_the_options(redis_url: str) -> None:
+    options = {"MAX_VALUE_SIZE": 1000, "FALLBACK_MAX_BYTES": 100_000}
+    with override_settings(CACHES=caches_on(redis_url, OPTIONS=options)):
+        with pytest.raises(ValueTooLargeError, match="max_value_size"):
+            default_cache.set("big", "x" * 2000)
+        assert default_cache.get("big") is None
+        assert "max_bytes=100000," in (default_cache.kvcache.health().fallback or "")

@@ -15,7 +15,7 @@ from flask import Flask
 from flask_caching import Cache as FlaskCache
 
 from conftest import PAGE_BOUND, planted_pickle, slowest_page
-from kvcache import State
+from kvcache import State, ValueTooLargeError
 from kvcache.codec import PLAIN
 from kvcache.errors import ConfigurationError
 from kvcache.testing import ChaosProxy, RedisServer
@@ -290,3 +290,15 @@ def test_the_first_write_of_an_app_lands_in_redis(redis_url: str) -> None:
     assert (
         made.backend.kvcache.stats.fallback_hits + made.backend.kvcache.stats.fallback_misses == 0
     )
+
+
+def test_memory_bounds_come_from_the_options(redis_url: str) -> None:
+    options = {"max_value_size": 1000, "fallback_max_bytes": 100_000}
+    made = App(redis_url, CACHE_OPTIONS=options)
+    try:
+        with pytest.raises(ValueTooLargeError, match="max_value_size"):
+            made.cache.set("big", "x" * 2000)
+        assert made.cache.get("big") is None
+        assert "max_bytes=100000," in (made.backend.kvcache.health().fallback or "")
+    finally:
+        made.backend.kvcache.close()

@@ -76,6 +76,10 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ("fallback", "disk"),
         ("fallback_ttl", "0"),
         ("fallback_maxsize", "0"),
+        ("fallback_max_bytes", "0"),
+        ("fallback_max_bytes", "64MB"),
+        ("max_value_size", "-1"),
+        ("max_value_size", "1.5"),
         ("journal_size", "-1"),
         ("journal_overflow", "drop"),
         ("non_blocking", "perhaps"),
@@ -250,6 +254,7 @@ def test_serializer_from_a_name_or_an_object() -> None:
         {"default_ttl": -1},
         {"compress_threshold": -1},
         {"max_key_length": 0},
+        {"max_value_size": 0},
         {"serializer": "json"},
     ],
     ids=repr,
@@ -275,6 +280,9 @@ def test_a_store_of_the_wrong_kind_is_refused() -> None:
 def test_memory_store_bounds() -> None:
     with pytest.raises(ConfigurationError):
         MemoryStore(0)
+    for max_bytes in (0, -1, 2.5):
+        with pytest.raises(ConfigurationError, match="max_bytes"):
+            MemoryStore(max_bytes=max_bytes)  # type: ignore[arg-type]
     cache = Cache(MemoryStore(maxsize=3))
     for i in range(10):
         cache.set(f"k{i}", i)

@@ -637,7 +637,7 @@ def test_locks_held_by_another_thread_at_fork_time_are_renewed_in_the_child() ->
     held = threading.Event()
 
     def hold() -> None:
-        with made.machine._lock, made.journal._lock, made.fallback._lock:
+        with made.machine._lock, made.journal._lock, made.fallback._pool.lock:
             held.set()
             release.wait(10)
 

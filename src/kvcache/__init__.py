@@ -17,6 +17,7 @@ from .errors import (
     NoFreeConnectionError,
     SerializationError,
     StoreError,
+    ValueTooLargeError,
 )
 from .events import ErrorEvent
 from .serializers import JsonSerializer, PickleSerializer, Serializer
@@ -61,5 +62,6 @@ __all__ = [
     "Stats",
     "Store",
     "StoreError",
+    "ValueTooLargeError",
     "__version__",
 ]

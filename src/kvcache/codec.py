@@ -7,8 +7,10 @@
   the expiry as 8 bytes (Unix ms, big-endian), then one of the shapes above. Every reader
   knows from the value alone whether it is fresh, whatever its own settings.
 
-A payload that fits neither shape (written by another program, truncated, tampered with)
-raises ``SerializationError``; the facade turns that into a miss plus an ``error`` event.
+A payload that fits neither shape (written by another program, truncated, tampered with),
+or whose serialized value is larger than ``max_value_size`` (a zlib bomb planted in Redis is
+inflated only that far), raises ``SerializationError``; the facade turns that into a miss
+plus an ``error`` event. Writing a value larger than that raises ``ValueTooLargeError``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import struct
 import zlib
 from typing import Any
 
-from .errors import ConfigurationError, SerializationError
+from .errors import ConfigurationError, SerializationError, ValueTooLargeError
 from .serializers import JsonSerializer, Serializer
 
 PLAIN = b"\x00"
@@ -27,18 +29,20 @@ TIMED = b"\x02"
 _EXPIRY = struct.Struct(">q")
 _TIMED_HEADER = 1 + _EXPIRY.size
 DEFAULT_COMPRESS_THRESHOLD = 1024  # bytes; smaller values rarely shrink enough to pay for zlib
-MAX_DECOMPRESSED = 256 * 1024 * 1024  # refuse zlib bombs planted in Redis
+DEFAULT_MAX_VALUE_SIZE = 16 * 1024 * 1024  # bytes of a serialized value, written or read
+_INFLATE_CHUNK = 1024 * 1024  # bytes inflated at a time: a bomb stops at the limit
 _INTEGER = re.compile(rb"-?[0-9]+")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # Redis counters (INCRBY) are signed 64-bit
 
 
 class Codec:
-    __slots__ = ("_threshold", "serializer")
+    __slots__ = ("_threshold", "max_value_size", "serializer")
 
     def __init__(
         self,
         serializer: Serializer | None = None,
         compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
     ) -> None:
         if serializer is None:
             serializer = JsonSerializer()
@@ -48,8 +52,11 @@ class Codec:
             not isinstance(compress_threshold, int) or compress_threshold < 0
         ):
             raise ConfigurationError("compress_threshold must be an integer >= 0, or None")
+        if type(max_value_size) is not int or max_value_size < 1:
+            raise ConfigurationError("max_value_size must be a positive integer (bytes)")
         self.serializer = serializer
         self._threshold = compress_threshold
+        self.max_value_size = max_value_size
 
     def encode(self, value: Any, fresh_until: int | None = None) -> bytes:
         """The stored bytes of ``value``; ``fresh_until`` (Unix ms) wraps it with a logical
@@ -65,6 +72,11 @@ class Codec:
                 f"cannot serialize a value of type {type(value).__name__} "
                 f"with {self.serializer!r}: {exc}"
             ) from exc
+        if len(body) > self.max_value_size:
+            raise ValueTooLargeError(
+                f"a value of type {type(value).__name__} is {len(body)} bytes serialized, "
+                f"more than max_value_size (KVCACHE_MAX_VALUE_SIZE) = {self.max_value_size}"
+            )
         if self._threshold is not None and len(body) >= self._threshold:
             packed = zlib.compress(body)
             if len(packed) < len(body):
@@ -75,9 +87,11 @@ class Codec:
         head = data[:1]
         try:
             if head == PLAIN:
+                if len(data) - 1 > self.max_value_size:
+                    raise SerializationError(_TOO_LARGE.format(self.max_value_size))
                 return self.serializer.loads(data[1:])
             if head == ZLIB:
-                return self.serializer.loads(_inflate(data[1:]))
+                return self.serializer.loads(_inflate(data, self.max_value_size))
             if head == TIMED and data[_TIMED_HEADER : _TIMED_HEADER + 1] not in (b"", TIMED):
                 return self.decode(data[_TIMED_HEADER:])  # wrapped once, never twice
             if _INTEGER.fullmatch(data):
@@ -109,9 +123,25 @@ def is_stale(data: bytes, now_ms: int) -> bool:
     return data[:1] == TIMED and (fresh_until(data) or 0) <= now_ms
 
 
-def _inflate(data: bytes) -> bytes:
+_TOO_LARGE = "stored value is larger than max_value_size ({} bytes)"
+
+
+def _inflate(data: bytes, limit: int) -> bytes:
+    """The body of a ZLIB payload, inflated a chunk at a time and refused as soon as it
+    outgrows ``limit``: a bomb costs ``limit`` bytes and the time to inflate them, never
+    its whole size."""
     inflater = zlib.decompressobj()
-    body = inflater.decompress(data, MAX_DECOMPRESSED)
-    if inflater.unconsumed_tail or not inflater.eof:
-        raise SerializationError("compressed payload is truncated or too large")
-    return body
+    chunks: list[bytes] = []
+    size, pending = 0, memoryview(data)[1:]
+    while not inflater.eof:
+        chunk = inflater.decompress(pending, _INFLATE_CHUNK)
+        pending = memoryview(inflater.unconsumed_tail)
+        size += len(chunk)
+        if size > limit:
+            raise SerializationError(_TOO_LARGE.format(limit))
+        chunks.append(chunk)
+        if len(chunk) < _INFLATE_CHUNK and not pending:
+            break  # every byte read, nothing held back, and no end: cut short
+    if not inflater.eof:
+        raise SerializationError("compressed payload is truncated")
+    return b"".join(chunks)

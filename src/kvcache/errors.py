@@ -28,6 +28,10 @@ class SerializationError(KVCacheError, TypeError, ValueError):
     """A value cannot be serialized, or a stored payload cannot be read back."""
 
 
+class ValueTooLargeError(SerializationError):
+    """A value is larger, serialized, than ``max_value_size``. Raised before any I/O."""
+
+
 class InvalidValueError(KVCacheError, ValueError):
     """The stored value does not support the operation (e.g. ``incr`` on a non-integer)."""
 

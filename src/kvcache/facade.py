@@ -8,7 +8,7 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from .adapter import Adapter, Health
-from .codec import DEFAULT_COMPRESS_THRESHOLD, Codec
+from .codec import DEFAULT_COMPRESS_THRESHOLD, DEFAULT_MAX_VALUE_SIZE, Codec
 from .errors import ConfigurationError
 from .events import Emitter, Handler
 from .journal import Journal, Overflow
@@ -21,7 +21,11 @@ from .sharding import ShardedAdapter
 from .state import Policy, State, StateChange
 from .stats import Stats
 from .stores import MemoryStore
-from .stores.memory import DEFAULT_FALLBACK_MAXSIZE, DEFAULT_FALLBACK_TTL
+from .stores.memory import (
+    DEFAULT_FALLBACK_MAX_BYTES,
+    DEFAULT_FALLBACK_MAXSIZE,
+    DEFAULT_FALLBACK_TTL,
+)
 from .supervisor import ListenerThread
 from .telemetry import Telemetry
 from .ttl import FOREVER
@@ -69,6 +73,7 @@ class CacheBase(Generic[S]):
         serializer: Serializer | None = None,
         compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD,
         max_key_length: int = DEFAULT_MAX_KEY_LENGTH,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         throw_on_errors: bool = False,
         fallback: Any = DEFAULT_FALLBACK,
         non_blocking: bool = True,
@@ -85,7 +90,11 @@ class CacheBase(Generic[S]):
         if is_async and not self._takes_async_store:
             raise ConfigurationError(f"{store!r} is asynchronous: use it with AsyncCache")
         if fallback is DEFAULT_FALLBACK:
-            fallback = MemoryStore(DEFAULT_FALLBACK_MAXSIZE, max_ttl=DEFAULT_FALLBACK_TTL)
+            fallback = MemoryStore(
+                DEFAULT_FALLBACK_MAXSIZE,
+                max_ttl=DEFAULT_FALLBACK_TTL,
+                max_bytes=DEFAULT_FALLBACK_MAX_BYTES,
+            )
         elif fallback is not None and getattr(fallback, "is_async", None) is not False:
             raise ConfigurationError("fallback must be a non-blocking sync store (MemoryStore)")
         self._store = store
@@ -105,7 +114,7 @@ class CacheBase(Generic[S]):
             non_blocking=non_blocking,
             signals=signals,
         )
-        codec = Codec(serializer, compress_threshold)
+        codec = Codec(serializer, compress_threshold, max_value_size)
         self._near = self._near_cache(near_cache, store, keys.namespace)
         if stale_ttl == FOREVER:
             raise ConfigurationError("stale_ttl must be a finite number of seconds, or None")

@@ -30,13 +30,14 @@ from redis.connection import (
     parse_url,
 )
 
-from .codec import DEFAULT_COMPRESS_THRESHOLD
+from .codec import DEFAULT_COMPRESS_THRESHOLD, DEFAULT_MAX_VALUE_SIZE
 from .errors import ConfigurationError, ConfigurationWarning
 from .keys import DEFAULT_MAX_KEY_LENGTH
 from .nearcache import NearCacheConfig
 from .serializers import Serializer, serializer_named
 from .state import Policy
 from .stores.memory import (
+    DEFAULT_FALLBACK_MAX_BYTES,
     DEFAULT_FALLBACK_MAXSIZE,
     DEFAULT_FALLBACK_TTL,
     DEFAULT_MAXSIZE,
@@ -280,6 +281,12 @@ class KVCacheSettings(BaseSettings):
     )
     compress_threshold: int | None = Field(default=DEFAULT_COMPRESS_THRESHOLD, ge=0)
     max_key_length: int = Field(default=DEFAULT_MAX_KEY_LENGTH, ge=1, le=512 * 1024 * 1024)
+    max_value_size: int = Field(
+        default=DEFAULT_MAX_VALUE_SIZE,
+        ge=1,
+        description="bytes of a serialized value: larger writes raise ValueTooLargeError, "
+        "larger stored values (a zlib bomb inflates only this far) read as misses",
+    )
     throw_on_errors: bool = False
     memory_maxsize: int = Field(
         default=DEFAULT_MAXSIZE, ge=1, description="entries in the memory store"
@@ -299,6 +306,12 @@ class KVCacheSettings(BaseSettings):
     )
     fallback_maxsize: int = Field(
         default=DEFAULT_FALLBACK_MAXSIZE, ge=1, description="fallback entries"
+    )
+    fallback_max_bytes: int = Field(
+        default=DEFAULT_FALLBACK_MAX_BYTES,
+        ge=1,
+        description="bytes the fallback holds (keys, values, bookkeeping), all cluster "
+        "shards' together",
     )
     fallback_ttl: float = Field(
         default=DEFAULT_FALLBACK_TTL, gt=0, description="seconds: TTL cap of outage-era entries"
@@ -442,9 +455,14 @@ class KVCacheSettings(BaseSettings):
             "serializer": serializer,
             "compress_threshold": self.compress_threshold,
             "max_key_length": self.max_key_length,
+            "max_value_size": self.max_value_size,
             "throw_on_errors": self.throw_on_errors,
             "fallback": (
-                MemoryStore(self.fallback_maxsize, max_ttl=self.fallback_ttl)
+                MemoryStore(
+                    self.fallback_maxsize,
+                    max_ttl=self.fallback_ttl,
+                    max_bytes=self.fallback_max_bytes,
+                )
                 if self.fallback == "memory"
                 else None
             ),
