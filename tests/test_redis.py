@@ -395,3 +395,25 @@ def test_a_cluster_node_port_comes_with_a_free_bus_port() -> None:
         port = free_port(with_bus=True)
         with socket.socket() as bus:
             bus.bind(("127.0.0.1", port + 10000))  # raises if taken
+
+
+def test_a_call_whose_store_is_closed_under_it_meets_redis_away_not_a_value_error(
+    redis_server: RedisServer,
+) -> None:
+    """A cluster node that leaves has its store closed while calls routed before the change
+    may still be reading: redis-py then raises ValueError ("I/O operation on closed file"),
+    which reached a caller under scale-in traffic. It is the store going away: unavailable."""
+    from kvcache.errors import CacheUnavailableError
+    from kvcache.stores import RedisStore
+    from kvcache.testing import ChaosProxy
+
+    with ChaosProxy("127.0.0.1", redis_server.port) as proxy:
+        store = RedisStore(redis.Redis(port=proxy.port, socket_timeout=5))
+        store.get(b"x")
+        proxy.latency(1000)
+        with ThreadPoolExecutor(1) as pool:
+            call = pool.submit(store.get, b"x")
+            time.sleep(0.2)  # the GET is in flight, waiting for its reply
+            store.close()
+            with pytest.raises(CacheUnavailableError, match="closed during the call"):
+                call.result(timeout=10)

@@ -27,13 +27,20 @@ import functools
 import logging
 import random
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from . import forksafe, telemetry
 from .adapter import ALL_KEYS, UNJOURNALED, Adapter, Call, Health, Routed, Supervisor
-from .errors import CacheUnavailableError, KVCacheError, RedirectError, StoreError
+from .errors import (
+    CacheClosedError,
+    CacheUnavailableError,
+    KVCacheError,
+    NoFreeConnectionError,
+    RedirectError,
+    StoreError,
+)
 from .journal import Journal
 from .keys import KeySpace
 from .state import State, StateChange, StateMachine
@@ -214,7 +221,30 @@ class ShardedAdapter:
         shard = self._shard(name)
         if shard.machine.state is _CLOSED and self.root.machine.state is not _CLOSED:
             raise _MapChanged(name)  # retired since the call picked it: its node left
-        return (yield from shard.call(method, *args, writes=writes))
+        try:
+            result, offline = yield from shard.call(method, *args, writes=writes)
+        except CacheClosedError:
+            if self.root.machine.state is _CLOSED:
+                raise
+            raise _MapChanged(name) from None  # retired during the call: its node left
+        if offline and writes and writes is not ALL_KEYS:
+            yield from self._left_behind(name, shard, writes)
+        return result, offline
+
+    def _left_behind(
+        self, name: str, shard: Adapter, writes: Sequence[bytes]
+    ) -> Generator[Call, Any, None]:
+        """A write served offline by a shard that the map, changed while the write was on
+        its way, no longer gives its keys: reads go to their new owner now, whose value may
+        be older than this write. Hand them over as a map change does (the journal keeps
+        them; the fallback's copy goes, so a map that flips back cannot serve it)."""
+        topology = self.topology
+        assert topology is not None
+        moved = [key for key in writes if topology.owner(key) != name]
+        if moved:
+            if shard.fallback is not None:
+                shard.fallback.delete_many(moved)
+            yield from self._forget_owned(moved, topology, self.shards)
 
     def _grouped(self, method: str, args: tuple[Any, ...]) -> Routed:
         """A multi-key call, one sub-call per shard (the node store pipelines per slot)."""
@@ -249,11 +279,16 @@ class ShardedAdapter:
         return removed, offline
 
     def _everywhere(self, method: str, args: tuple[Any, ...]) -> Routed:
+        """clear() on every primary. If the map changed meanwhile, slots may have carried
+        keys from a primary not yet cleared to one already cleared: all over again."""
+        topology = self.topology
         total, offline = 0, False
         for name in self._primaries():
             result, away = yield from self._on_shard(name, method, args)
             total += result
             offline = offline or away
+        if self.topology != topology:
+            raise _MapChanged("the map changed during the call")
         return total, offline
 
     def _one_by_one(self, method: str, args: tuple[Any, ...]) -> Routed:
@@ -316,21 +351,28 @@ class ShardedAdapter:
                 # a shard made for it now would dial the node that left, and never recover.
                 raise _MapChanged(name)
             if shard is None:
-                store = self.nodes.node(name)
-                store.cluster = self.topology is None or self.topology.cluster
-                shard = Adapter(
-                    store,
-                    self._fresh_fallback(),
-                    journal=Journal(*self._journal_bounds),
-                    starting=False,
-                    shard=name,
-                    on_change=self._shard_changed,
-                    recovery=functools.partial(self._recover, name),
-                    **self._options,
-                )
-                assert self._supervise is not None
-                shard.supervisor = self._supervise(shard)
+                cluster = self.topology is None or self.topology.cluster
+                shard = self._new_shard(name, cluster)
                 self.shards = {**self.shards, name: shard}
+        return shard
+
+    def _new_shard(self, name: str, cluster: bool) -> Adapter:
+        """The breaker of primary ``name``, READY, with its own journal, fallback view and
+        prober; its recovery applies its journal where each key lives then."""
+        store = self.nodes.node(name)
+        store.cluster = cluster
+        shard = Adapter(
+            store,
+            self._fresh_fallback(),
+            journal=Journal(*self._journal_bounds),
+            starting=False,
+            shard=name,
+            on_change=self._shard_changed,
+            recovery=functools.partial(self._recover, name),
+            **self._options,
+        )
+        assert self._supervise is not None
+        shard.supervisor = self._supervise(shard)
         return shard
 
     def _fresh_fallback(self) -> Any | None:
@@ -411,29 +453,42 @@ class ShardedAdapter:
             old, shards = self.topology, dict(self.shards)
             if old == topology:
                 return False
+        # The primaries this map brings in get their breakers first: what is handed to one
+        # that cannot be reached goes into its journal, not into an error that holds the
+        # map off.
+        joining = {
+            name: self._new_shard(name, topology.cluster)
+            for name in sorted(topology.primaries - shards.keys())
+        }
         # What a shard wrote while it was away (its journal) may be older where those keys
         # live in the new map (a promoted replica, the node that took some or all of its
         # slots): delete it there *before* any call is routed by the new map, or a read
         # there could answer a value older than one written during the outage. If that
         # fails, the map is not installed; the next check tries again.
-        for name, shard in shards.items():
-            yield from self._hand_over(name, shard, old, topology)
-        with self._lock:
-            if self.topology != old:
-                return False  # another check installed a map meanwhile: the next one looks
-            self.topology = topology
-            left = {n: s for n, s in shards.items() if n not in topology.primaries}
-            self.shards = {n: s for n, s in self.shards.items() if n not in left}
-        for name in topology.primaries:
-            self._shard(name)
-        joined = topology.primaries - (old.primaries if old is not None else frozenset())
+        installed = False
+        try:
+            for name, shard in shards.items():
+                yield from self._hand_over(name, shard, old, topology, {**shards, **joining})
+            with self._lock:
+                if self.topology == old:  # else another check installed one meanwhile
+                    self.topology = topology
+                    current = {**self.shards, **joining}
+                    left = {n: s for n, s in current.items() if n not in topology.primaries}
+                    self.shards = {n: s for n, s in current.items() if n not in left}
+                    installed = True
+        finally:
+            if not installed:
+                for shard in joining.values():
+                    _retire(shard)
+        if not installed:
+            return False
         # A line per change of primaries; slots moving between them (a resharding, where
         # nodes briefly disagree and the map flips back and forth) only at DEBUG.
         log.log(
-            logging.INFO if joined or left else logging.DEBUG,
+            logging.INFO if joining or left else logging.DEBUG,
             "kvcache: cluster topology: %d primaries (joined: %s; left: %s)",
             len(topology.primaries),
-            ", ".join(sorted(joined)) or "none",
+            ", ".join(joining) or "none",
             ", ".join(sorted(left)) or "none",
         )
         for name, shard in left.items():
@@ -450,72 +505,99 @@ class ShardedAdapter:
                 yield from self.route("delete_many", (keys,))
         # Journaled in the moment since, by calls routed by the old map: the same again.
         for name, shard in self.shards.items():
-            yield from self._hand_over(name, shard, old, topology)
+            yield from self._hand_over(name, shard, old, topology, self.shards)
         return True
 
     def _hand_over(
-        self, name: str, shard: Adapter, old: Topology | None, new: Topology
+        self,
+        name: str,
+        shard: Adapter,
+        old: Topology | None,
+        new: Topology,
+        receivers: Mapping[str, Adapter],
     ) -> Generator[Call, Any, None]:
         """Delete the keys of ``shard``'s journal that ``new`` puts on other primaries,
         there (the namespace on the primaries that took its slots, if its journal
         overflowed). The journal keeps them: the shard's own recovery applies all of it,
         where each key lives by then, so nothing is lost if that recovery runs meanwhile
-        (a second delete costs a miss at most)."""
+        (a second delete costs a miss at most). Its fallback's entries in the slots it lost
+        go: a map that gives them back later must not serve those from before."""
         keys, clear_all = shard.journal.peek()
+        lost = _receivers(name, old, new)
+        if lost and shard.fallback is not None and shard.machine.state is not _READY:
+            fallback = shard.fallback
+            fallback.delete_many([k for k in fallback.scan(self.prefix) if new.owner(k) != name])
         if clear_all:
-            for owner in _receivers(name, old, new):
-                yield from self._delete_at(owner, "clear", (self.prefix,), ALL_KEYS)
-            return
+            for owner in lost:
+                yield from self._forget_at(receivers[owner], "clear", (self.prefix,), ALL_KEYS)
+        else:
+            yield from self._forget_owned([k for k in keys if new.owner(k) != name], new, receivers)
+
+    def _forget_owned(
+        self, keys: Sequence[bytes], topology: Topology, receivers: Mapping[str, Adapter]
+    ) -> Generator[Call, Any, None]:
+        """Delete ``keys`` on the primaries that own them in ``topology``. A key of a slot
+        that no node serves is left alone: no read can reach it (its journal keeps it)."""
         by_owner: dict[str, list[bytes]] = {}
         for key in keys:
-            owner = new.owner(key)
-            if owner != name:
-                by_owner.setdefault(owner, []).append(key)
+            by_owner.setdefault(topology.owner(key), []).append(key)
+        by_owner.pop("", None)
         for owner, group in by_owner.items():
-            if not owner:  # no node serves the slot yet: try again with the next map
-                raise CacheUnavailableError("a journaled key's slot has no owner")
-            yield from self._delete_at(owner, "delete_many", (group,), group)
+            shard = receivers[owner] if owner in receivers else self._shard(owner)
+            yield from self._forget_at(shard, "delete_many", (group,), group)
 
-    def _delete_at(
-        self, name: str, method: str, args: tuple[Any, ...], writes: Sequence[bytes]
+    @staticmethod
+    def _forget_at(
+        shard: Adapter, method: str, args: tuple[Any, ...], writes: Sequence[bytes]
     ) -> Generator[Call, Any, None]:
-        """Delete on primary ``name`` through its breaker (a shard that is away journals it,
-        touching no network), or directly on a node this map brings in."""
-        shard = self.shards.get(name)
-        if shard is not None and shard.machine.state is not _CLOSED:
+        """Delete through ``shard``'s breaker: in Redis, or, where that node is away (or
+        fails now), into its journal, touching no network: one dead node cannot hold a map
+        off. (With ``throw_on_errors`` the breaker raises after journaling: swallowed.)"""
+        try:
             yield from shard.call(method, *args, writes=writes)
-        else:
-            yield (self.nodes.node(name), method, *args)
+        except NoFreeConnectionError:
+            raise  # local overload: nothing was journaled; the next check tries again
+        except CacheUnavailableError:
+            pass
 
     def _recover(self, name: str, keys: list[bytes], clear_all: bool) -> Generator[Call, Any, int]:
         """A shard's recovery: apply its journal where each key lives now. Its own node's
         keys are deleted there (a failure fails the probe); keys whose slots have moved go
         through the router (their owner's breaker journals them if that node is away). A
-        MOVED from its own node patches the map, brings the topology check forward, and
-        routes those keys again, instead of failing the probe."""
-        store = self.nodes.node(name)
-        if clear_all:  # the slots it lost were cleared where they went (_hand_over)
-            return (yield (store, "clear", self.prefix))  # type: ignore[no-any-return]
+        MOVED from its own node (its slots moved before any check saw it) fetches the map
+        at once, instead of failing the probe."""
+        shard = self.shards.get(name)
+        if shard is None:
+            raise CacheUnavailableError(f"{name} left the cluster")
+        store = shard.primary
+        if clear_all:  # the namespace: here, and wherever its slots may have gone
+            deleted = int((yield (store, "clear", self.prefix)))
+            for other, receiver in self.shards.items():
+                if other != name:
+                    yield from self._forget_at(receiver, "clear", (self.prefix,), ALL_KEYS)
+            return deleted
+        owners = [self._owner(key) for key in keys]  # a slot nobody serves: try again later
+        mine = [key for key, owner in zip(keys, owners, strict=True) if owner == name]
+        elsewhere = [key for key, owner in zip(keys, owners, strict=True) if owner != name]
         deleted = 0
-        for _attempt in range(MAX_REDIRECTS):
-            by_owner: dict[bool, list[bytes]] = {True: [], False: []}
-            for key in keys:
-                by_owner[self._owner(key) == name].append(key)
-            if by_owner[False]:
-                removed, _ = yield from self.route("delete_many", (by_owner[False],))
-                deleted += removed
-            keys = by_owner[True]
-            if not keys:
-                return deleted
+        if elsewhere:
+            removed, _ = yield from self.route("delete_many", (elsewhere,))
+            deleted += removed
+        if mine:
             try:
-                removed = yield (store, "delete_many", keys)
+                deleted += int((yield (store, "delete_many", mine)))
             except RedirectError as redirect:
                 if redirect.kind != "MOVED":
                     raise  # ASK, TRYAGAIN: a slot half migrated; the next probe tries again
-                self._moved(redirect)
-            else:
-                return deleted + int(removed)
-        raise StoreError(f"delete_many: still redirected after {MAX_REDIRECTS} tries")
+                # Back into the journal, then the map: its hand-over deletes them where they
+                # live before any read is routed there, and the probe's next round applies
+                # the rest by it (all the slots that moved at once, not one per MOVED).
+                shard.journal.add(mine)
+                before = self.topology
+                yield from self.refresh()
+                if self.topology is before:
+                    raise  # the nodes disagree for a moment: the next probe tries again
+        return deleted
 
 
 class _MapChanged(Exception):

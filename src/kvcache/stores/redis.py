@@ -408,6 +408,7 @@ class RedisStore:
         self._step = step_timeout(client, connect_timeout)
         self.breaker: Breaker | None = None
         self.address = address_of(client)
+        self._closed = False  # a call whose socket close() shut meets Redis "away"
         self._slots = self._new_slots()
         forksafe.register(self)
 
@@ -497,6 +498,10 @@ class RedisStore:
             return command(*args, **kwargs)
         except _FAILURES as exc:
             raise failure(exc, self.breaker) from exc
+        except ValueError as exc:  # "I/O operation on closed file": closed under the call
+            if not self._closed:  # (by close(), as for a cluster node that left)
+                raise
+            raise failure(OSError("the store was closed during the call"), self.breaker) from exc
         finally:
             self._slots.put(None)
 
@@ -582,6 +587,7 @@ class RedisStore:
         return sum(self.delete_many(batch) for batch in _batches(self.scan(prefix)))
 
     def close(self) -> None:
+        self._closed = True
         self._client.close()
         if self._auth is not None:
             self._auth.close()

@@ -1,0 +1,242 @@
+"""Races between the topology check and the calls or the recovery of a shard that is away,
+forced one interleaving at a time: the sync ``Cache``'s operations (the pure core both shells
+share) are driven step by step over a real 3-primary cluster, a ChaosProxy per node, and a
+topology check (or a migration) is run to its end at the chosen step."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from types import GeneratorType
+from typing import Any
+
+import pytest
+
+from conftest import CLUSTER_INTERVAL, ready_cache
+from kvcache import Cache, State
+from kvcache.drivers import run
+from kvcache.errors import KVCacheError
+from kvcache.settings import KVCacheSettings
+from kvcache.testing import ChaosProxy
+from kvcache.testing.cluster import RedisClusterServer
+from kvcache.topology import Topology
+from test_cluster_resharding import CHECK_GAP, PREFIX, keys_of, tags_on
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServer]:
+    with RedisClusterServer(primaries=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def sync_cache(loop: asyncio.AbstractEventLoop) -> Iterator[Callable[..., Cache]]:
+    made: list[Cache] = []
+
+    def make(url: str, remap: Callable[[int], int], **options: Any) -> Cache:
+        def prepare(store: Any) -> None:
+            store.remap = lambda where: (where[0], remap(where[1]))
+
+        settings = KVCacheSettings(
+            url=url, mode="cluster", topology_interval=CLUSTER_INTERVAL, **options
+        )
+        made.append(ready_cache("sync", settings, loop, prepare))
+        return made[-1]
+
+    yield make
+    for cache in made:
+        cache.close()
+
+
+def run_with_check_in_flight(
+    op: Any, action: Callable[[], Any], stores: set[int], before: int = 1
+) -> Any:
+    """``run``, except that a topology check runs to its end just before the first call
+    sent to a node store: what happens when the call's first round trip yields (asyncio) or
+    is preempted (threads) while a background check installs a new map."""
+    seen = 0
+    try:
+        call = next(op)
+        while True:
+            if id(call[0]) in stores:
+                seen += 1
+                if seen == before:
+                    action()
+            try:
+                result = getattr(call[0], call[1])(*call[2:])
+                if type(result) is GeneratorType:
+                    result = run(result)
+            except Exception as exc:  # KVCacheError, as run does
+                call = op.throw(exc)
+            else:
+                call = op.send(result)
+    except StopIteration as done:
+        return done.value
+
+
+def _setup(cluster: RedisClusterServer, sync_cache: Callable[..., Cache]) -> Any:
+    proxies = {port: ChaosProxy("127.0.0.1", port).start() for port in cluster.primary_ports}
+    cache = sync_cache(cluster.url, remap=lambda port: proxies[port].port)
+    # dead: the primary whose shard comes last in sorted order (the order clear() walks)
+    by_name = sorted(cluster.primary_ports, key=lambda p: f"127.0.0.1:{proxies[p].port}")
+    dead, other = by_name[-1], by_name[0]
+    return cache, proxies, dead, other
+
+
+@pytest.mark.parametrize("call", ["set_many", "clear"])
+def test_a_write_routed_by_the_old_map_to_a_shard_away_is_handed_over(
+    cluster: RedisClusterServer, sync_cache: Callable[..., Cache], call: str
+) -> None:
+    cache, proxies, dead, other = _setup(cluster, sync_cache)
+    try:
+        sharded = cache._adapter
+        taken: set[str] = set()
+        (kx,) = keys_of(tags_on(cluster, other, 1, taken))[:1]
+        (km,) = keys_of(tags_on(cluster, dead, 1, taken))[:1]
+        (ks,) = keys_of(tags_on(cluster, dead, 1, taken))[:1]
+        cache.set_many({kx: "v1", km: "v1", ks: "v1"})
+        proxies[dead].blackhole()
+        assert cache.set(ks, "v2") is True  # trips the dead shard
+        time.sleep(3 * CHECK_GAP)  # checks brought meanwhile have run
+        sharded.schedule.next_at = float("inf")  # no check but ours
+
+        def migrate() -> None:
+            cluster.migrate_slots([cluster.keyslot(km)], to=other)
+
+        stores = {id(sharded.nodes.node(n)) for n in sharded.topology.primaries}
+        if call == "set_many":
+            migrate()
+            op = cache._ops.set_many({kx: "v2", km: "v2"}, None)
+            assert run_with_check_in_flight(op, lambda: run(sharded.refresh()), stores) is True
+            expected: tuple[Any, ...] = ("v2", None)
+        else:
+            op = cache._ops.clear()
+
+            # other's clear lands, then the slot moves and a check installs the new map,
+            # then the old map's clear reaches the (degraded) dead shard
+            def both() -> None:
+                migrate()
+                run(sharded.refresh())
+
+            run_with_check_in_flight(op, both, stores, before=2)
+            expected = (None,)
+        full = PREFIX + km.encode()
+        assert sharded.topology.owner(full) == f"127.0.0.1:{proxies[other].port}"
+        before = cache.get(km)
+        proxies[dead].up()
+        deadline = time.monotonic() + 15
+        while cache.state is not State.READY:
+            assert time.monotonic() < deadline, cache.health()
+            time.sleep(0.05)
+        after = cache.get(km)
+        assert (before in expected, after in expected) == (True, True), (before, after)
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+
+
+def test_a_recovery_meeting_moved_deletes_at_the_new_owner_before_reads_go_there(
+    cluster: RedisClusterServer, sync_cache: Callable[..., Cache]
+) -> None:
+    """The first version patched the map on MOVED, then deleted at the new owner: a read in
+    that round trip reached the new owner, which still held v1."""
+    proxies = {port: ChaosProxy("127.0.0.1", port).start() for port in cluster.primary_ports}
+    try:
+        cache = sync_cache(cluster.url, remap=lambda port: proxies[port].port)
+        dead, other = cluster.primary_ports[:2]
+        (km,) = keys_of(tags_on(cluster, dead, 1, set()))[:1]
+        cache.set(km, "v1")
+        proxies[dead].blackhole()
+        assert cache.set(km, "v2") is True
+        time.sleep(3 * CHECK_GAP)
+        sharded = cache._adapter
+        sharded.schedule.next_at = float("inf")  # no check sees the move: recovery meets MOVED
+        name = f"127.0.0.1:{proxies[dead].port}"
+        shard = sharded.shards[name]
+        # its prober idles (no probe in flight: next_probe_at is None while one is); we
+        # drive the probe
+        deadline = time.monotonic() + 10
+        while shard.machine.next_probe_at != float("inf"):
+            assert time.monotonic() < deadline
+            if shard.machine.next_probe_at is not None:
+                shard.machine.next_probe_at = float("inf")
+            time.sleep(0.02)
+        cluster.migrate_slots([cluster.keyslot(km)], to=other)
+        receiver = sharded.nodes.node(f"127.0.0.1:{proxies[other].port}")
+        seen: list[Any] = []
+
+        def read_before_the_receivers_delete() -> None:
+            seen.append(cache.get(km))
+
+        shard.machine.next_probe_at = 0.0
+        probe = shard.probe()
+        first = next(probe)  # claimed here: the prober thread cannot start one now
+        proxies[dead].up()
+
+        def primed() -> Any:
+            call = first
+            while True:
+                try:
+                    result = yield call
+                except Exception as exc:
+                    call = probe.throw(exc)
+                else:
+                    try:
+                        call = probe.send(result)
+                    except StopIteration as done:
+                        return done.value
+
+        run_with_check_in_flight(primed(), read_before_the_receivers_delete, {id(receiver)})
+        assert shard.machine.state is State.READY
+        assert seen, "no read came between"
+        assert seen[0] in ("v2", None), seen
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+
+
+@pytest.mark.parametrize("receiver", ["unowned", "new-unreachable", "degraded-throwing"])
+def test_a_new_owner_that_cannot_take_a_hand_over_does_not_hold_the_map_off(
+    cluster: RedisClusterServer, sync_cache: Callable[..., Cache], receiver: str
+) -> None:
+    proxies = {port: ChaosProxy("127.0.0.1", port).start() for port in cluster.primary_ports}
+    try:
+        options = {"throw_on_errors": True} if receiver == "degraded-throwing" else {}
+        cache = sync_cache(cluster.url, remap=lambda port: proxies[port].port, **options)
+        dead, other, third = cluster.primary_ports
+        taken: set[str] = set()
+        (km,) = keys_of(tags_on(cluster, dead, 1, taken))[:1]
+        (ko,) = keys_of(tags_on(cluster, other, 1, taken))[:1]
+        (kt,) = keys_of(tags_on(cluster, third, 1, taken))[:1]
+        proxies[dead].blackhole()
+        with contextlib.suppress(KVCacheError):  # (with throw_on_errors it raises)
+            cache.set(km, "v2")  # journaled at dead
+        if receiver == "degraded-throwing":
+            proxies[other].blackhole()
+            with contextlib.suppress(KVCacheError):
+                cache.set(ko, "v2")
+        time.sleep(3 * CHECK_GAP)
+        sharded = cache._adapter
+        sharded.schedule.next_at = float("inf")
+        old = sharded.topology
+        owners = list(old.owners)
+        to = {
+            "unowned": "",
+            "new-unreachable": "127.0.0.1:1",
+            "degraded-throwing": f"127.0.0.1:{proxies[other].port}",
+        }[receiver]
+        owners[cluster.keyslot(km)] = to
+        # an unrelated move elsewhere in the same map: third's slot goes to other
+        owners[cluster.keyslot(kt)] = f"127.0.0.1:{proxies[other].port}"
+        new = Topology(tuple(owners))
+        for _ in range(3):  # three checks in a row
+            with contextlib.suppress(KVCacheError):  # a check's failure: the next one tries
+                run(sharded._install(new))
+        assert sharded.topology == new, "the map was never installed"
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
