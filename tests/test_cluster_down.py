@@ -157,3 +157,54 @@ def test_tryagain_beyond_a_short_retry_opens_that_shard_s_breaker(
             assert admin.get(b"kvcache:k") is None
     finally:
         cache.close()
+
+
+# A least-privilege cluster user: the cache's commands, PING, and CLUSTER SLOTS (which the
+# router needs and the README says to grant), but not CLUSTER INFO.
+APP_RULES = ["on", ">s3cret", "~*", "+@read", "+@write", "+@keyspace", "+@transaction", "+ping"]
+
+
+@pytest.fixture(scope="module")
+def one_node_cluster() -> Iterator[RedisClusterServer]:
+    with RedisClusterServer(primaries=1) as made:
+        yield made
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("cluster_info", [False, True], ids=["slots-only", "slots+info"])
+def test_a_shard_recovers_for_a_user_allowed_cluster_slots_but_not_cluster_info(
+    one_node_cluster: RedisClusterServer,
+    loop: asyncio.AbstractEventLoop,
+    kind: str,
+    cluster_info: bool,
+) -> None:
+    """The README asked for CLUSTER SLOTS only; a probe sending CLUSTER INFO was refused
+    (NOPERM) for ever, and the shard never came back after its first outage: a node that
+    answers NOPERM is up, and the probes send PING from then on."""
+    port = one_node_cluster.primary_ports[0]
+    admin = redis.Redis(port=port)
+    user = f"app{kind}{int(cluster_info)}"
+    rights = [*APP_RULES, "+cluster|slots", *(["+cluster|info"] if cluster_info else [])]
+    admin.acl_setuser(user, reset=True)
+    admin.execute_command("ACL", "SETUSER", user, *rights)
+    url = f"redis://{user}:s3cret@127.0.0.1:{port}/0"
+    settings = KVCacheSettings(
+        url=url, mode="cluster", op_timeout=0.25, retry_base=0.05, retry_max=0.3
+    )
+    cache: Any = ready_cache(kind, settings, loop)
+    try:
+        assert cache.set("k", 1)
+        admin.execute_command("CLIENT", "PAUSE", 1000, "ALL")  # a blip: calls time out
+        deadline = time.monotonic() + 5
+        while cache.state is State.READY:
+            assert time.monotonic() < deadline, "never tripped"
+            cache.set("k", 2)
+        time.sleep(1.2)  # the pause is over: Redis serves again
+        deadline = time.monotonic() + 10
+        while cache.state is not State.READY and time.monotonic() < deadline:
+            cache.get("k")
+            time.sleep(0.05)
+        assert cache.state is State.READY, repr(cache.health())
+    finally:
+        cache.close()
+        admin.close()

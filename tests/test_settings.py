@@ -78,6 +78,7 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ("fallback_maxsize", "0"),
         ("fallback_max_bytes", "0"),
         ("fallback_max_bytes", "64MB"),
+        ("fallback_max_bytes", "100"),  # less than an entry's bookkeeping: holds nothing
         ("max_value_size", "-1"),
         ("max_value_size", "1.5"),
         ("journal_size", "-1"),
@@ -280,7 +281,7 @@ def test_a_store_of_the_wrong_kind_is_refused() -> None:
 def test_memory_store_bounds() -> None:
     with pytest.raises(ConfigurationError):
         MemoryStore(0)
-    for max_bytes in (0, -1, 2.5):
+    for max_bytes in (0, -1, 2.5, True, 400):  # 400: an entry's bookkeeping alone
         with pytest.raises(ConfigurationError, match="max_bytes"):
             MemoryStore(max_bytes=max_bytes)  # type: ignore[arg-type]
     cache = Cache(MemoryStore(maxsize=3))

@@ -149,3 +149,19 @@ def test_journal_deletes_slower_than_a_call_fail_the_probe(
         (State.READY, State.DEGRADED),
         (State.DEGRADED, State.READY),
     ]
+
+
+@pytest.mark.parametrize("latency_ms", [300, 600])
+def test_redis_slower_than_connect_timeout_but_within_op_timeout_serves_calls(
+    open_cache: Any, chaos_proxy: Any, latency_ms: int
+) -> None:
+    """op_timeout=1.0 s (the bound every call has), connect_timeout at its default 0.5 s:
+    a Redis answering every call in 300-600 ms is no outage by kvcache's own rule (a probe
+    passes only if a call would; README "A probe passes only if a call would")."""
+    chaos_proxy.latency(latency_ms)
+    cache = open_cache(chaos_proxy.url, connect=False, namespace="wan", op_timeout=1.0)
+    cache.connect(timeout=10)
+    took = time.perf_counter()
+    assert cache.set("k", 1) is True
+    took = time.perf_counter() - took
+    assert cache.state is State.READY, f"{cache.health()!r} (a set took {took * 1000:.0f} ms)"

@@ -309,7 +309,7 @@ class KVCacheSettings(BaseSettings):
     )
     fallback_max_bytes: int = Field(
         default=DEFAULT_FALLBACK_MAX_BYTES,
-        ge=1,
+        ge=4096,  # a few entries at least: below ~400 bytes an entry's bookkeeping, none
         description="bytes the fallback holds (keys, values, bookkeeping), all cluster "
         "shards' together",
     )

@@ -108,8 +108,15 @@ class MemoryStore:
             raise ConfigurationError("maxsize must be a positive integer")
         if max_ttl is not None and not max_ttl > 0:
             raise ConfigurationError("max_ttl must be > 0 seconds, or None")
-        if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 1):
-            raise ConfigurationError("max_bytes must be a positive integer, or None")
+        if max_bytes is not None and (
+            not isinstance(max_bytes, int)
+            or isinstance(max_bytes, bool)
+            or max_bytes <= ENTRY_OVERHEAD
+        ):
+            raise ConfigurationError(
+                f"max_bytes must be an integer over {ENTRY_OVERHEAD} (what an entry's "
+                "bookkeeping counts), or None"
+            )
         max_ttl = math.inf if max_ttl is None else float(max_ttl)
         self._attach(_Pool(maxsize, max_bytes, timer, max_ttl))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import queue
 import threading
 import time
@@ -36,10 +37,11 @@ from ..errors import (
     StoreError,
 )
 from ..keys import scan_pattern
-from ..timeouts import fits_a_call
+from ..timeouts import command_timeout, fits_a_call
 from ..topology import replace_command, set_command, slot_groups, xadd_command
 
 T = TypeVar("T")
+log = logging.getLogger("kvcache.stores")
 
 SCAN_COUNT = 1000  # keys per SCAN round trip
 DEFAULT_MAX_IN_FLIGHT = 64  # commands at once (per event loop for AsyncRedisStore)
@@ -112,19 +114,52 @@ PING: Final = ("PING",)
 CLUSTER_INFO: Final = ("CLUSTER", "INFO")
 
 
-def probe_command(cluster: bool) -> tuple[str, ...]:
-    """What a probe sends on its fresh connection. A cluster node answers PING while the
+class Probing:
+    """A store's probe, the same for both shells: what it sends on its fresh connection,
+    how long each step may take, and when it passed. A cluster node answers PING while the
     cluster is down (and refuses every key), so there the probe asks CLUSTER INFO: the same
-    round trip, and it says whether the cluster serves (ACL category @slow, as CLUSTER SLOTS,
-    which the router needs anyway)."""
-    return CLUSTER_INFO if cluster else PING
+    round trip, and it says whether the cluster serves."""
 
+    def __init__(self, step: float, op_timeout: float) -> None:
+        self.step = step  # the connect: connect_timeout
+        # Each read as long as a call may wait, at least: a Redis slower than connect_timeout
+        # but within op_timeout serves its calls, so it is no outage.
+        self.read = max(step, command_timeout(op_timeout))
+        self.op_timeout = op_timeout
+        self.cluster_info = True  # False once a node refused it to the ACL user: PING then
 
-def probe_verdict(command: tuple[str, ...], reply: Any, took: float, op_timeout: float) -> None:
-    """Raise unless the probe passed: its round trip fits a call's bound, and a cluster
-    node's cluster is up (cluster_state:ok)."""
-    fits_a_call(" ".join(command), took, op_timeout)
-    if command is CLUSTER_INFO:
+    @property
+    def timeout(self) -> float:
+        """The longest a realistic failed probe takes: a connect, then one read."""
+        return self.step + self.read
+
+    @property
+    def ceiling(self) -> float:
+        """The async shell's bound on a whole probe: a connect, two handshake replies
+        (HELLO, redis-py's maintenance notifications), and the probe's own reply."""
+        return self.step + 3 * self.read
+
+    def connection(self, pool: Any) -> Any:
+        return probe_connection(pool, self.step, self.read)
+
+    def command(self, cluster: bool) -> tuple[str, ...]:
+        return CLUSTER_INFO if cluster and self.cluster_info else PING
+
+    def verdict(self, command: tuple[str, ...], reply: Any, took: float) -> None:
+        """Raise unless the probe passed: its round trip fits a call's bound, and a cluster
+        node's cluster is up (cluster_state:ok)."""
+        fits_a_call(" ".join(command), took, self.op_timeout)
+        if command is not CLUSTER_INFO:
+            return
+        if isinstance(reply, redis.exceptions.NoPermissionError):
+            # The node answered: it is up. (Users that were told to grant CLUSTER SLOTS
+            # only would otherwise never see a shard recover after its first outage.)
+            self.cluster_info = False
+            log.warning(
+                "kvcache: the ACL user may not run CLUSTER INFO; probes send PING instead, "
+                "so a cluster that is down is noticed by calls only (grant +cluster|info)"
+            )
+            return
         text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
         state = next((f for f in text.split() if f.startswith("cluster_state:")), "")
         if state != "cluster_state:ok":
@@ -406,6 +441,7 @@ class RedisStore:
         self._max_in_flight = max_in_flight
         self._wait = wait_timeout
         self._step = step_timeout(client, connect_timeout)
+        self._probing = Probing(self._step, wait_timeout)
         self.breaker: Breaker | None = None
         self.address = address_of(client)
         self._closed = False  # a call whose socket close() shut meets Redis "away"
@@ -427,8 +463,7 @@ class RedisStore:
 
     @property
     def probe_timeout(self) -> float:
-        """The longest a realistic failed probe takes: a connect, then one handshake read."""
-        return 2 * self._step
+        return self._probing.timeout
 
     @property
     def op_timeout(self) -> float:
@@ -440,25 +475,29 @@ class RedisStore:
     def ping(self) -> None:
         """The adapter's probe: connect + AUTH on a fresh connection, each step within the
         connect timeout, then PING (CLUSTER INFO on a cluster node), which must come back
-        within the bound a call has (``probe_verdict``)."""
-        connection = probe_connection(self._client.connection_pool, self._step)
-        command = probe_command(self.cluster)
+        within the bound a call has (``Probing``)."""
+        probing = self._probing
+        connection = probing.connection(self._client.connection_pool)
+        command = probing.command(self.cluster)
         try:
             connection.connect()
             started = time.monotonic()
             connection.send_command(*command)
-            reply = connection.read_response()
+            try:
+                reply = connection.read_response()
+            except redis.exceptions.NoPermissionError as refused:
+                reply = refused
             took = time.monotonic() - started
         except _FAILURES as exc:
             raise translate(exc) from exc
         finally:
             connection.disconnect()
-        probe_verdict(command, reply, took, self._wait)
+        probing.verdict(command, reply, took)
 
     def cluster_slots(self) -> Any:
         """CLUSTER SLOTS on a fresh connection, every step bounded like a probe's; None
         when the server is not in cluster mode."""
-        connection = probe_connection(self._client.connection_pool, self._step)
+        connection = self._probing.connection(self._client.connection_pool)
         try:
             connection.connect()
             connection.send_command("CLUSTER", "SLOTS")
@@ -626,6 +665,7 @@ class AsyncRedisStore:
         self._described = describe(self._spare)
         self.address = address_of(self._spare)
         self._step = step_timeout(self._spare, connect_timeout)
+        self._probing = Probing(self._step, wait_timeout)
         self.breaker: Breaker | None = None  # see RedisStore
         self._lock = threading.Lock()  # loops in several threads may meet the store at once
         forksafe.register(self)
@@ -635,25 +675,26 @@ class AsyncRedisStore:
 
     @property
     def probe_timeout(self) -> float:
-        return 2 * self._step
+        return self._probing.timeout
 
     @property
     def op_timeout(self) -> float:
         return self._wait_timeout  # see RedisStore
 
     async def ping(self) -> None:
-        """As ``RedisStore.ping``, and all of it within ``probe_timeout``."""
-        connection = probe_connection(self._here().client.connection_pool, self._step)
-        command = probe_command(self.cluster)
+        """As ``RedisStore.ping``, and all of it within ``Probing.ceiling``."""
+        probing = self._probing
+        connection = probing.connection(self._here().client.connection_pool)
+        command = probing.command(self.cluster)
         try:
             reply, took = await asyncio.wait_for(
-                self._ping_on(connection, *command), self.probe_timeout
+                self._ping_on(connection, *command), probing.ceiling
             )
         except _FAILURES as exc:
             raise translate(exc) from exc
         finally:
             await connection.disconnect()
-        probe_verdict(command, reply, took, self._wait_timeout)
+        probing.verdict(command, reply, took)
 
     @staticmethod
     async def _ping_on(connection: Any, *command: Any) -> tuple[Any, float]:
@@ -661,17 +702,22 @@ class AsyncRedisStore:
         await connection.connect()
         started = time.monotonic()
         await connection.send_command(*command)
-        reply = await connection.read_response()
+        try:
+            reply = await connection.read_response()
+        except redis.exceptions.NoPermissionError as refused:  # (Probing.verdict says)
+            reply = refused
         return reply, time.monotonic() - started
 
     async def cluster_slots(self) -> Any:
         """CLUSTER SLOTS on a fresh connection, within ``probe_timeout``; None when the
         server is not in cluster mode."""
-        connection = probe_connection(self._here().client.connection_pool, self._step)
+        connection = self._probing.connection(self._here().client.connection_pool)
         try:
             reply, _ = await asyncio.wait_for(
-                self._ping_on(connection, "CLUSTER", "SLOTS"), self.probe_timeout
+                self._ping_on(connection, "CLUSTER", "SLOTS"), self._probing.ceiling
             )
+            if isinstance(reply, redis.exceptions.NoPermissionError):
+                raise reply
             return reply
         except _FAILURES as exc:
             if cluster_disabled(exc):
