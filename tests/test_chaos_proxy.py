@@ -22,6 +22,16 @@ PING = b"*1\r\n$4\r\nPING\r\n"
 PONG = b"+PONG\r\n"
 
 
+@pytest.fixture(params=["thread", "process"])
+def chaos_proxy(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[ChaosProxy]:
+    """Every mode test twice: the proxy's thread in this process, and in a child process."""
+    process = request.param == "process"
+    with ChaosProxy(
+        redis_server.host, redis_server.port, password=redis_server.password, process=process
+    ) as proxy:
+        yield proxy
+
+
 @pytest.fixture
 def connect(
     chaos_proxy: ChaosProxy,
@@ -297,3 +307,23 @@ def test_url_has_the_password_and_repr_does_not(redis_server: RedisServer) -> No
         assert "p@ss" not in repr(proxy)
         assert "p%40ss" not in repr(proxy)
         assert str(proxy.port) in repr(proxy)
+
+
+def test_process_mode_runs_in_a_child_that_stop_ends(redis_server: RedisServer) -> None:
+    proxy = ChaosProxy(redis_server.host, redis_server.port, process=True)
+    proxy.refuse()  # set before start: the child starts in it
+    with proxy:
+        assert chaos_threads() == []  # nothing of it in this process
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((proxy.host, proxy.port), timeout=1).close()
+        proxy.up()
+        with socket.create_connection((proxy.host, proxy.port), timeout=1) as sock:
+            sock.sendall(PING)
+            assert sock.recv(100) == PONG
+        assert proxy.accepted == 1
+        child = proxy._child
+        assert child is not None
+    assert child._process.poll() is not None  # exited
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((proxy.host, proxy.port), timeout=1).close()
+    proxy.stop()  # twice is fine

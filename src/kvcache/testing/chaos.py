@@ -8,19 +8,27 @@
 Real sockets fail the way production does (refused connects, resets, silent partitions), which
 a mock cannot. One selector thread owns every socket, so a mode switch never races a pump; the
 switching call returns once the new mode is in force.
+
+``ChaosProxy(..., process=True)`` runs that thread in a child process of its own, with the same
+API (each call a line over a pipe): a process under test that keeps its CPU busy (hundreds of
+asyncio tasks) starves a proxy thread that shares its GIL, and then measures the proxy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import selectors
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
 SWITCH_TIMEOUT = 5.0  # seconds a mode switch or stop() waits for the proxy thread
@@ -60,13 +68,68 @@ def _tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle: honest timings
 
 
+class _Child:
+    """A ChaosProxy running in a child process: one JSON line per request and per reply."""
+
+    def __init__(self, host: str, port: int, mode: str, delay: float) -> None:
+        # This file run as a script: it needs only the standard library, so the child starts
+        # in ~30 ms instead of importing kvcache (~300 ms).
+        command = [sys.executable, "-I", __file__, host, str(port), mode, str(delay)]
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self._lock = threading.Lock()
+        self.port = int(self._reply()["port"])
+
+    def ask(self, *request: Any) -> Any:
+        with self._lock:
+            assert self._process.stdin is not None
+            try:
+                self._process.stdin.write(json.dumps(request) + "\n")
+                self._process.stdin.flush()
+            except OSError as exc:
+                raise RuntimeError("the ChaosProxy child process is gone") from exc
+            return self._reply().get("value")
+
+    def _reply(self) -> dict[str, Any]:
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError("the ChaosProxy child process is gone")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"ChaosProxy child: {reply['error']}")
+        return reply
+
+    def stop(self) -> None:
+        """End of input: the child stops its proxy and exits."""
+        with self._lock, contextlib.suppress(OSError):
+            assert self._process.stdin is not None
+            self._process.stdin.close()
+        try:
+            self._process.wait(SWITCH_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+
+
 class ChaosProxy:
     def __init__(
-        self, upstream_host: str, upstream_port: int, *, password: str | None = None
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        *,
+        password: str | None = None,
+        process: bool = False,
     ) -> None:
+        """``process``: forward in a child process (see the module's docstring)."""
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
         self.password = password
+        self.process = process
+        self._child: _Child | None = None
         self._port = 0
         self._cond = threading.Condition()
         self._mode = "up"
@@ -107,16 +170,23 @@ class ChaosProxy:
     @property
     def accepted(self) -> int:
         """Connections accepted since start (or ``reset_counters()``): spots reconnect storms."""
+        if self._child is not None:
+            return int(self._child.ask("accepted"))
         with self._cond:
             return self._accepted
 
     @property
     def active(self) -> int:
         """Client connections open now, including those a blackhole holds."""
+        if self._child is not None:
+            return int(self._child.ask("active"))
         with self._cond:
             return self._active
 
     def reset_counters(self) -> None:
+        if self._child is not None:
+            self._child.ask("reset_counters")
+            return
         with self._cond:
             self._accepted = 0
 
@@ -157,9 +227,11 @@ class ChaosProxy:
         with self._cond:
             self._mode, self._delay = mode, delay
             self._requested += 1
-            if self._thread is None:  # not started: start() applies it
-                return
-        self._wait_applied()
+            child, started = self._child, self._thread is not None
+        if child is not None:
+            child.ask("switch", mode, delay)
+        elif started:  # (not started: start() applies it)
+            self._wait_applied()
 
     def _wait_applied(self) -> None:
         self._wake()
@@ -183,8 +255,14 @@ class ChaosProxy:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> ChaosProxy:
-        if self._thread is not None:
+        if self._thread is not None or self._child is not None:
             raise RuntimeError(f"{self!r} is already started")
+        if self.process:
+            with self._cond:
+                mode, delay = self._mode, self._delay
+            self._child = _Child(self.upstream_host, self.upstream_port, mode, delay)
+            self._port = self._child.port
+            return self
         family, _, _, _, address = socket.getaddrinfo(
             self.upstream_host, self.upstream_port, type=socket.SOCK_STREAM
         )[0]
@@ -209,6 +287,10 @@ class ChaosProxy:
         return self
 
     def stop(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop()
+            return
         with self._cond:
             thread, self._stopping = self._thread, True
         if thread is None:
@@ -493,3 +575,31 @@ class ChaosProxy:
                     sock.close()
         with self._cond:
             self._active -= 1
+
+
+def _serve_as_child(host: str, port: int, mode: str, delay: float) -> None:
+    """The child's side of ``process=True``: a proxy, driven by JSON lines on stdin."""
+    proxy = ChaosProxy(host, port)
+    proxy._switch(mode, delay)
+    with proxy:
+        print(json.dumps({"port": proxy.port}), flush=True)
+        for line in sys.stdin:
+            name, *args = json.loads(line)
+            value = None
+            try:
+                if name == "switch":
+                    proxy._switch(*args)
+                elif name == "reset_counters":
+                    proxy.reset_counters()
+                elif name in ("accepted", "active"):
+                    value = getattr(proxy, name)
+                else:
+                    raise ValueError(f"no such request: {name!r}")
+            except Exception as exc:
+                print(json.dumps({"error": repr(exc)}), flush=True)
+            else:
+                print(json.dumps({"value": value}), flush=True)
+
+
+if __name__ == "__main__":
+    _serve_as_child(sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]))
