@@ -57,6 +57,14 @@ def keys_of(tags: list[str]) -> list[str]:
     return [f"{{{tag}}}:{i}" for tag in tags for i in range(KEYS_PER_TAG)]
 
 
+def wait_shard_ready(cache: Any, name: str, timeout: float = 15.0) -> None:
+    """Until the shard of primary ``name`` is READY (its probe passed, its journal applied)."""
+    deadline = time.monotonic() + timeout
+    while cache.health().shards[name].state is not State.READY:
+        assert time.monotonic() < deadline, cache.health().shards[name]
+        time.sleep(0.05)
+
+
 def read_never_older(cache: Any, keys: list[str], acknowledged: dict[str, str], seconds: float):
     """Read every key for ``seconds``: each answer is the acknowledged value or a miss."""
     deadline = time.monotonic() + seconds
@@ -145,10 +153,7 @@ def test_a_moved_during_recovery_is_followed_not_counted_as_a_failed_probe(
 
     cluster.migrate_slots(sorted({cluster.keyslot(key) for key in moving}), to=other)
     proxies[dead].up()
-    deadline = time.monotonic() + 15
-    while cache.health().shards[name].state is not State.READY:
-        assert time.monotonic() < deadline, cache.health().shards[name]
-        time.sleep(0.05)
+    wait_shard_ready(cache, name)
     assert cache.health().shards[name].journal_keys == 0
     with redis.Redis(port=other) as node:  # deleted where the keys live now
         assert not any(node.exists(PREFIX + key.encode()) for key in moving)
@@ -176,10 +181,7 @@ def test_an_overflowed_journal_recovering_before_any_check_clears_where_its_slot
 
     cluster.migrate_slots(sorted({cluster.keyslot(key) for key in moving}), to=other)
     proxies[dead].up()
-    deadline = time.monotonic() + 15
-    while cache.health().shards[name].state is not State.READY:
-        assert time.monotonic() < deadline, cache.health().shards[name]
-        time.sleep(0.05)
+    wait_shard_ready(cache, name)
     time.sleep(3 * CHECK_GAP)
     cache.get("anything")  # brings a topology check: the new map is installed
     time.sleep(3 * CHECK_GAP)

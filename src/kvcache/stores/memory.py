@@ -170,7 +170,7 @@ class MemoryStore:
     def get(self, key: bytes) -> bytes | None:
         with self._pool.lock:
             self._pool.tidy()
-            entry = self._entries.get((self._view, key))
+            entry = self._find(key)
         return None if entry is None else entry[0]
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
