@@ -201,6 +201,13 @@ class RedisServer:
             self._process.wait()
         self._process = None
 
+    def restart(self) -> RedisServer:
+        """Start again on the same port (after ``crash`` or ``stop``), empty: where its
+        clients expect it, as a restarted server without persistence."""
+        self.stop()
+        self._requested_port = self.port
+        return self.start()
+
     def stop(self) -> None:
         self._kill()
         if self._dir is not None:

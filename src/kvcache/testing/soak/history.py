@@ -1,0 +1,60 @@
+"""One operation of a soak, as the client that made it saw it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A read or write of one key (a ``get_many`` or ``set_many`` leaves one per key).
+
+    ``client``: the cache instance that made the call ("p2.sync": process 2's ``Cache``);
+    the model's guarantees are per instance (two caches in one process share nothing).
+    ``value``: what was written, or read; unique per write ("p2.sync:17"), so a read can be
+    traced to the write that produced it; None for a delete, a miss, or an op with no value.
+    ``start``/``end``: ``time.monotonic()`` (one clock for every process on Linux);
+    ``wall``: ``time.time()`` at the start, for reading logs beside the history.
+    ``contact``: the call was answered by Redis (the cache READY before and after it, and
+    no state or error event meanwhile): only such a call can be a write acknowledged from
+    Redis, or a process's contact with Redis after a write.
+    ``source``: "" (Redis or the fallback), "l1" (a near-cache hit), "stale" (fail-safe:
+    a factory raised and ``get_or_set`` answered a stale value, as documented).
+    ``error``: the exception that reached the caller, if one did (``repr``)."""
+
+    client: str
+    kind: str  # "read" | "write" | "other" (touch, incr: contact and bounds only)
+    op: str
+    key: str
+    value: str | None
+    start: float
+    end: float
+    wall: float = 0.0
+    contact: bool = False
+    source: str = ""
+    error: str | None = None
+    ok: bool = True  # what a write answered: False (the store failed, or ``add`` found the
+    # key) is no acknowledgement, though the value may have reached Redis all the same
+
+    @property
+    def acknowledged(self) -> bool:
+        """A write the caller was told succeeded."""
+        return self.kind == "write" and self.error is None and self.ok
+
+    def show(self, origin: float) -> str:
+        """One line of a sub-history, times in ms from ``origin``."""
+        how = ", ".join(
+            part
+            for part in (
+                "redis" if self.contact else "",
+                self.source,
+                f"raised {self.error}" if self.error else "",
+                "" if self.ok else "answered False",
+            )
+            if part
+        )
+        return (
+            f"{(self.start - origin) * 1000:9.1f} .. {(self.end - origin) * 1000:9.1f} ms  "
+            f"{self.client:<10} {self.op}({self.key!r}) {self.kind} {self.value!r}"
+            + (f"  [{how}]" if how else "")
+        )

@@ -1,0 +1,140 @@
+"""The soak's checker on hand-made histories: each rule of docs/consistency.md is caught
+where it is broken and only there (the checker is pure: no Redis here)."""
+
+from __future__ import annotations
+
+from kvcache.testing.soak import Record, check
+
+BOUND = 0.5  # seconds a call may take in these histories
+
+
+def bound(record: Record) -> float:
+    return BOUND
+
+
+def write(client: str, value: str | None, start: float, end: float, **kw: object) -> Record:
+    kw.setdefault("contact", True)
+    return Record(client, "write", "set", "k", value, start, end, **kw)  # type: ignore[arg-type]
+
+
+def read(client: str, value: str | None, start: float, end: float, **kw: object) -> Record:
+    kw.setdefault("contact", True)
+    return Record(client, "read", "get", "k", value, start, end, **kw)  # type: ignore[arg-type]
+
+
+def rules(records: list[Record], **options: object) -> list[int]:
+    return [v.rule for v in check(records, bound=bound, **options)]  # type: ignore[arg-type]
+
+
+def test_a_clean_history_has_no_violation() -> None:
+    history = [
+        write("a", "a:1", 0.0, 0.1),
+        read("b", "a:1", 0.2, 0.3),
+        write("b", "b:1", 0.4, 0.5),
+        read("a", "b:1", 0.6, 0.7),
+        read("a", None, 0.8, 0.9),  # a miss is never stale: a cache may lose anything
+    ]
+    assert rules(history) == []
+
+
+def test_reading_an_older_value_than_ones_own_write_breaks_rule_1() -> None:
+    history = [
+        write("a", "a:1", 0.0, 0.1),
+        write("a", "a:2", 0.2, 0.3, contact=False),  # to the fallback: still acknowledged
+        read("a", "a:1", 0.4, 0.5, contact=False),
+    ]
+    [violation] = check(history, bound=bound)
+    assert violation.rule == 1
+    assert [r.value for r in violation.records] == ["a:1", "a:2", "a:1"]
+    assert "a:2" in violation.show()
+
+
+def test_an_older_value_after_contact_breaks_rule_2_and_not_before() -> None:
+    older, newer = write("a", "a:1", 0.0, 0.1), write("b", "b:1", 0.2, 0.3)
+    # c is cut off from Redis: its fallback read may answer the old value.
+    assert rules([older, newer, read("c", "a:1", 0.4, 0.5, contact=False)]) == []
+    # Its read answered by Redis after b's write: it must see b's value or later.
+    assert rules([older, newer, read("c", "a:1", 0.4, 0.5)]) == [2]
+    # Or an earlier contact on that key, then a fallback read.
+    touched = Record("c", "other", "touch", "k", None, 0.35, 0.38, contact=True)
+    assert rules([older, newer, touched, read("c", "a:1", 0.4, 0.5, contact=False)]) == [2]
+
+
+def test_a_write_served_by_its_own_fallback_is_visible_to_its_client_only() -> None:
+    older = write("a", "a:1", 0.0, 0.1)
+    offline = write("b", "b:1", 0.2, 0.3, contact=False)
+    assert rules([older, offline, read("c", "a:1", 0.4, 0.5)]) == []
+    assert rules([older, offline, read("b", "a:1", 0.4, 0.5)]) == [1]
+
+
+def test_concurrent_writes_may_land_in_either_order() -> None:
+    history = [
+        write("a", "a:1", 0.0, 0.3),
+        write("b", "b:1", 0.1, 0.2),  # started before a's write ended
+        read("c", "a:1", 0.4, 0.5),
+        read("b", "a:1", 0.6, 0.7),
+    ]
+    assert rules(history) == []
+
+
+def test_a_write_that_raised_hides_nothing() -> None:
+    history = [
+        write("a", "a:1", 0.0, 0.1),
+        write("a", "a:2", 0.2, 0.3, error="TimeoutError()"),
+        read("a", "a:1", 0.4, 0.5),
+    ]
+    assert rules(history) == [3]  # the exception, not a stale read
+
+
+def test_a_near_cache_copy_may_outlive_a_write_by_the_window_only() -> None:
+    older, newer = write("a", "a:1", 0.0, 0.1), write("b", "b:1", 0.2, 0.3)
+    within = read("c", "a:1", 1.0, 1.01, contact=False, source="l1")
+    past = read("c", "a:1", 2.0, 2.01, contact=False, source="l1")
+    assert rules([older, newer, within], near_window=1.5) == []
+    [violation] = check([older, newer, past], bound=bound, near_window=1.5)
+    assert violation.rule == 2
+    assert "near-cache copy" in violation.what
+
+
+def test_a_deleted_key_read_back_is_stale() -> None:
+    history = [
+        write("a", "a:1", 0.0, 0.1),
+        Record("b", "write", "delete", "k", None, 0.2, 0.3, contact=True),
+        read("c", "a:1", 0.4, 0.5),
+    ]
+    assert rules(history) == [2]
+
+
+def test_a_value_nobody_wrote_is_a_violation() -> None:
+    [violation] = check([read("a", "x:9", 0.0, 0.1)], bound=bound)
+    assert (violation.rule, violation.what) == (2, "read a value no write produced")
+
+
+def test_exceptions_and_slow_calls_break_rules_3_and_4() -> None:
+    history = [
+        read("a", None, 0.0, 0.1, error="ValueError('I/O operation on closed file')"),
+        read("a", None, 1.0, 1.0 + BOUND + 0.01),
+    ]
+    assert rules(history) == [3, 4]
+
+
+def test_fail_safe_answers_are_stale_by_request() -> None:
+    older, newer = write("a", "a:1", 0.0, 0.1), write("a", "a:2", 0.2, 0.3)
+    assert rules([older, newer, read("a", "a:1", 0.4, 0.5, source="stale")]) == []
+
+
+def test_a_stale_read_where_redis_may_lose_writes_is_reported_apart() -> None:
+    older, newer = write("a", "a:1", 0.0, 0.1), write("b", "b:1", 0.2, 0.3)
+    stale = read("c", "a:1", 0.6, 0.7)
+    [violation] = check([older, newer, stale], bound=bound, lossy=[(0.25, 0.5)])
+    assert violation.lossy
+    [violation] = check([older, newer, stale], bound=bound, lossy=[(0.8, 0.9)])
+    assert not violation.lossy
+
+
+def test_a_long_history_is_checked_in_one_pass() -> None:
+    history = [write("a", f"a:{n}", n, n + 0.5) for n in range(20_000)]
+    history += [read("b", f"a:{n}", n + 0.6, n + 0.7) for n in range(20_000)]
+    history.append(read("b", "a:3", 20_001.0, 20_001.1))  # long after a:19999
+    [violation] = check(history, bound=bound)
+    assert violation.rule == 2
