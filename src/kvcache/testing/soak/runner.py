@@ -110,6 +110,9 @@ def run(
                 proxy.up()
             for proc in procs:
                 proc.join(duration + 60)
+                if proc.is_alive():  # a worker that hangs is a violation, not a hung soak
+                    proc.kill()
+                    proc.join()
             records: list[Record] = []
             leaks: list[str] = []
             for i, (proc, out) in enumerate(zip(procs, outs, strict=True)):
