@@ -138,3 +138,15 @@ def test_a_long_history_is_checked_in_one_pass() -> None:
     history.append(read("b", "a:3", 20_001.0, 20_001.1))  # long after a:19999
     [violation] = check(history, bound=bound)
     assert violation.rule == 2
+
+
+def test_a_write_in_doubt_may_land_after_later_writes() -> None:
+    """A SET that timed out (answered by the fallback) can reach Redis after another
+    process's write: reading it then is no violation, as it would be for a write that
+    certainly ended."""
+    late = write("a", "a:1", 0.0, 0.25, contact=False)
+    newer = write("b", "b:1", 0.3, 0.31)
+    after = read("b", "a:1", 1.6, 1.61)
+    assert rules([late, newer, after]) == [1]
+    doubtful = write("a", "a:1", 0.0, 0.25, contact=False, in_doubt=True)
+    assert rules([doubtful, newer, after]) == []

@@ -14,6 +14,8 @@ A stale read inside a window where Redis itself may lose acknowledged writes (a 
 killed before replicating them: ``lossy``) is reported apart, as Redis's, not hidden.
 Rule 3: no exception reaches a caller. Rule 4: no call lasts longer than ``bound(record)``.
 A read of a value no write produced is a violation of rule 2 (nothing may be invented).
+A write *in doubt* (its call failed after it may have sent the command) is concurrent with
+every later call, as Jepsen treats an indeterminate operation: it may land in Redis late.
 Fail-safe answers (``source="stale"``) are stale by request and checked only for that."""
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ class _Key:
                 when, contact = self.visible(self.writes[i], reader, l1, window)
                 suffix[i] = min(suffix[i + 1], (when, i, contact), key=lambda t: t[0])
             self._suffix[reader, l1] = suffix
-        return suffix[bisect.bisect_right(self.starts, older.end)]
+        # A write in doubt may land any time after its call returned: nothing is older.
+        ended = _NEVER if older.in_doubt else older.end
+        return suffix[bisect.bisect_right(self.starts, ended)]
 
 
 def check(

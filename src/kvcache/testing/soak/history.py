@@ -33,6 +33,8 @@ class Record:
     contact: bool = False
     source: str = ""
     error: str | None = None
+    in_doubt: bool = False  # a write that started READY and ended in a failure: its command
+    # may have been sent, and may still land in Redis after the call returned
     ok: bool = True  # what a write answered: False (the store failed, or ``add`` found the
     # key) is no acknowledgement, though the value may have reached Redis all the same
 
@@ -50,6 +52,7 @@ class Record:
                 self.source,
                 f"raised {self.error}" if self.error else "",
                 "" if self.ok else "answered False",
+                "in doubt" if self.in_doubt else "",
             )
             if part
         )

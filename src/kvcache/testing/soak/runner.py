@@ -23,7 +23,7 @@ from .history import Record
 from .worker import main as worker_main
 
 OP_TIMEOUT = 0.25
-MARGIN = 0.5  # seconds past twice op_timeout a call may take on a loaded machine
+MARGIN = 1.0  # seconds past twice op_timeout a call may take on a loaded 2-core machine
 NEAR_WINDOW = 1.5
 
 

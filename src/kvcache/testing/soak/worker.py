@@ -71,6 +71,7 @@ class _Recorder:
                     contact,
                     error=None if error is None else repr(error),
                     ok=ok,
+                    in_doubt=kind == "write" and ready and not contact,
                 )
             )
 
