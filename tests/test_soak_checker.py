@@ -150,3 +150,23 @@ def test_a_write_in_doubt_may_land_after_later_writes() -> None:
     assert rules([late, newer, after]) == [1]
     doubtful = write("a", "a:1", 0.0, 0.25, contact=False, in_doubt=True)
     assert rules([doubtful, newer, after]) == []
+
+
+def test_a_fill_the_fallback_took_is_a_value_but_no_later_read_must_see_it() -> None:
+    """Seed 20261202 (CI, 2026-12-02): p1's get_or_set, cut off from Redis, filled its
+    fallback; after recovery p1 read p0's older value from Redis. kvcache never journals a
+    fill (a fill invalidates nothing, and journaling them would overflow the journal in
+    any read-heavy outage): allowed, as docs/consistency.md says. A set there is rule 1."""
+    older = write("p0", "p0:1", 0.0, 0.003)
+
+    def fill(op: str) -> Record:
+        return Record("p1", "write", op, "k", "p1:1", 0.027, 0.028, contact=False)
+
+    after = read("p1", "p0:1", 0.059, 0.063)
+    assert rules([older, fill("get_or_set"), after]) == []
+    assert rules([older, fill("set"), after]) == [1]
+    # The fill's value is one someone produced: reading it is no invention.
+    assert rules([older, fill("get_or_set"), read("p1", "p1:1", 0.03, 0.031, contact=False)]) == []
+    # A fill Redis answered is a write like any other.
+    answered = Record("p1", "write", "get_or_set", "k", "p1:1", 0.027, 0.028, contact=True)
+    assert rules([older, answered, read("p2", "p0:1", 0.059, 0.063)]) == [2]

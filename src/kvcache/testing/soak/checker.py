@@ -16,7 +16,9 @@ Rule 3: no exception reaches a caller. Rule 4: no call lasts longer than ``bound
 A read of a value no write produced is a violation of rule 2 (nothing may be invented).
 A write *in doubt* (its call failed after it may have sent the command) is concurrent with
 every later call, as Jepsen treats an indeterminate operation: it may land in Redis late.
-Fail-safe answers (``source="stale"``) are stale by request and checked only for that."""
+Fail-safe answers (``source="stale"``) are stale by request and checked only for that.
+A ``get_or_set`` fill the fallback took is a value, not a write anyone must see after it:
+kvcache never journals fills (``Record.fallback_fill``)."""
 
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ class _Key:
 
     def visible(self, write: Record, reader: str, l1: bool, window: float) -> _Seen:
         """When ``write`` became visible to ``reader`` (and the call that made it so)."""
-        if not write.acknowledged:
+        if not write.acknowledged or write.fallback_fill:
             return _NEVER, None
         if write.client == reader:
             return write.end, None

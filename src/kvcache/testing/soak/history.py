@@ -43,6 +43,13 @@ class Record:
         """A write the caller was told succeeded."""
         return self.kind == "write" and self.error is None and self.ok
 
+    @property
+    def fallback_fill(self) -> bool:
+        """A ``get_or_set`` fill the fallback took (Redis did not answer): kept in memory,
+        never journaled, so once Redis is back its client may read Redis's value again.
+        A fill computes a cache entry; it invalidates nothing (docs/consistency.md)."""
+        return self.kind == "write" and self.op == "get_or_set" and not self.contact
+
     def show(self, origin: float) -> str:
         """One line of a sub-history, times in ms from ``origin``."""
         how = ", ".join(
