@@ -292,6 +292,8 @@ def test_add_while_redis_is_away_never_claims_a_key_another_process_holds(
     wait_until(lambda: cache.state is State.DEGRADED, RECOVERY)
     assert cache.add("lock", "mine") is False
     assert cache.add("free", "mine") is False  # not even a free one: nothing is known
+    # Refused is refused: the fallback holds no value an add answered False to.
+    assert cache.get_many(["lock", "free"]) == {}
     proxy.up()
     wait_until(lambda: cache.state is State.READY, RECOVERY)
     assert admin.get("n:lock") == b"held by another process"

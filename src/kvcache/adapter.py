@@ -265,7 +265,9 @@ class Adapter:
         machine = self.machine
         fallback = self._serving()
         served: list[Any] = []
-        if writes is None:
+        if method == "add":  # only Redis knows who holds the key (add is often a lock)
+            served.append(False)  # and the fallback must not hold a value it said it refused
+        elif writes is None:
             if fallback is not None:
                 served.append(getattr(fallback, method)(*args))
         else:
