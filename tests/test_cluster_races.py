@@ -52,20 +52,13 @@ def sync_cache(loop: asyncio.AbstractEventLoop) -> Iterator[Callable[..., Cache]
         cache.close()
 
 
-def run_with_check_in_flight(
-    op: Any, action: Callable[[], Any], stores: set[int], before: int = 1
-) -> Any:
-    """``run``, except that a topology check runs to its end just before the first call
-    sent to a node store: what happens when the call's first round trip yields (asyncio) or
-    is preempted (threads) while a background check installs a new map."""
-    seen = 0
+def run_stepwise(op: Any, before: Callable[[tuple[Any, ...]], None]) -> Any:
+    """``run``, calling ``before(call)`` before each call ``op`` sends to a store: one
+    interleaving of an operation with whatever ``before`` does, forced."""
     try:
         call = next(op)
         while True:
-            if id(call[0]) in stores:
-                seen += 1
-                if seen == before:
-                    action()
+            before(call)
             try:
                 result = getattr(call[0], call[1])(*call[2:])
                 if type(result) is GeneratorType:
@@ -76,6 +69,24 @@ def run_with_check_in_flight(
                 call = op.send(result)
     except StopIteration as done:
         return done.value
+
+
+def run_with_check_in_flight(
+    op: Any, action: Callable[[], Any], stores: set[int], before: int = 1
+) -> Any:
+    """``run``, except that a topology check runs to its end just before the first call
+    sent to a node store: what happens when the call's first round trip yields (asyncio) or
+    is preempted (threads) while a background check installs a new map."""
+    seen = 0
+
+    def count(call: tuple[Any, ...]) -> None:
+        nonlocal seen
+        if id(call[0]) in stores:
+            seen += 1
+            if seen == before:
+                action()
+
+    return run_stepwise(op, count)
 
 
 def _setup(cluster: RedisClusterServer, sync_cache: Callable[..., Cache]) -> Any:
@@ -237,6 +248,46 @@ def test_a_new_owner_that_cannot_take_a_hand_over_does_not_hold_the_map_off(
             with contextlib.suppress(KVCacheError):  # a check's failure: the next one tries
                 run(sharded._install(new))
         assert sharded.topology == new, "the map was never installed"
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+
+
+def test_a_write_served_offline_during_a_hand_over_is_handed_over_before_reads_go_there(
+    cluster: RedisClusterServer, sync_cache: Callable[..., Cache]
+) -> None:
+    """The hand-over reads the journal, deletes its keys at their new owner (a round trip),
+    then installs the map. A write served offline in that round trip was journaled after
+    the read: the check's second pass, after the install, deleted it, but a read in between
+    reached the new owner's older value (CI, under scale-in and failover traffic: ('k66',
+    set 2466, read 2316)). Now such a write hands its keys over by that map itself."""
+    cache, proxies, dead, other = _setup(cluster, sync_cache)
+    try:
+        sharded = cache._adapter
+        ka, kb = keys_of(tags_on(cluster, dead, 1, set()))[:2]  # one slot
+        cache.set_many({ka: "v1", kb: "v1"})
+        proxies[dead].blackhole()
+        assert cache.set(ka, "v2") is True  # trips the dead shard; journaled
+        time.sleep(3 * CHECK_GAP)  # checks brought meanwhile have run
+        sharded.schedule.next_at = float("inf")  # no check but ours
+        cluster.migrate_slots([cluster.keyslot(ka)], to=other)  # v1 of both now at other
+        old = sharded.topology
+        owners = list(old.owners)
+        owners[cluster.keyslot(ka)] = f"127.0.0.1:{proxies[other].port}"
+        receiver = sharded.nodes.node(owners[cluster.keyslot(ka)])
+        seen: list[Any] = []
+
+        def interleave(call: tuple[Any, ...]) -> None:
+            if call[0] is receiver and call[1] == "delete_many" and not seen:
+                assert cache.set(kb, "v2") is True  # the hand-over's round trip: offline
+                seen.append("written")
+            elif seen == ["written"] and sharded.topology is not old:
+                seen.append(cache.get(kb))  # installed, before the check's second pass
+
+        assert run_stepwise(sharded._install(Topology(tuple(owners))), interleave) is True
+        assert seen[:1] == ["written"], "the hand-over sent nothing to the new owner"
+        assert len(seen) == 2, "no call came after the install to read between"
+        assert seen[1] in ("v2", None), seen
     finally:
         for proxy in proxies.values():
             proxy.stop()

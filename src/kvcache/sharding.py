@@ -100,11 +100,15 @@ class ShardedAdapter:
         self.schedule = RefreshSchedule(nodes.topology_interval, MIN_CHECK_GAP)
         self._supervise: Callable[[Adapter], Supervisor] | None = None
         self._check_failing = False  # the last topology check met an unexpected error
+        # Maps being installed, with the shards that would receive keys: replaced, never
+        # mutated (a write served offline meanwhile hands its keys over by them too).
+        self._installing: tuple[tuple[Topology, Mapping[str, Adapter]], ...] = ()
         self._lock = threading.Lock()
         forksafe.register(self)
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._installing = ()  # the parent's checks, not the child's
         self.schedule.after_fork()
 
     # -- what the facade and the prober shell see (as on Adapter) ------------------------
@@ -237,14 +241,23 @@ class ShardedAdapter:
         """A write served offline by a shard that the map, changed while the write was on
         its way, no longer gives its keys: reads go to their new owner now, whose value may
         be older than this write. Hand them over as a map change does (the journal keeps
-        them; the fallback's copy goes, so a map that flips back cannot serve it)."""
-        topology = self.topology
-        assert topology is not None
-        moved = [key for key in writes if topology.owner(key) != name]
-        if moved:
-            if shard.fallback is not None:
-                shard.fallback.delete_many(moved)
-            yield from self._forget_owned(moved, topology, self.shards)
+        them; the fallback's copy goes, so a map that flips back cannot serve it). So too
+        for a map being installed: its hand-over may have read the journal before this
+        write was in it, and reads go by that map as soon as it is installed."""
+        assert self.topology is not None
+        for topology, receivers in ((self.topology, self.shards), *self._installing):
+            moved = [key for key in writes if topology.owner(key) != name]
+            if moved:
+                if shard.fallback is not None:
+                    shard.fallback.delete_many(moved)
+                try:
+                    yield from self._forget_owned(moved, topology, receivers)
+                except CacheClosedError:
+                    if self.root.machine.state is _CLOSED:
+                        raise
+                    # A receiver retired meanwhile (its node left with a newer map, or
+                    # this map's install failed): the keys are still in this shard's
+                    # journal, which each later map's hand-over applies.
 
     def _grouped(self, method: str, args: tuple[Any, ...]) -> Routed:
         """A multi-key call, one sub-call per shard (the node store pipelines per slot)."""
@@ -465,10 +478,15 @@ class ShardedAdapter:
         # slots): delete it there *before* any call is routed by the new map, or a read
         # there could answer a value older than one written during the outage. If that
         # fails, the map is not installed; the next check tries again.
+        # A write served offline from now on, by the old map, hands its keys over by this
+        # one itself (``_left_behind``): the hand-over may read the journal before it.
+        installing = (topology, {**shards, **joining})
+        with self._lock:
+            self._installing = (*self._installing, installing)
         installed = False
         try:
             for name, shard in shards.items():
-                yield from self._hand_over(name, shard, old, topology, {**shards, **joining})
+                yield from self._hand_over(name, shard, old, topology, installing[1])
             with self._lock:
                 if self.topology == old:  # else another check installed one meanwhile
                     self.topology = topology
@@ -477,6 +495,8 @@ class ShardedAdapter:
                     self.shards = {n: s for n, s in current.items() if n not in left}
                     installed = True
         finally:
+            with self._lock:
+                self._installing = tuple(i for i in self._installing if i is not installing)
             if not installed:
                 for shard in joining.values():
                     _retire(shard)
