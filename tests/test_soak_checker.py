@@ -170,3 +170,20 @@ def test_a_fill_the_fallback_took_is_a_value_but_no_later_read_must_see_it() -> 
     # A fill Redis answered is a write like any other.
     answered = Record("p1", "write", "get_or_set", "k", "p1:1", 0.027, 0.028, contact=True)
     assert rules([older, answered, read("p2", "p0:1", 0.059, 0.063)]) == [2]
+
+
+def test_an_add_that_found_the_key_produced_no_value() -> None:
+    # a's add answered False: "a:1" never reached Redis, so nobody may read it.
+    refused = Record("a", "write", "add", "k", "a:1", 0.0, 0.1, contact=True, ok=False)
+    assert rules([refused, read("b", "a:1", 0.2, 0.3)]) == [2]
+    # In doubt (its call failed after it may have sent the command), it may have landed.
+    doubtful = Record("a", "write", "add", "k", "a:1", 0.0, 0.1, ok=False, in_doubt=True)
+    assert rules([doubtful, read("b", "a:1", 0.2, 0.3)]) == []
+
+
+def test_reading_a_value_before_its_write_began_breaks_rule_2() -> None:
+    [violation] = check([read("b", "a:1", 0.0, 0.1), write("a", "a:1", 0.2, 0.3)], bound=bound)
+    assert violation.rule == 2
+    assert "before its write began" in violation.what
+    # Overlapping calls are concurrent: the read may see the write.
+    assert rules([read("b", "a:1", 0.0, 0.25), write("a", "a:1", 0.2, 0.3)]) == []

@@ -13,7 +13,8 @@ so the two are not concurrent) had become visible to the reader before the read 
 A stale read inside a window where Redis itself may lose acknowledged writes (a primary
 killed before replicating them: ``lossy``) is reported apart, as Redis's, not hidden.
 Rule 3: no exception reaches a caller. Rule 4: no call lasts longer than ``bound(record)``.
-A read of a value no write produced is a violation of rule 2 (nothing may be invented).
+A read of a value no write produced (or before its write began) is a violation of rule 2:
+nothing may be invented.
 A write *in doubt* (its call failed after it may have sent the command) is concurrent with
 every later call, as Jepsen treats an indeterminate operation: it may land in Redis late.
 Fail-safe answers (``source="stale"``) are stale by request and checked only for that.
@@ -56,7 +57,10 @@ class _Key:
     def __init__(self, records: Sequence[Record]) -> None:
         self.writes = sorted((r for r in records if r.kind == "write"), key=lambda r: r.start)
         self.starts = [w.start for w in self.writes]
-        self.by_value = {w.value: w for w in self.writes if w.value is not None}
+        # The writes that may have produced a value: not an ``add`` that found the key.
+        self.by_value = {
+            w.value: w for w in self.writes if w.value is not None and (w.ok or w.in_doubt)
+        }
         contacts: dict[str, list[Record]] = defaultdict(list)
         for record in records:
             if record.contact and record.source != "l1":
@@ -125,6 +129,10 @@ def check(
             older = key.by_value.get(read.value)
             if older is None:
                 violations.append(Violation(2, "read a value no write produced", (read,)))
+                continue
+            if older.start > read.end:
+                what = f"read {older.value!r} before its write began"
+                violations.append(Violation(2, what, (read, older)))
                 continue
             if read.source == "stale":
                 continue
