@@ -11,8 +11,9 @@ import os
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ... import AsyncCache, Cache, State
@@ -25,38 +26,69 @@ OPS += ["get_or_set"] * 2
 PACE = 0.001  # seconds between one thread's calls: a history the checker reads in seconds
 
 
+Touch = tuple[str, str, str | None, bool]  # (kind, key, value, ok) of one key a call touched
+
+
+def _caller() -> int:
+    """Who is calling: the task (tasks of one loop share a thread), else the thread."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    return id(task) if task is not None else threading.get_ident()
+
+
+@dataclass(frozen=True, slots=True)
+class _Began:
+    start: float
+    wall: float
+    transitions: int  # state changes so far (any caller's: the cache's state is shared)
+    errors: int  # this caller's error events so far (another caller's failure is not ours)
+    state: State
+
+
 class _Recorder:
-    """Counts this cache's state and error events: a call is answered by Redis when the
-    cache was READY before and after it and no event came meanwhile."""
+    """Counts this cache's state changes, and its error events per caller: a call was
+    answered by Redis when the cache was READY before and after it, its state did not
+    change meanwhile, and the call itself met no error."""
 
     def __init__(self, name: str, cache: Cache | AsyncCache) -> None:
         self.name = name
         self.cache = cache
-        self.events = 0
+        self.transitions = 0
+        self.errors: Counter[int] = Counter()
         self.records: list[Record] = []
         self.seq = itertools.count(1)
-        cache.on("state", self._bump)
-        cache.on("error", self._bump)
+        cache.on("state", self._transition)
+        cache.on("error", self._error)
 
-    def _bump(self, event: object) -> None:
-        self.events += 1
+    def _transition(self, event: object) -> None:
+        self.transitions += 1
+
+    def _error(self, event: object) -> None:
+        self.errors[_caller()] += 1  # emitted on the failing call's own thread or task
 
     def value(self) -> str:
         return f"{self.name}:{next(self.seq)}"
 
-    def before(self) -> tuple[float, float, int, bool]:
-        return time.monotonic(), time.time(), self.events, self.cache.state is State.READY
+    def before(self) -> _Began:
+        return _Began(
+            time.monotonic(),
+            time.time(),
+            self.transitions,
+            self.errors[_caller()],
+            self.cache.state,
+        )
 
     def after(
-        self,
-        began: tuple[float, float, int, bool],
-        op: str,
-        touched: list[tuple[str, str, str | None, bool]],
-        error: BaseException | None,
+        self, began: _Began, op: str, touched: list[Touch], error: BaseException | None
     ) -> None:
-        start, wall, events, ready = began
         end = time.monotonic()
-        contact = ready and self.cache.state is State.READY and self.events == events
+        steady = self.transitions == began.transitions and self.cache.state is began.state
+        contact = steady and began.state is State.READY and self.errors[_caller()] == began.errors
+        # Served by the fallback without a try at Redis: DEGRADED throughout, its breaker
+        # open. Any other write that Redis did not answer may have reached it: in doubt.
+        offline = steady and began.state is State.DEGRADED
         for kind, key, value, ok in touched or [("other", "-", None, True)]:
             self.records.append(
                 Record(
@@ -65,34 +97,42 @@ class _Recorder:
                     op,
                     key,
                     value,
-                    start,
+                    began.start,
                     end,
-                    wall,
+                    began.wall,
                     contact,
                     error=None if error is None else repr(error),
-                    ok=ok,
-                    in_doubt=kind == "write" and ready and not contact,
+                    ok=ok and error is None,
+                    in_doubt=kind == "write" and not contact and not offline,
                 )
             )
 
 
 def _plan(
     rng: random.Random, rec: _Recorder
-) -> tuple[str, Callable[[Any], Any], Callable[[Any], list[tuple[str, str, str | None, bool]]]]:
-    """One random call: (op, how to make it on a cache, what it wrote or read)."""
+) -> tuple[str, Callable[[Any], Any], list[Touch], Callable[[Any], list[Touch]]]:
+    """One random call: (op, how to make it on a cache, the writes it plans, what it wrote
+    or read given its result). A call that raised leaves its planned writes, not acknowledged
+    and in doubt (they may have reached Redis), and no reads."""
     op = rng.choice(OPS)
     key = rng.choice(KEYS)
     ttl = rng.choice([None, 30.0, 2.0])
     if op == "get":
-        return op, lambda c: c.get(key), lambda got: [("read", key, got, True)]
+        return op, lambda c: c.get(key), [], lambda got: [("read", key, got, True)]
     if op == "set":
         v = rec.value()
-        return op, lambda c: c.set(key, v, ttl), lambda ok: [("write", key, v, ok)]
+        return (
+            op,
+            lambda c: c.set(key, v, ttl),
+            [("write", key, v, False)],
+            lambda ok: [("write", key, v, ok)],
+        )
     if op == "get_many":
         keys = rng.sample(KEYS, 4)
         return (
             op,
             lambda c: c.get_many(keys),
+            [],
             lambda got: [("read", k, got.get(k), True) for k in keys],
         )
     if op == "set_many":
@@ -100,18 +140,25 @@ def _plan(
         return (
             op,
             lambda c: c.set_many(mapping, ttl),
+            [("write", k, v, False) for k, v in mapping.items()],
             lambda ok: [("write", k, v, ok) for k, v in mapping.items()],
         )
     if op == "delete":
-        return op, lambda c: c.delete(key), lambda _: [("write", key, None, True)]
+        planned: list[Touch] = [("write", key, None, False)]
+        return op, lambda c: c.delete(key), planned, lambda _: [("write", key, None, True)]
     if op == "add":
         v = rec.value()
-        return op, lambda c: c.add(key, v, ttl), lambda ok: [("write", key, v, ok)]
+        return (
+            op,
+            lambda c: c.add(key, v, ttl),
+            [("write", key, v, False)],
+            lambda ok: [("write", key, v, ok)],
+        )
     if op == "touch":
-        return op, lambda c: c.touch(key, 30.0), lambda _: [("other", key, None, True)]
+        return op, lambda c: c.touch(key, 30.0), [], lambda _: [("other", key, None, True)]
     if op == "incr":
         counter = rng.choice(COUNTERS)
-        return op, lambda c: c.incr(counter), lambda _: [("other", counter, None, True)]
+        return op, lambda c: c.incr(counter), [], lambda _: [("other", counter, None, True)]
     v = rec.value()  # get_or_set: a write when its factory ran, else a read
     ran: list[bool] = []
 
@@ -122,6 +169,7 @@ def _plan(
     return (
         op,
         lambda c: c.get_or_set(key, factory, ttl),
+        [("write", key, v, False)],  # had its factory not run, no read can find ``v``
         lambda got: [("write" if ran else "read", key, got, True)],
     )
 
@@ -129,12 +177,12 @@ def _plan(
 def _sync_thread(rec: _Recorder, rng: random.Random, until: float) -> None:
     cache = rec.cache
     while time.monotonic() < until:
-        op, call, touched = _plan(rng, rec)
+        op, call, planned, touched = _plan(rng, rec)
         began = rec.before()
         try:
             result = call(cache)
         except Exception as exc:
-            rec.after(began, op, [], exc)
+            rec.after(began, op, planned, exc)
         else:
             rec.after(began, op, touched(result), None)
         time.sleep(PACE)
@@ -143,14 +191,14 @@ def _sync_thread(rec: _Recorder, rng: random.Random, until: float) -> None:
 async def _async_task(rec: _Recorder, rng: random.Random, until: float) -> None:
     cache = rec.cache
     while time.monotonic() < until:
-        op, call, touched = _plan(rng, rec)
+        op, call, planned, touched = _plan(rng, rec)
         began = rec.before()
         try:
             result = call(cache)
             if asyncio.iscoroutine(result):
                 result = await result
         except Exception as exc:
-            rec.after(began, op, [], exc)
+            rec.after(began, op, planned, exc)
         else:
             rec.after(began, op, touched(result), None)
         await asyncio.sleep(PACE * 4)
