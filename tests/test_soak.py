@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from kvcache.errors import ConfigurationError
 from kvcache.testing.soak.runner import run
 
 pytestmark = pytest.mark.redis
@@ -30,3 +31,11 @@ def test_the_soak_catches_stale_reads_of_a_cache_that_forgets_its_outage_writes(
     printed = capsys.readouterr().out
     assert status == 1, printed
     assert "rule 1" in printed or "rule 2" in printed, printed
+
+
+@pytest.mark.parametrize("option", [{"near_cache": True}, {"stale_ttl": 30.0}])
+def test_the_soak_refuses_options_its_workers_cannot_record(option: dict[str, object]) -> None:
+    """A near-cache hit or a fail-safe answer recorded as Redis's would make the checker
+    report stale reads the model allows: refused, before any server starts."""
+    with pytest.raises(ConfigurationError, match=next(iter(option))):
+        run(1, 1, 1, **option)
