@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import pickle
 import time
@@ -33,6 +34,7 @@ from kvcache.client import async_client
 from kvcache.errors import ConfigurationError
 from kvcache.serializers import serializer_named
 from kvcache.stores import AsyncRedisStore
+from kvcache.stores.redis import _within
 from kvcache.testing import RedisServer
 from kvcache.testing.server import free_port
 
@@ -417,3 +419,32 @@ def test_a_call_whose_store_is_closed_under_it_meets_redis_away_not_a_value_erro
             store.close()
             with pytest.raises(CacheUnavailableError, match="closed during the call"):
                 call.result(timeout=10)
+
+
+def test_a_probe_cancelled_while_its_connection_fails_leaves_no_unretrieved_exception() -> None:
+    """The soak's cluster run printed "Task exception was never retrieved" for a probe's
+    ConnectionError: its caller was cancelled (close()) while the connection failed."""
+
+    async def closing_while_cancelled() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:  # the server closed it meanwhile
+            raise redis.ConnectionError("Connection closed by server.") from None
+
+    reported: list[str] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: reported.append(context["message"])
+        )
+        probe = asyncio.ensure_future(_within(closing_while_cancelled(), 5.0))
+        await asyncio.sleep(0.01)
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        del probe
+        gc.collect()
+
+    asyncio.run(main())
+    gc.collect()
+    assert reported == []

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any, ClassVar, Final, Protocol, TypeVar
 
 import redis
@@ -632,6 +632,21 @@ class RedisStore:
             self._auth.close()
 
 
+async def _within(call: Coroutine[Any, Any, T], ceiling: float) -> T:
+    """``asyncio.wait_for(call, ceiling)``, except that an outcome nobody will await is
+    marked as seen: when the caller is cancelled (a probe at ``close()``) while the call
+    fails (its connection closed), wait_for leaves that exception in the task, and asyncio
+    prints "Task exception was never retrieved" when it is collected."""
+    task = asyncio.ensure_future(call)
+    task.add_done_callback(_seen)
+    return await asyncio.wait_for(task, ceiling)
+
+
+def _seen(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class AsyncRedisStore:
     """The asyncio store. A redis.asyncio client belongs to the event loop it first ran on,
     so this store asks ``connect()`` for one client per event loop: an app-wide cache then
@@ -687,9 +702,7 @@ class AsyncRedisStore:
         connection = probing.connection(self._here().client.connection_pool)
         command = probing.command(self.cluster)
         try:
-            reply, took = await asyncio.wait_for(
-                self._ping_on(connection, *command), probing.ceiling
-            )
+            reply, took = await _within(self._ping_on(connection, *command), probing.ceiling)
         except _FAILURES as exc:
             raise translate(exc) from exc
         finally:
@@ -713,7 +726,7 @@ class AsyncRedisStore:
         server is not in cluster mode."""
         connection = self._probing.connection(self._here().client.connection_pool)
         try:
-            reply, _ = await asyncio.wait_for(
+            reply, _ = await _within(
                 self._ping_on(connection, "CLUSTER", "SLOTS"), self._probing.ceiling
             )
             if isinstance(reply, redis.exceptions.NoPermissionError):
