@@ -39,3 +39,15 @@ def test_the_soak_refuses_options_its_workers_cannot_record(option: dict[str, ob
     report stale reads the model allows: refused, before any server starts."""
     with pytest.raises(ConfigurationError, match=next(iter(option))):
         run(1, 1, 1, **option)
+
+
+def test_a_seeded_soak_against_a_redis_cluster_finds_no_violation(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """3 primaries with a replica each: primaries killed (their replicas elected), stopped
+    and failed over, slots with the soak's keys moved under load, one primary removed,
+    beside the proxy faults of each worker's own proxy of every node."""
+    status = run(20261203, 20, 3, topology="cluster")
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert " records, faults " in printed

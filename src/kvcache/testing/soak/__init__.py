@@ -1,9 +1,9 @@
-"""A randomized soak for kvcache: the history every operation leaves, and the checker that
-reads it against the consistency model of docs/consistency.md.
+"""A randomized soak for kvcache (``python -m kvcache.testing.soak``): worker processes
+drive caches through ChaosProxies of their own while a seeded schedule injects faults, and
+every call's record is checked against the consistency model of docs/consistency.md.
 
-This first part holds the pure half (no I/O): ``Record`` (one operation as a worker saw it)
-and ``check`` (the rules, and the smallest sub-history that shows each violation). The
-runner that drives worker processes through ChaosProxy faults is not built yet (issue 18)."""
+``Record`` (one operation as a worker saw it) and ``check`` (the rules, and the smallest
+sub-history that shows each violation) are the pure half; ``runner.run`` the whole soak."""
 
 from .checker import Violation, check
 from .history import Record

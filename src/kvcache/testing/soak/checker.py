@@ -10,8 +10,9 @@ so the two are not concurrent) had become visible to the reader before the read 
   near-cache hit, also once ``near_window`` seconds passed after it (the documented bound
   on how long an L1 copy may outlive a write).
 
-A stale read inside a window where Redis itself may lose acknowledged writes (a primary
-killed before replicating them: ``lossy``) is reported apart, as Redis's, not hidden.
+A stale read whose newer write was acknowledged inside a window where Redis itself may
+lose acknowledged writes (``lossy``: the moments before a primary was killed, when it may
+not have replicated them yet) is reported apart, as Redis's, not hidden.
 Rule 3: no exception reaches a caller. Rule 4: no call lasts longer than ``bound(record)``.
 A read of a value no write produced (or before its write began) is a violation of rule 2:
 nothing may be invented.
@@ -149,6 +150,6 @@ def check(
             what = f"read {older.value!r} after {newer.value!r} was visible to it"
             if l1 and contact is None and rule == 2:
                 what += f" (a near-cache copy {near_window * 1000:.0f} ms past the write)"
-            in_lossy = any(lo <= read.start and newer.start <= hi for lo, hi in lossy)
+            in_lossy = any(lo <= newer.end <= hi for lo, hi in lossy)
             violations.append(Violation(rule, what, tuple(shown), lossy=in_lossy))
     return sorted(violations, key=lambda v: v.records[-1].start)

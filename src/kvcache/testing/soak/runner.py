@@ -1,11 +1,13 @@
 """The soak's coordinator, ``python -m kvcache.testing.soak [--seed S] [--duration 60]
-[--workers 4]``: a standalone redis-server, one ChaosProxy (in a child process) per worker
-process, a seeded schedule of faults, then the whole history checked against
-docs/consistency.md. Exit status 1 on any violation."""
+[--workers 4] [--topology standalone|cluster]``: a private redis-server (or a Redis Cluster of
+3 primaries with a replica each), ChaosProxies (in child processes) of each worker process's
+own, a seeded schedule of faults, then the whole history checked against docs/consistency.md.
+Exit status 1 on any violation."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -13,19 +15,22 @@ import random
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ...errors import ConfigurationError
 from ..chaos import ChaosProxy
+from ..cluster import RedisClusterServer
 from ..server import RedisServer
 from .checker import check
 from .history import Record
+from .worker import KEYS, NAMESPACE
 from .worker import main as worker_main
 
 OP_TIMEOUT = 0.25
 MARGIN = 1.0  # seconds past twice op_timeout a call may take on a loaded 2-core machine
 NEAR_WINDOW = 1.5
+TOPOLOGIES = ("standalone", "cluster")
 
 
 def bound(record: Record) -> float:
@@ -34,32 +39,123 @@ def bound(record: Record) -> float:
 
 
 # Every proxy (or one process's: "partition") refusing, blackholing, resetting, slower than
-# op_timeout ("slow") or slower below it ("lag"); redis-server killed -9 and restarted
-# empty on its port; CLIENT KILL of every connection.
+# op_timeout ("slow") or slower below it ("lag"); a redis-server killed -9 (standalone:
+# restarted empty on its port; cluster: a primary, its replica elected); CLIENT KILL of
+# every connection. Cluster only: a primary stopped and its replica promoted at once
+# ("failover"), slots with the soak's keys moved under load ("migrate"), a primary's slots
+# handed to the others and the node removed ("scale_in").
 FAULTS = ("refuse", "blackhole", "reset", "slow", "lag", "partition", "kill9", "client_kill")
+CLUSTER_FAULTS = ("failover", "migrate", "scale_in")
+
+
+class _Standalone:
+    """One redis-server; kill -9 restarts it empty on its port."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+        self.ports = [server.port]
+        self.seed = server.port
+
+    def kill9(self, rng: random.Random, hold: float) -> bool:
+        self.server.crash()
+        time.sleep(hold)
+        self.server.restart()
+        return True
+
+    def client_kill(self) -> None:
+        with self.server.client() as admin:
+            admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+
+
+class _Cluster:
+    """3 primaries, a replica each (replication up before any fault). A fault that needs a
+    primary with a replica, or a third primary, is skipped once none is left."""
+
+    def __init__(self, cluster: RedisClusterServer) -> None:
+        self.cluster = cluster
+        self.ports = cluster.running_ports
+        self.seed = cluster.primary_ports[0]
+
+    def _with_replica(self, rng: random.Random) -> int | None:
+        # never the seed: every process's configured endpoint stays a place to ask
+        running = self.cluster.running_ports
+        candidates = [
+            p
+            for p in self.cluster.primary_ports
+            if p != self.seed and p in running and self.cluster.replicas_of(p)
+        ]
+        return rng.choice(candidates) if candidates else None
+
+    def kill9(self, rng: random.Random, hold: float) -> bool:
+        primary = self._with_replica(rng)
+        if primary is None:
+            return False
+        self.cluster.crash(primary)  # CLUSTERDOWN until its replica is elected
+        self.cluster.wait_settled()
+        return True
+
+    def failover(self, rng: random.Random) -> bool:
+        primary = self._with_replica(rng)
+        if primary is None:
+            return False
+        self.cluster.failover(primary)
+        return True
+
+    def migrate(self, rng: random.Random) -> bool:
+        primaries = self.cluster.primary_ports
+        slots = sorted({self.cluster.keyslot(f"{NAMESPACE}:{k}") for k in rng.sample(KEYS, 4)})
+        owners = self.cluster.slot_map()
+        targets = [p for p in primaries if p != owners[slots[0]]]
+        self.cluster.migrate_slots(slots, to=rng.choice(targets), pause=rng.uniform(0, 0.3))
+        return True
+
+    def scale_in(self, rng: random.Random) -> bool:
+        candidates = [p for p in self.cluster.primary_ports if p != self.seed]
+        if len(self.cluster.primary_ports) < 3:
+            return False
+        self.cluster.remove_node(rng.choice(candidates))
+        return True
+
+    def client_kill(self) -> None:
+        for port in self.cluster.running_ports:
+            with self.cluster.nodes[port].client() as admin:
+                admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+
+
+@contextlib.contextmanager
+def _target(topology: str) -> Iterator[_Standalone | _Cluster]:
+    if topology == "cluster":
+        with RedisClusterServer(primaries=3, replicas=1) as cluster:
+            yield _Cluster(cluster)
+    else:
+        with RedisServer() as server:
+            yield _Standalone(server)
 
 
 def _faults(
     rng: random.Random,
     kinds: Sequence[str],
-    server: RedisServer,
-    proxies: list[ChaosProxy],
+    target: _Standalone | _Cluster,
+    proxies: list[dict[int, ChaosProxy]],
     until: float,
     log: list[tuple[str, float, float]],
 ) -> None:
+    """Draw and inject faults until ``until``; ``proxies``: each worker's, by node port."""
     while time.monotonic() < until - 1.0:
         time.sleep(rng.uniform(0.5, 2.0))
         kind = rng.choice(kinds)
         hold = rng.uniform(0.3, 2.0)
-        targets = [rng.choice(proxies)] if kind == "partition" else proxies
+        workers = [rng.choice(proxies)] if kind == "partition" else proxies
+        targets = [proxy for by_port in workers for proxy in by_port.values()]
         began = time.monotonic()
         if kind == "kill9":
-            server.crash()
-            time.sleep(hold)
-            server.restart()
+            done = target.kill9(rng, hold)
         elif kind == "client_kill":
-            with server.client() as admin:
-                admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+            target.client_kill()
+            done = True
+        elif kind in CLUSTER_FAULTS:
+            assert isinstance(target, _Cluster)
+            done = getattr(target, kind)(rng)
         else:
             mode = rng.choice(["refuse", "blackhole", "reset"]) if kind == "partition" else kind
             for proxy in targets:
@@ -72,43 +168,57 @@ def _faults(
             time.sleep(hold)
             for proxy in targets:
                 proxy.up()
-        log.append((kind, began, time.monotonic()))
+            done = True
+        if done:
+            log.append((kind, began, time.monotonic()))
 
 
 def run(
     seed: int,
     duration: float,
     workers: int,
-    faults_drawn: Sequence[str] = FAULTS,
+    faults_drawn: Sequence[str] | None = None,
+    *,
+    topology: str = "standalone",
     **cache_options: Any,
 ) -> int:
-    """One soak; 0 when the history holds no violation, else 1. ``cache_options``: passed
-    to every cache (besides ``op_timeout``)."""
+    """One soak; 0 when the history holds no violation, else 1. ``faults_drawn``: the kinds
+    to draw from (default: all that ``topology`` has). ``cache_options``: passed to every
+    cache (besides ``op_timeout``)."""
+    kinds = _kinds(topology, faults_drawn)
     unrecorded = sorted({"near_cache", "stale_ttl"} & cache_options.keys())
     if unrecorded:  # the workers cannot tell an L1 hit or a stale answer from Redis's yet
         raise ConfigurationError(f"the soak does not record {', '.join(unrecorded)} answers yet")
     print(
-        f"soak: seed {seed}, {duration:.0f} s, {workers} workers (replay: --seed {seed})",
+        f"soak: seed {seed}, {duration:.0f} s, {workers} workers, {topology} "
+        f"(replay: --seed {seed} --topology {topology})",
         flush=True,
     )
     rng = random.Random(seed)
     ctx = multiprocessing.get_context("spawn")
-    proxies: list[ChaosProxy] = []
+    proxies: list[dict[int, ChaosProxy]] = []  # each worker's, by node port
     procs: list[Any] = []
     faults: list[tuple[str, float, float]] = []
-    with RedisServer() as server, tempfile.TemporaryDirectory(prefix="kvcache-soak-") as tmp:
+    with _target(topology) as target, tempfile.TemporaryDirectory(prefix="kvcache-soak-") as tmp:
         try:
             for _ in range(workers):
-                proxies.append(ChaosProxy(server.host, server.port, process=True).start())
+                mine: dict[int, ChaosProxy] = {}
+                proxies.append(mine)
+                for port in target.ports:
+                    mine[port] = ChaosProxy("127.0.0.1", port, process=True).start()
             options: dict[str, Any] = {"op_timeout": OP_TIMEOUT, **cache_options}
+            if topology == "cluster":
+                options["mode"] = "cluster"
             outs = [os.path.join(tmp, f"p{i}.json") for i in range(workers)]
-            for i in range(workers):
-                args = (i, proxies[i].url, seed, duration, outs[i], options)
+            for i, mine in enumerate(proxies):
+                remap = {port: proxy.port for port, proxy in mine.items()}
+                args = (i, mine[target.seed].url, seed, duration, outs[i], options, remap)
                 procs.append(ctx.Process(target=worker_main, args=args))
                 procs[-1].start()
-            _faults(rng, faults_drawn, server, proxies, time.monotonic() + duration, faults)
-            for proxy in proxies:
-                proxy.up()
+            _faults(rng, kinds, target, proxies, time.monotonic() + duration, faults)
+            for mine in proxies:
+                for proxy in mine.values():
+                    proxy.up()
             for proc in procs:
                 proc.join(duration + 60)
             records: list[Record] = []
@@ -127,13 +237,17 @@ def run(
                 if proc.is_alive():
                     proc.kill()
                     proc.join()
-            for proxy in proxies:
+            for proxy in (proxy for mine in proxies for proxy in mine.values()):
                 try:
                     proxy.stop()
                 except Exception as exc:  # one proxy's failure must not leave the others
                     print(f"soak: stopping {proxy!r} failed: {exc!r}", flush=True)
-    # A kill -9 loses what Redis had acknowledged: a stale read it explains is Redis's.
-    lossy = [(began, end) for kind, began, end in faults if kind == "kill9"]
+    # A primary killed may not have replicated what it acknowledged in its last moments: a
+    # stale read those writes explain is Redis's. (A standalone server restarts empty: its
+    # losses are misses, never older values.)
+    lossy = [(began - 1.0, began) for kind, began, _ in faults if kind == "kill9"]
+    if topology != "cluster":
+        lossy = []
     violations = check(records, bound=bound, near_window=NEAR_WINDOW, lossy=lossy)
     for violation in violations[:20]:
         print(violation.show(), flush=True)
@@ -156,15 +270,28 @@ def run(
     return 1 if by_rule or leaks else 0
 
 
+def _kinds(topology: str, drawn: Sequence[str] | None) -> list[str]:
+    if topology not in TOPOLOGIES:
+        raise ConfigurationError(f"topology: choose among {', '.join(TOPOLOGIES)}")
+    known = FAULTS + CLUSTER_FAULTS if topology == "cluster" else FAULTS
+    kinds = list(known if drawn is None else drawn)
+    if not kinds or set(kinds) - set(known):
+        raise ConfigurationError(f"faults ({topology}): choose among {', '.join(known)}")
+    return kinds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kvcache.testing.soak")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--faults", default=",".join(FAULTS), help="kinds to draw from")
+    parser.add_argument("--topology", choices=TOPOLOGIES, default="standalone")
+    parser.add_argument("--faults", default=None, help="kinds to draw from, comma-separated")
     args = parser.parse_args(argv)
-    kinds = [kind for kind in args.faults.split(",") if kind]
-    if not kinds or set(kinds) - set(FAULTS):
-        parser.error(f"--faults: choose among {', '.join(FAULTS)}")
+    drawn = None if args.faults is None else [k for k in args.faults.split(",") if k]
+    try:
+        kinds = _kinds(args.topology, drawn)
+    except ConfigurationError as exc:
+        parser.error(str(exc))
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
-    return run(seed, args.duration, args.workers, kinds)
+    return run(seed, args.duration, args.workers, kinds, topology=args.topology)

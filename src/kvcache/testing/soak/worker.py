@@ -19,6 +19,7 @@ from typing import Any
 from ... import AsyncCache, Cache, State
 from .history import Record
 
+NAMESPACE = "soak"
 KEYS = [f"k{n}" for n in range(20)]
 COUNTERS = [f"n{n}" for n in range(3)]
 OPS = ["get"] * 6 + ["set"] * 3 + ["get_many", "set_many", "delete", "incr", "add", "touch"]
@@ -208,15 +209,31 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
 
 
+def _opened(cls: Any, url: str, options: dict[str, Any], remap: dict[int, int]) -> Any:
+    """A cache on ``url``; in a cluster, every node it learns of dialled through this
+    process's own proxy of it (``remap``: node port -> proxy port)."""
+    cache = cls.from_url(url, namespace=NAMESPACE, **options)
+    if remap and getattr(cache.store, "sharded", False):
+        cache.store.remap = lambda where: (where[0], remap.get(where[1], where[1]))
+    return cache
+
+
 def main(
-    index: int, url: str, seed: int, duration: float, out: str, options: dict[str, Any]
+    index: int,
+    url: str,
+    seed: int,
+    duration: float,
+    out: str,
+    options: dict[str, Any],
+    remap: dict[int, int] | None = None,
 ) -> None:
     """Run for ``duration`` seconds; write the history and the leak check to ``out``."""
+    remap = remap or {}
     logging.getLogger("kvcache").setLevel(logging.ERROR)  # each outage logs; the history says more
     threads_before, fds_before = threading.active_count(), _fds()
     rng = random.Random(f"{seed}:{index}")
     until = time.monotonic() + duration
-    sync = Cache.from_url(url, namespace="soak", **options)
+    sync = _opened(Cache, url, options, remap)
     sync.connect(timeout=5)
     sync_rec = _Recorder(f"p{index}.sync", sync)
     threads = [
@@ -227,7 +244,7 @@ def main(
         thread.start()
 
     async def run_async() -> _Recorder:
-        cache = AsyncCache.from_url(url, namespace="soak", **options)
+        cache = _opened(AsyncCache, url, options, remap)
         await cache.connect(timeout=5)
         rec = _Recorder(f"p{index}.async", cache)
         await asyncio.gather(
