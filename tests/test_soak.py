@@ -35,8 +35,9 @@ def test_the_soak_catches_stale_reads_of_a_cache_that_forgets_its_outage_writes(
 
 @pytest.mark.parametrize("option", [{"near_cache": True}, {"stale_ttl": 30.0}])
 def test_the_soak_refuses_options_its_workers_cannot_record(option: dict[str, object]) -> None:
-    """A near-cache hit or a fail-safe answer recorded as Redis's would make the checker
-    report stale reads the model allows: refused, before any server starts."""
+    """On the caches shared by many threads or tasks, a near-cache hit or a fail-safe
+    answer would be recorded as Redis's, and the checker would report stale reads the model
+    allows: refused, before any server starts (the soak has one-caller caches of each)."""
     with pytest.raises(ConfigurationError, match=next(iter(option))):
         run(1, 1, 1, **option)
 

@@ -187,8 +187,11 @@ def run(
     cache (besides ``op_timeout``)."""
     kinds = _kinds(topology, faults_drawn)
     unrecorded = sorted({"near_cache", "stale_ttl"} & cache_options.keys())
-    if unrecorded:  # the workers cannot tell an L1 hit or a stale answer from Redis's yet
-        raise ConfigurationError(f"the soak does not record {', '.join(unrecorded)} answers yet")
+    if unrecorded:  # a cache with many callers cannot tell whose answer was an L1 hit
+        raise ConfigurationError(
+            f"{', '.join(unrecorded)}: the soak runs caches with it of its own (one caller "
+            "each, so that it knows which answers were near-cache hits or stale); not settable"
+        )
     print(
         f"soak: seed {seed}, {duration:.0f} s, {workers} workers, {topology} "
         f"(replay: --seed {seed} --topology {topology})",

@@ -46,6 +46,8 @@ class _Began:
     transitions: int  # state changes so far (any caller's: the cache's state is shared)
     errors: int  # this caller's error events so far (another caller's failure is not ours)
     state: State
+    near_hits: int  # the cache's counters: exact for a cache with one caller (``solo``)
+    stale_hits: int
 
 
 class _Recorder:
@@ -53,9 +55,22 @@ class _Recorder:
     answered by Redis when the cache was READY before and after it, its state did not
     change meanwhile, and the call itself met no error."""
 
-    def __init__(self, name: str, cache: Cache | AsyncCache) -> None:
+    def __init__(
+        self,
+        name: str,
+        cache: Cache | AsyncCache,
+        keyspace: str = "",
+        solo: bool = False,
+        ttls: tuple[float | None, ...] = (None, 30.0, 2.0),
+    ) -> None:
         self.name = name
         self.cache = cache
+        self.ttls = ttls  # what its writes draw from
+        self.keyspace = keyspace  # before each key in the records: one namespace per group
+        # One caller: a change of the near-hit or stale-hit counter during a call is its
+        # own, so its answer's source is known ("l1", "stale"); the factory of its
+        # get_or_set fails now and then (a source that is down), as fail-safe is for.
+        self.solo = solo
         self.transitions = 0
         self.errors: Counter[int] = Counter()
         self.records: list[Record] = []
@@ -79,6 +94,8 @@ class _Recorder:
             self.transitions,
             self.errors[_caller()],
             self.cache.state,
+            self.cache.stats.near_hits,
+            self.cache.stats.stale_hits,
         )
 
     def after(
@@ -90,18 +107,24 @@ class _Recorder:
         # Served by the fallback without a try at Redis: DEGRADED throughout, its breaker
         # open. Any other write that Redis did not answer may have reached it: in doubt.
         offline = steady and began.state is State.DEGRADED
+        source = ""
+        if self.solo and self.cache.stats.stale_hits != began.stale_hits:
+            source = "stale"
+        elif self.solo and self.cache.stats.near_hits != began.near_hits:
+            source = "l1"  # (a get_many: some keys perhaps Redis's; checked as L1's, laxer)
         for kind, key, value, ok in touched or [("other", "-", None, True)]:
             self.records.append(
                 Record(
                     self.name,
                     kind,
                     op,
-                    key,
+                    self.keyspace + key,
                     value,
                     began.start,
                     end,
                     began.wall,
                     contact,
+                    source=source if kind == "read" else "",
                     error=None if error is None else repr(error),
                     ok=ok and error is None,
                     in_doubt=kind == "write" and not contact and not offline,
@@ -117,7 +140,7 @@ def _plan(
     and in doubt (they may have reached Redis), and no reads."""
     op = rng.choice(OPS)
     key = rng.choice(KEYS)
-    ttl = rng.choice([None, 30.0, 2.0])
+    ttl = rng.choice(rec.ttls)
     if op == "get":
         return op, lambda c: c.get(key), [], lambda got: [("read", key, got, True)]
     if op == "set":
@@ -162,8 +185,11 @@ def _plan(
         return op, lambda c: c.incr(counter), [], lambda _: [("other", counter, None, True)]
     v = rec.value()  # get_or_set: a write when its factory ran, else a read
     ran: list[bool] = []
+    fails = rec.solo and rng.random() < 0.3
 
     def factory() -> str:
+        if fails:
+            raise SourceDown(key)
         ran.append(True)
         return v
 
@@ -175,6 +201,11 @@ def _plan(
     )
 
 
+class SourceDown(Exception):
+    """A ``get_or_set`` factory's own failure: fail-safe answers a stale value instead, or
+    it reaches the caller (no stale value), as documented; not kvcache's error."""
+
+
 def _sync_thread(rec: _Recorder, rng: random.Random, until: float) -> None:
     cache = rec.cache
     while time.monotonic() < until:
@@ -182,6 +213,8 @@ def _sync_thread(rec: _Recorder, rng: random.Random, until: float) -> None:
         began = rec.before()
         try:
             result = call(cache)
+        except SourceDown:
+            rec.after(began, op, [], None)
         except Exception as exc:
             rec.after(began, op, planned, exc)
         else:
@@ -209,10 +242,12 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
 
 
-def _opened(cls: Any, url: str, options: dict[str, Any], remap: dict[int, int]) -> Any:
+def _opened(
+    cls: Any, url: str, options: dict[str, Any], remap: dict[int, int], namespace: str = NAMESPACE
+) -> Any:
     """A cache on ``url``; in a cluster, every node it learns of dialled through this
     process's own proxy of it (``remap``: node port -> proxy port)."""
-    cache = cls.from_url(url, namespace=NAMESPACE, **options)
+    cache = cls.from_url(url, namespace=namespace, **options)
     if remap and getattr(cache.store, "sharded", False):
         cache.store.remap = lambda where: (where[0], remap.get(where[1], where[1]))
     return cache
@@ -240,6 +275,20 @@ def main(
         threading.Thread(target=_sync_thread, args=(sync_rec, random.Random(rng.random()), until))
         for _ in range(3)
     ]
+    # Two more groups, one thread each, in namespaces of their own: every process's cache
+    # there near-cached (each writer must announce its writes), or with fail-safe.
+    # Fail-safe's values expire (logically) within a second, so that many are stale.
+    groups: list[tuple[str, str, dict[str, Any], tuple[float | None, ...]]] = [
+        ("near", "l1:", {"near_cache": True}, (None, 30.0, 2.0)),
+        ("stale", "stale:", {"stale_ttl": 30.0}, (0.05, 0.3, 1.0)),
+    ]
+    solos: list[_Recorder] = []
+    for group, keyspace, extra, ttls in groups:
+        solo = _opened(Cache, url, {**options, **extra}, remap, f"{NAMESPACE}_{group}")
+        solo.connect(timeout=5)
+        solos.append(_Recorder(f"p{index}.{group}", solo, keyspace, solo=True, ttls=ttls))
+        args = (solos[-1], random.Random(rng.random()), until)
+        threads.append(threading.Thread(target=_sync_thread, args=args))
     for thread in threads:
         thread.start()
 
@@ -257,6 +306,8 @@ def main(
     for thread in threads:
         thread.join()
     sync.close()
+    for rec in solos:
+        rec.cache.close()
     deadline = time.monotonic() + 5
     while threading.active_count() > threads_before and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -266,6 +317,11 @@ def main(
     }
     with open(out, "w") as file:
         json.dump(
-            {"records": [asdict(r) for r in sync_rec.records + async_rec.records], "leaks": leaks},
+            {
+                "records": [
+                    asdict(r) for rec in (sync_rec, async_rec, *solos) for r in rec.records
+                ],
+                "leaks": leaks,
+            },
             file,
         )
