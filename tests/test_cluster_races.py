@@ -253,6 +253,41 @@ def test_a_new_owner_that_cannot_take_a_hand_over_does_not_hold_the_map_off(
             proxy.stop()
 
 
+def hold_checks(sharded: Any) -> None:
+    """No topology check but the test's from now on: wait for one in flight to end, then
+    keep the schedule's claim (a check already running when ``next_at`` is moved would
+    reset it when done)."""
+    schedule = sharded.schedule
+    deadline = time.monotonic() + 10
+    while True:
+        with schedule._lock:
+            if not schedule.in_flight:
+                schedule.in_flight, schedule.next_at = True, float("inf")
+                return
+        assert time.monotonic() < deadline, "a topology check never ended"
+        time.sleep(0.02)
+
+
+def _during_a_hand_over(
+    cluster: RedisClusterServer, sync_cache: Callable[..., Cache], migrate: bool
+) -> tuple[Cache, dict[int, ChaosProxy], int, str, str, Topology, Topology]:
+    """A cache whose dead shard journaled ``ka``, and a map that gives their slot to
+    ``other`` (moved there in the cluster too if ``migrate``): (cache, proxies, other,
+    ka, kb, the map in use, the new one)."""
+    cache, proxies, dead, other = _setup(cluster, sync_cache)
+    ka, kb = keys_of(tags_on(cluster, dead, 1, set()))[:2]  # one slot
+    cache.set_many({ka: "v1", kb: "v1"})
+    proxies[dead].blackhole()
+    assert cache.set(ka, "v2") is True  # trips the dead shard; journaled
+    hold_checks(cache._adapter)
+    if migrate:
+        cluster.migrate_slots([cluster.keyslot(ka)], to=other)  # v1 of both now at other
+    old = cache._adapter.topology
+    owners = list(old.owners)
+    owners[cluster.keyslot(ka)] = f"127.0.0.1:{proxies[other].port}"
+    return cache, proxies, other, ka, kb, old, Topology(tuple(owners))
+
+
 def test_a_write_served_offline_during_a_hand_over_is_handed_over_before_reads_go_there(
     cluster: RedisClusterServer, sync_cache: Callable[..., Cache]
 ) -> None:
@@ -261,20 +296,10 @@ def test_a_write_served_offline_during_a_hand_over_is_handed_over_before_reads_g
     the read: the check's second pass, after the install, deleted it, but a read in between
     reached the new owner's older value (CI, under scale-in and failover traffic: ('k66',
     set 2466, read 2316)). Now such a write hands its keys over by that map itself."""
-    cache, proxies, dead, other = _setup(cluster, sync_cache)
+    cache, proxies, other, _, kb, old, new = _during_a_hand_over(cluster, sync_cache, True)
     try:
         sharded = cache._adapter
-        ka, kb = keys_of(tags_on(cluster, dead, 1, set()))[:2]  # one slot
-        cache.set_many({ka: "v1", kb: "v1"})
-        proxies[dead].blackhole()
-        assert cache.set(ka, "v2") is True  # trips the dead shard; journaled
-        time.sleep(3 * CHECK_GAP)  # checks brought meanwhile have run
-        sharded.schedule.next_at = float("inf")  # no check but ours
-        cluster.migrate_slots([cluster.keyslot(ka)], to=other)  # v1 of both now at other
-        old = sharded.topology
-        owners = list(old.owners)
-        owners[cluster.keyslot(ka)] = f"127.0.0.1:{proxies[other].port}"
-        receiver = sharded.nodes.node(owners[cluster.keyslot(ka)])
+        receiver = sharded.nodes.node(f"127.0.0.1:{proxies[other].port}")
         seen: list[Any] = []
 
         def interleave(call: tuple[Any, ...]) -> None:
@@ -282,12 +307,42 @@ def test_a_write_served_offline_during_a_hand_over_is_handed_over_before_reads_g
                 assert cache.set(kb, "v2") is True  # the hand-over's round trip: offline
                 seen.append("written")
             elif seen == ["written"] and sharded.topology is not old:
-                seen.append(cache.get(kb))  # installed, before the check's second pass
+                # installed, before the check's second pass: what a read there finds
+                with cluster.nodes[other].client() as admin:
+                    seen.append(admin.get(PREFIX + kb.encode()))
+                seen.append(cache.get(kb))
 
-        assert run_stepwise(sharded._install(Topology(tuple(owners))), interleave) is True
+        assert run_stepwise(sharded._install(new), interleave) is True
         assert seen[:1] == ["written"], "the hand-over sent nothing to the new owner"
-        assert len(seen) == 2, "no call came after the install to read between"
-        assert seen[1] in ("v2", None), seen
+        assert len(seen) == 3, "no call came after the install to read between"
+        assert seen[1] is None, "the new owner still held the value from before the write"
+        assert seen[2] in ("v2", None), seen
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+
+
+def test_a_write_that_cannot_hand_over_by_a_map_being_installed_is_served_all_the_same(
+    cluster: RedisClusterServer, sync_cache: Callable[..., Cache]
+) -> None:
+    """A map the cluster does not agree with (its new owner answers MOVED): the write was
+    served (offline), so it answers True, and that map is not installed (the first version
+    re-ran the write on each MOVED and answered False after 5)."""
+    cache, proxies, other, _, kb, old, new = _during_a_hand_over(cluster, sync_cache, False)
+    try:
+        sharded = cache._adapter
+        receiver = sharded.nodes.node(f"127.0.0.1:{proxies[other].port}")
+        answers: list[bool] = []
+
+        def interleave(call: tuple[Any, ...]) -> None:
+            if call[0] is receiver and call[1] == "delete_many" and not answers:
+                answers.append(cache.set(kb, "v2"))
+
+        with pytest.raises(KVCacheError):  # the hand-over's own delete meets MOVED too
+            run_stepwise(sharded._install(new), interleave)
+        assert answers == [True]
+        assert sharded.topology is old
+        assert cache.get(kb) == "v2"  # the dead shard's fallback still serves it
     finally:
         for proxy in proxies.values():
             proxy.stop()

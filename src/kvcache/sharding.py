@@ -28,7 +28,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import forksafe, telemetry
@@ -100,9 +100,9 @@ class ShardedAdapter:
         self.schedule = RefreshSchedule(nodes.topology_interval, MIN_CHECK_GAP)
         self._supervise: Callable[[Adapter], Supervisor] | None = None
         self._check_failing = False  # the last topology check met an unexpected error
-        # Maps being installed, with the shards that would receive keys: replaced, never
-        # mutated (a write served offline meanwhile hands its keys over by them too).
-        self._installing: tuple[tuple[Topology, Mapping[str, Adapter]], ...] = ()
+        # Maps being installed (replaced, never mutated): a write served offline meanwhile
+        # hands its keys over by them too.
+        self._installing: tuple[_Installing, ...] = ()
         self._lock = threading.Lock()
         forksafe.register(self)
 
@@ -244,20 +244,31 @@ class ShardedAdapter:
         them; the fallback's copy goes, so a map that flips back cannot serve it). So too
         for a map being installed: its hand-over may have read the journal before this
         write was in it, and reads go by that map as soon as it is installed."""
-        assert self.topology is not None
-        for topology, receivers in ((self.topology, self.shards), *self._installing):
-            moved = [key for key in writes if topology.owner(key) != name]
+        # The maps being installed first: an install sets the map before it leaves that
+        # list, so a write that reads the map in use after it misses none of them.
+        installing = self._installing
+        topology = self.topology
+        assert topology is not None
+        moved = [key for key in writes if topology.owner(key) != name]
+        if moved:
+            if shard.fallback is not None:
+                shard.fallback.delete_many(moved)
+            yield from self._forget_owned(moved, topology, self.shards)
+        for pending in installing:
+            moved = [key for key in writes if pending.topology.owner(key) != name]
             if moved:
-                if shard.fallback is not None:
-                    shard.fallback.delete_many(moved)
                 try:
-                    yield from self._forget_owned(moved, topology, receivers)
-                except CacheClosedError:
+                    yield from self._forget_owned(moved, pending.topology, pending.receivers)
+                except (StoreError, CacheClosedError):
                     if self.root.machine.state is _CLOSED:
                         raise
-                    # A receiver retired meanwhile (its node left with a newer map, or
-                    # this map's install failed): the keys are still in this shard's
-                    # journal, which each later map's hand-over applies.
+                    # That map must not be installed now (the next check tries again); the
+                    # write itself was served, and its keys are in this shard's journal
+                    # and (by the map in use) its fallback.
+                    pending.spoiled = True
+                else:
+                    if shard.fallback is not None:
+                        shard.fallback.delete_many(moved)
 
     def _grouped(self, method: str, args: tuple[Any, ...]) -> Routed:
         """A multi-key call, one sub-call per shard (the node store pipelines per slot)."""
@@ -480,15 +491,17 @@ class ShardedAdapter:
         # fails, the map is not installed; the next check tries again.
         # A write served offline from now on, by the old map, hands its keys over by this
         # one itself (``_left_behind``): the hand-over may read the journal before it.
-        installing = (topology, {**shards, **joining})
+        installing = _Installing(topology, {**shards, **joining})
         with self._lock:
             self._installing = (*self._installing, installing)
         installed = False
         try:
             for name, shard in shards.items():
-                yield from self._hand_over(name, shard, old, topology, installing[1])
+                yield from self._hand_over(name, shard, old, topology, installing.receivers)
             with self._lock:
-                if self.topology == old:  # else another check installed one meanwhile
+                # (else another check installed one meanwhile, or a write could not hand
+                # its keys over by this one)
+                if self.topology == old and not installing.spoiled:
                     self.topology = topology
                     current = {**self.shards, **joining}
                     left = {n: s for n, s in current.items() if n not in topology.primaries}
@@ -618,6 +631,16 @@ class ShardedAdapter:
                 if self.topology is before:
                     raise  # the nodes disagree for a moment: the next probe tries again
         return deleted
+
+
+@dataclass(slots=True, eq=False)
+class _Installing:
+    """A map being installed, the shards that would receive keys by it, and whether a write
+    failed to hand its keys over by it (then it is not installed)."""
+
+    topology: Topology
+    receivers: Mapping[str, Adapter]
+    spoiled: bool = False
 
 
 class _MapChanged(Exception):
