@@ -42,10 +42,12 @@ def bound(record: Record) -> float:
 # op_timeout ("slow") or slower below it ("lag"); a redis-server killed -9 (standalone:
 # restarted empty on its port; cluster: a primary, its replica elected); CLIENT KILL of
 # every connection. Cluster only: a primary stopped and its replica promoted at once
-# ("failover"), slots with the soak's keys moved under load ("migrate"), a primary's slots
-# handed to the others and the node removed ("scale_in").
+# ("failover"), slots with the soak's keys moved under load ("migrate"), a spare node given
+# some of them ("scale_out"), a small primary's slots handed back and the node removed
+# ("scale_in": a third of 16384 slots would take a minute to move, one by one).
 FAULTS = ("refuse", "blackhole", "reset", "slow", "lag", "partition", "kill9", "client_kill")
-CLUSTER_FAULTS = ("failover", "migrate", "scale_in")
+CLUSTER_FAULTS = ("failover", "migrate", "scale_out", "scale_in")
+SMALL = 256  # slots: a primary this small is removed in seconds
 
 
 class _Standalone:
@@ -68,13 +70,16 @@ class _Standalone:
 
 
 class _Cluster:
-    """3 primaries, a replica each (replication up before any fault). A fault that needs a
-    primary with a replica, or a third primary, is skipped once none is left."""
+    """3 primaries, a replica each (replication up before any fault), and a spare node
+    with no slots yet (every worker has proxies of every node from the start). A fault
+    that needs what is no longer there (a primary with a replica, the spare, a small
+    primary) is skipped."""
 
     def __init__(self, cluster: RedisClusterServer) -> None:
         self.cluster = cluster
-        self.ports = cluster.running_ports
         self.seed = cluster.primary_ports[0]
+        self.spare = cluster.add_primary()
+        self.ports = cluster.running_ports
 
     def _with_replica(self, rng: random.Random) -> int | None:
         # never the seed: every process's configured endpoint stays a place to ask
@@ -101,19 +106,31 @@ class _Cluster:
         self.cluster.failover(primary)
         return True
 
+    def _some_slots(self, rng: random.Random) -> list[int]:
+        """The slots of 4 of the soak's keys (in any of its namespaces)."""
+        keys = [f"{NAMESPACE}{group}:{k}" for group in ("", "_near", "_stale") for k in KEYS]
+        return sorted({self.cluster.keyslot(key) for key in rng.sample(keys, 4)})
+
     def migrate(self, rng: random.Random) -> bool:
-        primaries = self.cluster.primary_ports
-        slots = sorted({self.cluster.keyslot(f"{NAMESPACE}:{k}") for k in rng.sample(KEYS, 4)})
-        owners = self.cluster.slot_map()
-        targets = [p for p in primaries if p != owners[slots[0]]]
+        slots = self._some_slots(rng)
+        owner = self.cluster.slot_map()[slots[0]]
+        targets = [p for p in self.cluster.primary_ports if p != owner]
         self.cluster.migrate_slots(slots, to=rng.choice(targets), pause=rng.uniform(0, 0.3))
         return True
 
-    def scale_in(self, rng: random.Random) -> bool:
-        candidates = [p for p in self.cluster.primary_ports if p != self.seed]
-        if len(self.cluster.primary_ports) < 3:
+    def scale_out(self, rng: random.Random) -> bool:
+        spare = self.spare
+        if spare not in self.cluster.running_ports or spare in self.cluster.primary_ports:
             return False
-        self.cluster.remove_node(rng.choice(candidates))
+        self.cluster.migrate_slots(self._some_slots(rng), to=spare, pause=rng.uniform(0, 0.3))
+        return True
+
+    def scale_in(self, rng: random.Random) -> bool:
+        sizes = Counter(self.cluster.slot_map().values())
+        small = [p for p, n in sizes.items() if p != self.seed and n <= SMALL]
+        if not small or len(sizes) < 2:
+            return False
+        self.cluster.remove_node(rng.choice(sorted(small)))
         return True
 
     def client_kill(self) -> None:
