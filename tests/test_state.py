@@ -239,6 +239,23 @@ def test_journal_restores_what_could_not_be_applied() -> None:
     assert sorted(journal.take()[0]) == [b"a", b"b"]
 
 
+def test_journal_peek_shows_what_a_recovery_took_until_it_is_applied() -> None:
+    """A hand-over to a new slot map peeks while a recovery may be applying what it took."""
+    journal = Journal(maxsize=10)
+    journal.add([b"a"])
+    journal.take()
+    journal.add([b"b"])
+    assert sorted(journal.peek()[0]) == [b"a", b"b"]
+    assert len(journal) == 1 and journal.pending()  # only b is left to apply
+    journal.applied()
+    assert journal.peek() == ([b"b"], False)
+    journal.add_all()
+    journal.take()
+    assert journal.peek() == ([], True)
+    journal.restore([], True)  # failed: back, and no longer "being applied"
+    assert journal.take() == ([], True)
+
+
 def test_journal_overflow_clears_the_namespace() -> None:
     journal = Journal(maxsize=2, overflow="clear")
     journal.add([b"a", b"b"])

@@ -382,6 +382,7 @@ class Adapter:
                 except BaseException:
                     self.journal.restore(keys, clear_all)
                     raise
+                self.journal.applied()
                 # READY only with nothing left to apply, checked under the state lock that
                 # every journal write also takes: no write can slip between.
                 change = machine.recovered(self.journal.pending, self._settle)

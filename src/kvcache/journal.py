@@ -19,7 +19,16 @@ Overflow = Literal["clear", "ignore"]
 
 
 class Journal:
-    __slots__ = ("_clear_all", "_keys", "_lock", "maxsize", "overflow", "overflowed")
+    __slots__ = (
+        "_applying",
+        "_applying_all",
+        "_clear_all",
+        "_keys",
+        "_lock",
+        "maxsize",
+        "overflow",
+        "overflowed",
+    )
 
     def __init__(self, maxsize: int = 10_000, overflow: Overflow = "clear") -> None:
         if not isinstance(maxsize, int) or maxsize < 0:
@@ -30,6 +39,9 @@ class Journal:
         self.overflow: Overflow = overflow
         self._keys: set[bytes] = set()
         self._clear_all = False  # clear the namespace on recovery (clear() or overflow)
+        # Taken by a recovery and not yet applied: still shown by ``peek``.
+        self._applying: set[bytes] = set()
+        self._applying_all = False
         self.overflowed = False  # ever, since the last recovery: for health()
         self._lock = threading.Lock()
 
@@ -54,17 +66,28 @@ class Journal:
             self._keys.clear()
 
     def take(self) -> tuple[list[bytes], bool]:
-        """Everything recorded so far, as (keys, clear the namespace?), and forget it."""
+        """Everything recorded so far, as (keys, clear the namespace?), to apply; then
+        ``applied()``, or ``restore()`` if applying it failed."""
         with self._lock:
             taken = (list(self._keys), self._clear_all)
+            self._applying |= self._keys
+            self._applying_all = self._applying_all or self._clear_all
             self._keys = set()
             self._clear_all = False
             return taken
 
-    def peek(self) -> tuple[list[bytes], bool]:
-        """What ``take`` would return, kept."""
+    def applied(self) -> None:
+        """What ``take`` returned is applied (deleted in Redis)."""
         with self._lock:
-            return list(self._keys), self._clear_all
+            self._applying = set()
+            self._applying_all = False
+
+    def peek(self) -> tuple[list[bytes], bool]:
+        """What ``take`` would return, kept, and what was taken and is not applied yet: a
+        hand-over to a new slot map must see the keys a recovery is applying by the old
+        one at that moment (it would delete them where that map put them)."""
+        with self._lock:
+            return list(self._keys | self._applying), self._clear_all or self._applying_all
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -75,6 +98,7 @@ class Journal:
             self.add_all()
         else:
             self.add(keys)
+        self.applied()
 
     def pending(self) -> bool:
         with self._lock:
