@@ -7,12 +7,14 @@ Exit status 1 on any violation."""
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import json
 import multiprocessing
 import os
 import random
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -30,6 +32,8 @@ from .worker import main as worker_main
 OP_TIMEOUT = 0.25
 MARGIN = 1.0  # seconds past twice op_timeout a call may take on a loaded 2-core machine
 NEAR_WINDOW = 1.5
+PROGRESS = 5.0  # seconds between progress lines
+FALLBACK_BYTES = 6000  # about 13 of the soak's entries (each counts its bookkeeping too)
 TOPOLOGIES = ("standalone", "cluster")
 
 
@@ -226,16 +230,25 @@ def run(
                 proxies.append(mine)
                 for port in target.ports:
                     mine[port] = ChaosProxy("127.0.0.1", port, process=True).start()
-            options: dict[str, Any] = {"op_timeout": OP_TIMEOUT, **cache_options}
+            # A fallback of a dozen entries: outage-era writes are evicted too (the bound
+            # is checked, and the model must hold with a full fallback).
+            options: dict[str, Any] = {
+                "op_timeout": OP_TIMEOUT,
+                "fallback_max_bytes": FALLBACK_BYTES,
+                **cache_options,
+            }
             if topology == "cluster":
                 options["mode"] = "cluster"
             outs = [os.path.join(tmp, f"p{i}.json") for i in range(workers)]
+            calls = [ctx.Value("q", 0, lock=False) for _ in range(workers)]
             for i, mine in enumerate(proxies):
                 remap = {port: proxy.port for port, proxy in mine.items()}
-                args = (i, mine[target.seed].url, seed, duration, outs[i], options, remap)
+                url = mine[target.seed].url
+                args = (i, url, seed, duration, outs[i], options, remap, calls[i])
                 procs.append(ctx.Process(target=worker_main, args=args))
                 procs[-1].start()
-            _faults(rng, kinds, target, proxies, time.monotonic() + duration, faults)
+            with _progress(calls, faults):
+                _faults(rng, kinds, target, proxies, time.monotonic() + duration, faults)
             for mine in proxies:
                 for proxy in mine.values():
                     proxy.up()
@@ -251,7 +264,7 @@ def run(
                 with open(out) as file:
                     data = json.load(file)
                 records += [Record(**r) for r in data["records"]]
-                leaks += [f"p{i}: {n} {what} left" for what, n in data["leaks"].items() if n > 0]
+                leaks += [f"p{i}: {n} {what}" for what, n in data["leaks"].items() if n > 0]
         finally:  # nothing left behind, whatever failed: workers first, then each proxy
             for proc in procs:
                 if proc.is_alive():
@@ -275,9 +288,25 @@ def run(
         print(f"rule 5: {leak}")
     latencies = sorted(r.end - r.start for r in records)
 
-    def p(q: float) -> float:
+    def p(q: float, latencies: list[float] = latencies) -> float:
         return latencies[int(q * (len(latencies) - 1))] * 1000 if latencies else 0.0
 
+    phases: dict[str, list[float]] = {"calm": [], "under a fault": []}
+    windows = sorted((began, end) for _, began, end in faults)
+    starts = [began for began, _ in windows]
+    for record in records:
+        i = bisect.bisect_right(starts, record.start) - 1
+        faulted = i >= 0 and record.start <= windows[i][1]
+        phases["under a fault" if faulted else "calm"].append(record.end - record.start)
+    print(
+        "soak: latency "
+        + "; ".join(
+            f"{phase} ({len(ls)} calls) p50 {p(0.5, ls):.1f} ms p99 {p(0.99, ls):.1f} ms "
+            f"max {p(1.0, ls):.1f} ms"
+            for phase, ls in ((phase, sorted(ls)) for phase, ls in phases.items())
+        ),
+        flush=True,
+    )
     by_rule = Counter(v.rule for v in violations if not v.lossy)
     print(
         f"soak: seed {seed}: {len(records)} records, "
@@ -288,6 +317,36 @@ def run(
         flush=True,
     )
     return 1 if by_rule or leaks else 0
+
+
+@contextlib.contextmanager
+def _progress(
+    calls: Sequence[Any], faults: list[tuple[str, float, float]], every: float = PROGRESS
+) -> Iterator[None]:
+    """A line every ``every`` seconds while the faults run: calls per second since the last
+    line, and the faults so far (violations are known once the whole history is read)."""
+    stop = threading.Event()
+
+    def report() -> None:
+        began = last_at = time.monotonic()
+        last = 0
+        while not stop.wait(every):
+            now, total = time.monotonic(), sum(c.value for c in calls)
+            drawn = Counter(kind for kind, *_ in faults)
+            print(
+                f"soak: {now - began:5.0f} s: {(total - last) / (now - last_at):7.0f} calls/s, "
+                f"faults {sum(drawn.values())} {dict(drawn)}",
+                flush=True,
+            )
+            last, last_at = total, now
+
+    thread = threading.Thread(target=report, name="kvcache-soak-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _kinds(topology: str, drawn: Sequence[str] | None) -> list[str]:

@@ -66,6 +66,7 @@ class _Recorder:
         self.name = name
         self.cache = cache
         self.ttls = ttls  # what its writes draw from
+        self.calls: Any = None  # this process's call counter, shared with the runner
         self.keyspace = keyspace  # before each key in the records: one namespace per group
         # One caller: a change of the near-hit or stale-hit counter during a call is its
         # own, so its answer's source is known ("l1", "stale"); the factory of its
@@ -102,6 +103,8 @@ class _Recorder:
         self, began: _Began, op: str, touched: list[Touch], error: BaseException | None
     ) -> None:
         end = time.monotonic()
+        if self.calls is not None:
+            self.calls.value += 1  # (unlocked: a lost increment only blurs the progress line)
         steady = self.transitions == began.transitions and self.cache.state is began.state
         contact = steady and began.state is State.READY and self.errors[_caller()] == began.errors
         # Served by the fallback without a try at Redis: DEGRADED throughout, its breaker
@@ -242,6 +245,33 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
 
 
+class _FallbackWatch:
+    """Samples every cache's fallback while the soak runs: the most bytes over its bound
+    (``fallback_max_bytes``) seen, 0 if it never went over (rule 5)."""
+
+    def __init__(self) -> None:
+        self.caches: list[Any] = []
+        self.over = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kvcache-soak-watch")
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for cache in list(self.caches):
+                adapter = cache._adapter
+                fallback = getattr(adapter, "root", adapter).fallback  # (a cluster's: all shards)
+                if fallback is not None and fallback.max_bytes is not None:
+                    self.over = max(self.over, fallback.size_bytes - fallback.max_bytes)
+
+    def __enter__(self) -> _FallbackWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _opened(
     cls: Any, url: str, options: dict[str, Any], remap: dict[int, int], namespace: str = NAMESPACE
 ) -> Any:
@@ -261,16 +291,21 @@ def main(
     out: str,
     options: dict[str, Any],
     remap: dict[int, int] | None = None,
+    calls: Any = None,
 ) -> None:
-    """Run for ``duration`` seconds; write the history and the leak check to ``out``."""
+    """Run for ``duration`` seconds; write the history and the leak check to ``out``.
+    ``calls``: a ``multiprocessing.Value`` counting this process's calls, for progress."""
     remap = remap or {}
     logging.getLogger("kvcache").setLevel(logging.ERROR)  # each outage logs; the history says more
     threads_before, fds_before = threading.active_count(), _fds()
     rng = random.Random(f"{seed}:{index}")
     until = time.monotonic() + duration
+    watch = _FallbackWatch().__enter__()
     sync = _opened(Cache, url, options, remap)
+    watch.caches.append(sync)
     sync.connect(timeout=5)
     sync_rec = _Recorder(f"p{index}.sync", sync)
+    sync_rec.calls = calls
     threads = [
         threading.Thread(target=_sync_thread, args=(sync_rec, random.Random(rng.random()), until))
         for _ in range(3)
@@ -286,7 +321,9 @@ def main(
     for group, keyspace, extra, ttls in groups:
         solo = _opened(Cache, url, {**options, **extra}, remap, f"{NAMESPACE}_{group}")
         solo.connect(timeout=5)
+        watch.caches.append(solo)
         solos.append(_Recorder(f"p{index}.{group}", solo, keyspace, solo=True, ttls=ttls))
+        solos[-1].calls = calls
         args = (solos[-1], random.Random(rng.random()), until)
         threads.append(threading.Thread(target=_sync_thread, args=args))
     for thread in threads:
@@ -294,8 +331,10 @@ def main(
 
     async def run_async() -> _Recorder:
         cache = _opened(AsyncCache, url, options, remap)
+        watch.caches.append(cache)
         await cache.connect(timeout=5)
         rec = _Recorder(f"p{index}.async", cache)
+        rec.calls = calls
         await asyncio.gather(
             *(_async_task(rec, random.Random(rng.random()), until) for _ in range(8))
         )
@@ -305,6 +344,8 @@ def main(
     async_rec = asyncio.run(run_async())
     for thread in threads:
         thread.join()
+    watch.__exit__()
+    watch.caches.clear()
     sync.close()
     for rec in solos:
         rec.cache.close()
@@ -312,8 +353,9 @@ def main(
     while threading.active_count() > threads_before and time.monotonic() < deadline:
         time.sleep(0.05)
     leaks = {
-        "threads": threading.active_count() - threads_before,
-        "fds": _fds() - fds_before,
+        "threads left": threading.active_count() - threads_before,
+        "file descriptors left": _fds() - fds_before,
+        "fallback bytes over its bound": watch.over,
     }
     with open(out, "w") as file:
         json.dump(
