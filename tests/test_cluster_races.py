@@ -89,6 +89,41 @@ def run_with_check_in_flight(
     return run_stepwise(op, count)
 
 
+def idle_prober(shard: Any) -> None:
+    """Until ``shard``'s prober idles: no probe in flight (``next_probe_at`` is None while
+    one is), none due; the test drives the probe."""
+    deadline = time.monotonic() + 10
+    while shard.machine.next_probe_at != float("inf"):
+        assert time.monotonic() < deadline
+        if shard.machine.next_probe_at is not None:
+            shard.machine.next_probe_at = float("inf")
+        time.sleep(0.02)
+
+
+def claimed_probe(shard: Any, proxy: ChaosProxy) -> Any:
+    """``shard``'s next probe (its prober idle), claimed so that the prober thread cannot
+    start one, then ``proxy`` let through: a generator for ``run_stepwise``."""
+    shard.machine.next_probe_at = 0.0
+    probe = shard.probe()
+    first = next(probe)  # claimed here
+    proxy.up()
+
+    def primed() -> Any:
+        call = first
+        while True:
+            try:
+                result = yield call
+            except Exception as exc:
+                call = probe.throw(exc)
+            else:
+                try:
+                    call = probe.send(result)
+                except StopIteration as done:
+                    return done.value
+
+    return primed()
+
+
 def _setup(cluster: RedisClusterServer, sync_cache: Callable[..., Cache]) -> Any:
     proxies = {port: ChaosProxy("127.0.0.1", port).start() for port in cluster.primary_ports}
     cache = sync_cache(cluster.url, remap=lambda port: proxies[port].port)
@@ -168,14 +203,7 @@ def test_a_recovery_meeting_moved_deletes_at_the_new_owner_before_reads_go_there
         sharded.schedule.next_at = float("inf")  # no check sees the move: recovery meets MOVED
         name = f"127.0.0.1:{proxies[dead].port}"
         shard = sharded.shards[name]
-        # its prober idles (no probe in flight: next_probe_at is None while one is); we
-        # drive the probe
-        deadline = time.monotonic() + 10
-        while shard.machine.next_probe_at != float("inf"):
-            assert time.monotonic() < deadline
-            if shard.machine.next_probe_at is not None:
-                shard.machine.next_probe_at = float("inf")
-            time.sleep(0.02)
+        idle_prober(shard)
         cluster.migrate_slots([cluster.keyslot(km)], to=other)
         receiver = sharded.nodes.node(f"127.0.0.1:{proxies[other].port}")
         seen: list[Any] = []
@@ -183,25 +211,8 @@ def test_a_recovery_meeting_moved_deletes_at_the_new_owner_before_reads_go_there
         def read_before_the_receivers_delete() -> None:
             seen.append(cache.get(km))
 
-        shard.machine.next_probe_at = 0.0
-        probe = shard.probe()
-        first = next(probe)  # claimed here: the prober thread cannot start one now
-        proxies[dead].up()
-
-        def primed() -> Any:
-            call = first
-            while True:
-                try:
-                    result = yield call
-                except Exception as exc:
-                    call = probe.throw(exc)
-                else:
-                    try:
-                        call = probe.send(result)
-                    except StopIteration as done:
-                        return done.value
-
-        run_with_check_in_flight(primed(), read_before_the_receivers_delete, {id(receiver)})
+        probe = claimed_probe(shard, proxies[dead])
+        run_with_check_in_flight(probe, read_before_the_receivers_delete, {id(receiver)})
         assert shard.machine.state is State.READY
         assert seen, "no read came between"
         assert seen[0] in ("v2", None), seen
@@ -360,36 +371,14 @@ def test_keys_a_recovery_is_applying_are_handed_over_by_a_map_installed_meanwhil
         name = old.owner(PREFIX + ka.encode())  # the dead shard's
         dead = next(p for p, proxy in proxies.items() if f"127.0.0.1:{proxy.port}" == name)
         shard = sharded.shards[name]
-        deadline = time.monotonic() + 10  # its prober idles: we drive the probe
-        while shard.machine.next_probe_at != float("inf"):
-            assert time.monotonic() < deadline
-            if shard.machine.next_probe_at is not None:
-                shard.machine.next_probe_at = float("inf")
-            time.sleep(0.02)
-        shard.machine.next_probe_at = 0.0
-        probe = shard.probe()
-        first = next(probe)  # claimed here: the prober thread cannot start one now
-        proxies[dead].up()
+        idle_prober(shard)
         installed: list[bool] = []
 
         def install_before_the_recovery_deletes(call: tuple[Any, ...]) -> None:
             if call[0] is shard.primary and call[1] == "delete_many" and not installed:
                 installed.append(run(sharded._install(new)))
 
-        def primed() -> Any:
-            call = first
-            while True:
-                try:
-                    result = yield call
-                except Exception as exc:
-                    call = probe.throw(exc)
-                else:
-                    try:
-                        call = probe.send(result)
-                    except StopIteration as done:
-                        return done.value
-
-        run_stepwise(primed(), install_before_the_recovery_deletes)
+        run_stepwise(claimed_probe(shard, proxies[dead]), install_before_the_recovery_deletes)
         assert installed == [True]
         with cluster.nodes[other].client() as admin:
             assert admin.get(PREFIX + ka.encode()) is None, "the value from before the outage"

@@ -246,7 +246,8 @@ def test_journal_peek_shows_what_a_recovery_took_until_it_is_applied() -> None:
     journal.take()
     journal.add([b"b"])
     assert sorted(journal.peek()[0]) == [b"a", b"b"]
-    assert len(journal) == 1 and journal.pending()  # only b is left to apply
+    assert len(journal) == 1  # only b is left to apply
+    assert journal.pending()
     journal.applied()
     assert journal.peek() == ([b"b"], False)
     journal.add_all()

@@ -146,11 +146,11 @@ def _plan(
     ttl = rng.choice(rec.ttls)
     if op == "get":
         return op, lambda c: c.get(key), [], lambda got: [("read", key, got, True)]
-    if op == "set":
+    if op in ("set", "add"):
         v = rec.value()
         return (
             op,
-            lambda c: c.set(key, v, ttl),
+            lambda c: getattr(c, op)(key, v, ttl),
             [("write", key, v, False)],
             lambda ok: [("write", key, v, ok)],
         )
@@ -173,14 +173,6 @@ def _plan(
     if op == "delete":
         planned: list[Touch] = [("write", key, None, False)]
         return op, lambda c: c.delete(key), planned, lambda _: [("write", key, None, True)]
-    if op == "add":
-        v = rec.value()
-        return (
-            op,
-            lambda c: c.add(key, v, ttl),
-            [("write", key, v, False)],
-            lambda ok: [("write", key, v, ok)],
-        )
     if op == "touch":
         return op, lambda c: c.touch(key, 30.0), [], lambda _: [("other", key, None, True)]
     if op == "incr":
