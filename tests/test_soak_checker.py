@@ -153,6 +153,21 @@ def test_a_write_in_doubt_may_land_after_later_writes() -> None:
     assert rules([late, newer, after]) == [1]
     doubtful = write("a", "a:1", 0.0, 0.25, contact=False, in_doubt=True)
     assert rules([doubtful, newer, after]) == []
+    # Not for ever: once the fault its call met is over (and DOUBT more), it has landed
+    # or never will, and a later acknowledged write is newer than it.
+    newest = write("b", "b:2", 3.0, 3.01)
+    reread = read("b", "a:1", 3.1, 3.11)
+    assert rules([doubtful, newest, reread], faults=[(0.1, 1.5)]) == [1]
+    assert rules([doubtful, newest, reread], faults=[(0.1, 2.5)]) == []  # held till 2.5
+
+
+def test_a_near_cache_copy_is_checked_by_its_window_even_after_a_contact() -> None:
+    """An add that found the key, a touch: calls answered by Redis that leave the L1 copy
+    in place. A hit within the window after the write is allowed all the same."""
+    older, newer = write("a", "a:1", 0.0, 0.1), write("b", "b:1", 0.2, 0.3)
+    touched = Record("c", "other", "touch", "k", None, 0.4, 0.41, contact=True)
+    hit = read("c", "a:1", 1.0, 1.01, contact=False, source="l1")
+    assert rules([older, newer, touched, hit], near_window=1.5) == []
 
 
 def test_a_fill_the_fallback_took_is_a_value_but_no_later_read_must_see_it() -> None:

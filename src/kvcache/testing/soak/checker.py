@@ -16,8 +16,10 @@ not have replicated them yet) is reported apart, as Redis's, not hidden.
 Rule 3: no exception reaches a caller. Rule 4: no call lasts longer than ``bound(record)``.
 A read of a value no write produced (or before its write began) is a violation of rule 2:
 nothing may be invented.
-A write *in doubt* (its call failed after it may have sent the command) is concurrent with
-every later call, as Jepsen treats an indeterminate operation: it may land in Redis late.
+A write *in doubt* (its call failed after it may have sent the command) may land in Redis
+late, as Jepsen treats an indeterminate operation: it is concurrent with every call that
+starts before the fault its call met ended (``faults``: a blackhole delivers what it held
+when it lifts), plus ``DOUBT`` seconds for a loaded machine; not for ever.
 Fail-safe answers (``source="stale"``) are stale by request and checked only for that.
 A ``get_or_set`` fill the fallback took is a value, not a write anyone must see after it:
 kvcache never journals fills (``Record.fallback_fill``)."""
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from .history import Record
 
 _NEVER = math.inf
+DOUBT = 1.0  # seconds past its fault (or its call) a write in doubt may still land
 _Seen = tuple[float, Record | None]  # when a write became visible, and the call that made it so
 _Newer = tuple[float, int, Record | None]  # (when, index of the write, that call)
 
@@ -55,7 +58,8 @@ class Violation:
 class _Key:
     """One key's writes in start order, and each client's calls answered by Redis."""
 
-    def __init__(self, records: Sequence[Record]) -> None:
+    def __init__(self, records: Sequence[Record], faults: Sequence[tuple[float, float]]) -> None:
+        self.faults = faults
         self.writes = sorted((r for r in records if r.kind == "write"), key=lambda r: r.start)
         self.starts = [w.start for w in self.writes]
         # The writes that may have produced a value: not an ``add`` that found the key.
@@ -82,11 +86,21 @@ class _Key:
             return write.end, None
         if not write.contact:  # served by the writer's fallback: no one else can see it
             return _NEVER, None
-        contact = self.first_contact_after(reader, write.end)
-        seen = contact.start if contact is not None else _NEVER
-        if l1 and write.end + window < seen:
+        if l1:  # a copy lives on until its eviction comes, whatever the reader did since
             return write.end + window, None
-        return seen, contact
+        contact = self.first_contact_after(reader, write.end)
+        return (contact.start if contact is not None else _NEVER), contact
+
+    def landed_by(self, write: Record) -> float:
+        """When ``write`` was in Redis, if ever: at its end, or for one in doubt, once the
+        faults its call met were over (and ``DOUBT`` more)."""
+        if not write.in_doubt:
+            return write.end
+        end = write.end
+        for began, ended in self.faults:
+            if began <= write.end and write.start <= ended:
+                end = max(end, ended)
+        return end + DOUBT
 
     def earliest_newer(self, older: Record, reader: str, l1: bool, window: float) -> _Newer:
         """Of the writes that started after ``older`` ended: the one visible to ``reader``
@@ -98,9 +112,7 @@ class _Key:
                 when, contact = self.visible(self.writes[i], reader, l1, window)
                 suffix[i] = min(suffix[i + 1], (when, i, contact), key=lambda t: t[0])
             self._suffix[reader, l1] = suffix
-        # A write in doubt may land any time after its call returned: nothing is older.
-        ended = _NEVER if older.in_doubt else older.end
-        return suffix[bisect.bisect_right(self.starts, ended)]
+        return suffix[bisect.bisect_right(self.starts, self.landed_by(older))]
 
 
 def check(
@@ -109,8 +121,10 @@ def check(
     bound: Callable[[Record], float],
     near_window: float = 0.0,
     lossy: Sequence[tuple[float, float]] = (),
+    faults: Sequence[tuple[float, float]] = (),
 ) -> list[Violation]:
-    """Every violation in ``records``, in the order of the calls that show them."""
+    """Every violation in ``records``, in the order of the calls that show them.
+    ``faults``: when each fault began and ended (what bounds a write in doubt)."""
     records = list(records)
     violations: list[Violation] = []
     by_key: dict[str, list[Record]] = defaultdict(list)
@@ -123,7 +137,7 @@ def check(
             what = f"took {took:.0f} ms, over its bound of {bound(record) * 1000:.0f} ms"
             violations.append(Violation(4, what, (record,)))
     for key_records in by_key.values():
-        key = _Key(key_records)
+        key = _Key(key_records, faults)
         for read in key_records:
             if read.kind != "read" or read.value is None or read.error is not None:
                 continue
@@ -148,7 +162,7 @@ def check(
                 key=lambda r: r.start,
             )
             what = f"read {older.value!r} after {newer.value!r} was visible to it"
-            if l1 and contact is None and rule == 2:
+            if l1 and rule == 2:
                 what += f" (a near-cache copy {near_window * 1000:.0f} ms past the write)"
             in_lossy = any(lo <= newer.end <= hi for lo, hi in lossy)
             violations.append(Violation(rule, what, tuple(shown), lossy=in_lossy))

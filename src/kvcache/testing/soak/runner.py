@@ -42,6 +42,13 @@ def bound(record: Record) -> float:
     return 2 * OP_TIMEOUT + MARGIN
 
 
+def cluster_bound(record: Record) -> float:
+    """In a cluster a get_many or set_many visits each shard of its keys in turn (up to 4:
+    3 primaries and the spare), each with the bound of one call."""
+    shards = 4 if record.op in ("get_many", "set_many") else 1
+    return 2 * OP_TIMEOUT * shards + MARGIN
+
+
 # Every proxy (or one process's: "partition") refusing, blackholing, resetting, slower than
 # op_timeout ("slow") or slower below it ("lag"); a redis-server killed -9 (standalone:
 # restarted empty on its port; cluster: a primary, its replica elected); CLIENT KILL of
@@ -62,11 +69,13 @@ class _Standalone:
         self.ports = [server.port]
         self.seed = server.port
 
-    def kill9(self, rng: random.Random, hold: float) -> bool:
+    def kill9(self, rng: random.Random, hold: float) -> float | None:
+        """Returns when it died."""
         self.server.crash()
+        died = time.monotonic()
         time.sleep(hold)
         self.server.restart()
-        return True
+        return died
 
     def client_kill(self) -> None:
         with self.server.client() as admin:
@@ -95,13 +104,15 @@ class _Cluster:
         ]
         return rng.choice(candidates) if candidates else None
 
-    def kill9(self, rng: random.Random, hold: float) -> bool:
+    def kill9(self, rng: random.Random, hold: float) -> float | None:
+        """Returns when the primary died (None: no primary with a replica is left)."""
         primary = self._with_replica(rng)
         if primary is None:
-            return False
+            return None
         self.cluster.crash(primary)  # CLUSTERDOWN until its replica is elected
+        died = time.monotonic()
         self.cluster.wait_settled()
-        return True
+        return died
 
     def failover(self, rng: random.Random) -> bool:
         primary = self._with_replica(rng)
@@ -160,38 +171,43 @@ def _faults(
     proxies: list[dict[int, ChaosProxy]],
     until: float,
     log: list[tuple[str, float, float]],
-) -> None:
-    """Draw and inject faults until ``until``; ``proxies``: each worker's, by node port."""
+) -> str | None:
+    """Draw and inject faults until ``until``; ``proxies``: each worker's, by node port.
+    ``log``: (kind, when it struck, when it ended); a kill -9 strikes when the server dies.
+    Returns why injecting stopped early (a fault the servers could not take), else None:
+    the history up to then is checked all the same."""
     while time.monotonic() < until - 1.0:
         time.sleep(rng.uniform(0.5, 2.0))
         kind = rng.choice(kinds)
         hold = rng.uniform(0.3, 2.0)
         workers = [rng.choice(proxies)] if kind == "partition" else proxies
         targets = [proxy for by_port in workers for proxy in by_port.values()]
-        began = time.monotonic()
-        if kind == "kill9":
-            done = target.kill9(rng, hold)
-        elif kind == "client_kill":
-            target.client_kill()
-            done = True
-        elif kind in CLUSTER_FAULTS:
-            assert isinstance(target, _Cluster)
-            done = getattr(target, kind)(rng)
-        else:
-            mode = rng.choice(["refuse", "blackhole", "reset"]) if kind == "partition" else kind
-            for proxy in targets:
-                if mode == "slow":
-                    proxy.latency(OP_TIMEOUT * 1000 * 1.6)
-                elif mode == "lag":
-                    proxy.latency(OP_TIMEOUT * 1000 * 0.2)
-                else:
-                    getattr(proxy, mode)()
-            time.sleep(hold)
-            for proxy in targets:
-                proxy.up()
-            done = True
-        if done:
+        began: float | None = time.monotonic()
+        try:
+            if kind == "kill9":
+                began = target.kill9(rng, hold)
+            elif kind == "client_kill":
+                target.client_kill()
+            elif kind in CLUSTER_FAULTS:
+                assert isinstance(target, _Cluster)
+                began = began if getattr(target, kind)(rng) else None
+            else:
+                mode = rng.choice(["refuse", "blackhole", "reset"]) if kind == "partition" else kind
+                for proxy in targets:
+                    if mode == "slow":
+                        proxy.latency(OP_TIMEOUT * 1000 * 1.6)
+                    elif mode == "lag":
+                        proxy.latency(OP_TIMEOUT * 1000 * 0.2)
+                    else:
+                        getattr(proxy, mode)()
+                time.sleep(hold)
+                for proxy in targets:
+                    proxy.up()
+        except Exception as exc:  # e.g. a cluster that did not settle within 20 s
+            return f"{kind} failed: {exc!r}"
+        if began is not None:  # (None: what it needs is gone, as a primary with a replica)
             log.append((kind, began, time.monotonic()))
+    return None
 
 
 def run(
@@ -247,13 +263,16 @@ def run(
                 args = (i, url, seed, duration, outs[i], options, remap, calls[i])
                 procs.append(ctx.Process(target=worker_main, args=args))
                 procs[-1].start()
+            ends = time.monotonic() + duration
             with _progress(calls, faults):
-                _faults(rng, kinds, target, proxies, time.monotonic() + duration, faults)
+                stopped = _faults(rng, kinds, target, proxies, ends, faults)
             for mine in proxies:
                 for proxy in mine.values():
                     proxy.up()
-            for proc in procs:
-                proc.join(duration + 60)
+            if stopped is not None:
+                print(f"soak: no more faults: {stopped}", flush=True)
+            for proc in procs:  # (one deadline for all: a worker that hangs is killed below)
+                proc.join(max(0.0, ends + 60 - time.monotonic()))
             records: list[Record] = []
             leaks: list[str] = []
             for i, (proc, out) in enumerate(zip(procs, outs, strict=True)):
@@ -278,10 +297,16 @@ def run(
     # A primary killed may not have replicated what it acknowledged in its last moments: a
     # stale read those writes explain is Redis's. (A standalone server restarts empty: its
     # losses are misses, never older values.)
-    lossy = [(began - 1.0, began) for kind, began, _ in faults if kind == "kill9"]
+    lossy = [(died - 1.0, died) for kind, died, _ in faults if kind == "kill9"]
     if topology != "cluster":
         lossy = []
-    violations = check(records, bound=bound, near_window=NEAR_WINDOW, lossy=lossy)
+    violations = check(
+        records,
+        bound=cluster_bound if topology == "cluster" else bound,
+        near_window=NEAR_WINDOW,
+        lossy=lossy,
+        faults=[(began, ended) for _, began, ended in faults],
+    )
     for violation in violations[:20]:
         print(violation.show(), flush=True)
     for leak in leaks:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,13 +31,11 @@ PACE = 0.001  # seconds between one thread's calls: a history the checker reads 
 Touch = tuple[str, str, str | None, bool]  # (kind, key, value, ok) of one key a call touched
 
 
-def _caller() -> int:
-    """Who is calling: the task (tasks of one loop share a thread), else the thread."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        task = None
-    return id(task) if task is not None else threading.get_ident()
+# Who is calling: a token set at the start of each call, in this thread's or task's
+# context. A task the call starts (AsyncCache's get_or_set fills in a task of its own)
+# copies the context, so its error events are still the call's.
+_CALL: ContextVar[int] = ContextVar("kvcache_soak_call", default=0)
+_CALLS = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +43,8 @@ class _Began:
     start: float
     wall: float
     transitions: int  # state changes so far (any caller's: the cache's state is shared)
-    errors: int  # this caller's error events so far (another caller's failure is not ours)
+    call: int  # this call's token (its error events: ``_Recorder.errors[call]``)
+    store_errors: int  # the cache's ``stats.errors``: every caller's failures, events or not
     state: State
     near_hits: int  # the cache's counters: exact for a cache with one caller (``solo``)
     stale_hits: int
@@ -73,6 +73,7 @@ class _Recorder:
         # get_or_set fails now and then (a source that is down), as fail-safe is for.
         self.solo = solo
         self.transitions = 0
+        self._lock = threading.Lock()  # probers of several shards may report at once
         self.errors: Counter[int] = Counter()
         self.records: list[Record] = []
         self.seq = itertools.count(1)
@@ -80,20 +81,25 @@ class _Recorder:
         cache.on("error", self._error)
 
     def _transition(self, event: object) -> None:
-        self.transitions += 1
+        with self._lock:
+            self.transitions += 1
 
     def _error(self, event: object) -> None:
-        self.errors[_caller()] += 1  # emitted on the failing call's own thread or task
+        with self._lock:  # emitted in the failing call's own context
+            self.errors[_CALL.get()] += 1
 
     def value(self) -> str:
         return f"{self.name}:{next(self.seq)}"
 
     def before(self) -> _Began:
+        call = next(_CALLS)
+        _CALL.set(call)
         return _Began(
             time.monotonic(),
             time.time(),
             self.transitions,
-            self.errors[_caller()],
+            call,
+            self.cache.stats.errors,
             self.cache.state,
             self.cache.stats.near_hits,
             self.cache.stats.stale_hits,
@@ -106,10 +112,17 @@ class _Recorder:
         if self.calls is not None:
             self.calls.value += 1  # (unlocked: a lost increment only blurs the progress line)
         steady = self.transitions == began.transitions and self.cache.state is began.state
-        contact = steady and began.state is State.READY and self.errors[_caller()] == began.errors
+        failed = self.errors.pop(began.call, 0) > 0  # this call met an error of its own
+        contact = steady and began.state is State.READY and not failed
         # Served by the fallback without a try at Redis: DEGRADED throughout, its breaker
-        # open. Any other write that Redis did not answer may have reached it: in doubt.
-        offline = steady and began.state is State.DEGRADED
+        # open, no failure counted (a write while the journal drains goes to Redis, and a
+        # timeout then makes no event). Any other write Redis did not answer may have
+        # reached it: in doubt.
+        offline = (
+            steady
+            and began.state is State.DEGRADED
+            and self.cache.stats.errors == began.store_errors
+        )
         source = ""
         if self.solo and self.cache.stats.stale_hits != began.stale_hits:
             source = "stale"
@@ -129,7 +142,9 @@ class _Recorder:
                     contact,
                     source=source if kind == "read" else "",
                     error=None if error is None else repr(error),
-                    ok=ok and error is None,
+                    # (a delete that found nothing answers False: acknowledged unless it
+                    # met an error, when it may not have been made)
+                    ok=(ok or (op == "delete" and not failed)) and error is None,
                     in_doubt=kind == "write" and not contact and not offline,
                 )
             )
@@ -172,7 +187,7 @@ def _plan(
         )
     if op == "delete":
         planned: list[Touch] = [("write", key, None, False)]
-        return op, lambda c: c.delete(key), planned, lambda _: [("write", key, None, True)]
+        return op, lambda c: c.delete(key), planned, lambda d: [("write", key, None, d)]
     if op == "touch":
         return op, lambda c: c.touch(key, 30.0), [], lambda _: [("other", key, None, True)]
     if op == "incr":
