@@ -48,12 +48,17 @@ class _Began:
     state: State
     near_hits: int  # the cache's counters: exact for a cache with one caller (``solo``)
     stale_hits: int
+    # A cluster cache: the slot map, each shard's state and state changes (None: the root's)
+    topology: Any = None
+    shards: dict[str | None, tuple[State, int]] | None = None
 
 
 class _Recorder:
     """Counts this cache's state changes, and its error events per caller: a call was
     answered by Redis when the cache was READY before and after it, its state did not
-    change meanwhile, and the call itself met no error."""
+    change meanwhile, and the call itself met no error. In a cluster the same holds of each
+    key's shard (and of the root): one primary away leaves the others' keys answered by
+    Redis, as they are."""
 
     def __init__(
         self,
@@ -73,6 +78,8 @@ class _Recorder:
         # get_or_set fails now and then (a source that is down), as fail-safe is for.
         self.solo = solo
         self.transitions = 0
+        self.by_shard: Counter[str | None] = Counter()  # state changes per shard
+        self.sharded = hasattr(cache._adapter, "shards")
         self._lock = threading.Lock()  # probers of several shards may report at once
         self.errors: Counter[int] = Counter()
         self.records: list[Record] = []
@@ -80,9 +87,10 @@ class _Recorder:
         cache.on("state", self._transition)
         cache.on("error", self._error)
 
-    def _transition(self, event: object) -> None:
+    def _transition(self, event: Any) -> None:
         with self._lock:
             self.transitions += 1
+            self.by_shard[event.shard] += 1
 
     def _error(self, event: object) -> None:
         with self._lock:  # emitted in the failing call's own context
@@ -90,6 +98,22 @@ class _Recorder:
 
     def value(self) -> str:
         return f"{self.name}:{next(self.seq)}"
+
+    def _topology(self) -> Any:
+        adapter: Any = self.cache._adapter
+        return adapter.topology
+
+    def _shards(self) -> dict[str | None, tuple[State, int]]:
+        """Each shard's state and state changes so far (None: the root's)."""
+        adapter: Any = self.cache._adapter
+        shards = {name: shard.machine.state for name, shard in adapter.shards.items()}
+        with self._lock:
+            changes = dict(self.by_shard)
+        seen: dict[str | None, tuple[State, int]] = {
+            None: (adapter.root.machine.state, changes.get(None, 0))
+        }
+        seen.update({name: (state, changes.get(name, 0)) for name, state in shards.items()})
+        return seen
 
     def before(self) -> _Began:
         call = next(_CALLS)
@@ -103,7 +127,26 @@ class _Recorder:
             self.cache.state,
             self.cache.stats.near_hits,
             self.cache.stats.stale_hits,
+            *((self._topology(), self._shards()) if self.sharded else ()),
         )
+
+    def _on_shard(self, began: _Began, key: str) -> tuple[State | None, bool]:
+        """The state ``key``'s shard (and the root) held throughout the call, or None if it
+        changed, or the key moved; and whether the cluster's map routed it at all."""
+        assert began.shards is not None
+        now = self._shards()
+        root = began.shards[None]
+        if now[None] != root:
+            return None, False
+        if root[0] is not State.READY or began.topology is None or key == "-":
+            return root[0], False  # the root serves (no map yet) or no key
+        full = self.cache._ops.keys.build(key)
+        owner = began.topology.owner(full)
+        topology = self._topology()
+        if not owner or topology is None or topology.owner(full) != owner:
+            return None, False
+        held = began.shards.get(owner)
+        return (held[0] if held is not None and now.get(owner) == held else None), True
 
     def after(
         self, began: _Began, op: str, touched: list[Touch], error: BaseException | None
@@ -113,22 +156,23 @@ class _Recorder:
             self.calls.value += 1  # (unlocked: a lost increment only blurs the progress line)
         steady = self.transitions == began.transitions and self.cache.state is began.state
         failed = self.errors.pop(began.call, 0) > 0  # this call met an error of its own
-        contact = steady and began.state is State.READY and not failed
-        # Served by the fallback without a try at Redis: DEGRADED throughout, its breaker
-        # open, no failure counted (a write while the journal drains goes to Redis, and a
-        # timeout then makes no event). Any other write Redis did not answer may have
-        # reached it: in doubt.
-        offline = (
-            steady
-            and began.state is State.DEGRADED
-            and self.cache.stats.errors == began.store_errors
-        )
+        uncounted = self.cache.stats.errors == began.store_errors
+        held: State | None = began.state if steady else None
         source = ""
         if self.solo and self.cache.stats.stale_hits != began.stale_hits:
             source = "stale"
         elif self.solo and self.cache.stats.near_hits != began.near_hits:
             source = "l1"  # (a get_many: some keys perhaps Redis's; checked as L1's, laxer)
         for kind, key, value, ok in touched or [("other", "-", None, True)]:
+            if self.sharded:
+                held, routed = self._on_shard(began, key)
+                held = held if routed or held is not State.READY else None
+            contact = held is State.READY and not failed
+            # Served by the fallback without a try at Redis: its breaker open throughout,
+            # no failure counted (a write while the journal drains goes to Redis, and a
+            # timeout then makes no event). Any other write Redis did not answer may have
+            # reached it: in doubt.
+            offline = held is State.DEGRADED and uncounted
             self.records.append(
                 Record(
                     self.name,
