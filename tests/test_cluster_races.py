@@ -92,11 +92,14 @@ def run_with_check_in_flight(
 def idle_prober(shard: Any) -> None:
     """Until ``shard``'s prober idles: no probe in flight (``next_probe_at`` is None while
     one is), none due; the test drives the probe."""
+    # An hour away, not infinity: the prober waits until then, and a wait of inf seconds
+    # raises OverflowError in its thread (CI, once).
+    later = time.monotonic() + 3600
     deadline = time.monotonic() + 10
-    while shard.machine.next_probe_at != float("inf"):
+    while shard.machine.next_probe_at != later:
         assert time.monotonic() < deadline
         if shard.machine.next_probe_at is not None:
-            shard.machine.next_probe_at = float("inf")
+            shard.machine.next_probe_at = later
         time.sleep(0.02)
 
 
