@@ -101,7 +101,10 @@ def test_events_and_health(redis_url: str) -> None:
         assert_type(report, Health)
         assert report.state is State.READY
         assert_type(report.last_error, str | None)
-        assert [(c.previous, c.current) for c in changes] == [(State.STARTING, State.READY)]
+        # The first connect starts at construction: on a loaded machine it can end before
+        # the handler is registered (CI, once), so the transition may not be seen.
+        seen = [(c.previous, c.current) for c in changes]
+        assert seen in ([], [(State.STARTING, State.READY)])
         assert errors == []
 
 
