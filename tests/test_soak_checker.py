@@ -205,3 +205,15 @@ def test_reading_a_value_before_its_write_began_breaks_rule_2() -> None:
     assert "before its write began" in violation.what
     # Overlapping calls are concurrent: the read may see the write.
     assert rules([read("b", "a:1", 0.0, 0.25), write("a", "a:1", 0.2, 0.3)]) == []
+
+
+def test_a_get_many_the_near_cache_answered_in_part_is_checked_for_rule_1_only() -> None:
+    """Seed 114 (cluster): a get_many took one key from the L1 and another from the
+    fallback (its shard away); judged as wholly L1's, the fallback's value was flagged."""
+    older, newer = write("a", "a:1", 0.0, 0.1, contact=False), write("b", "b:1", 0.2, 0.3)
+    partial = Record("a", "read", "get_many", "k", "a:1", 2.0, 2.01, source="l1-some")
+    assert rules([older, newer, partial], near_window=1.5) == []
+    wholly = Record("a", "read", "get_many", "k", "a:1", 2.0, 2.01, source="l1")
+    assert rules([older, newer, wholly], near_window=1.5) == [2]
+    own = write("a", "a:2", 0.4, 0.5, contact=False)  # its own write: rule 1 holds still
+    assert rules([older, own, partial], near_window=1.5) == [1]

@@ -18,7 +18,8 @@ class Record:
     ``contact``: the call was answered by Redis (the cache READY before and after it, and
     no state or error event meanwhile): only such a call can be a write acknowledged from
     Redis, or a process's contact with Redis after a write.
-    ``source``: "" (Redis or the fallback), "l1" (a near-cache hit), "stale" (fail-safe:
+    ``source``: "" (Redis or the fallback), "l1" (a near-cache hit), "l1-some" (a
+    ``get_many`` the near cache answered in part, which keys unknown), "stale" (fail-safe:
     a factory raised and ``get_or_set`` answered a stale value, as documented).
     ``error``: the exception that reached the caller, if one did (``repr``)."""
 

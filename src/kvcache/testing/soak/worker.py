@@ -161,8 +161,11 @@ class _Recorder:
         source = ""
         if self.solo and self.cache.stats.stale_hits != began.stale_hits:
             source = "stale"
-        elif self.solo and self.cache.stats.near_hits != began.near_hits:
-            source = "l1"  # (a get_many: some keys perhaps Redis's; checked as L1's, laxer)
+        elif self.solo and (hits := self.cache.stats.near_hits - began.near_hits):
+            # A get_many counts a hit per key the L1 answered: all of them, or some (which
+            # ones is unknown; the rest came from Redis or, its shard away, the fallback)
+            reads = sum(kind == "read" for kind, *_ in touched)
+            source = "l1" if hits >= reads else "l1-some"
         for kind, key, value, ok in touched or [("other", "-", None, True)]:
             if self.sharded:
                 held, routed = self._on_shard(began, key)
