@@ -67,11 +67,12 @@ class _Recorder:
         keyspace: str = "",
         solo: bool = False,
         ttls: tuple[float | None, ...] = (None, 30.0, 2.0),
+        calls: Any = None,
     ) -> None:
         self.name = name
         self.cache = cache
         self.ttls = ttls  # what its writes draw from
-        self.calls: Any = None  # this process's call counter, shared with the runner
+        self.calls = calls  # this process's call counter, shared with the runner (or None)
         self.keyspace = keyspace  # before each key in the records: one namespace per group
         # One caller: a change of the near-hit or stale-hit counter during a call is its
         # own, so its answer's source is known ("l1", "stale"); the factory of its
@@ -130,11 +131,13 @@ class _Recorder:
             *((self._topology(), self._shards()) if self.sharded else ()),
         )
 
-    def _on_shard(self, began: _Began, key: str) -> tuple[State | None, bool]:
+    def _on_shard(
+        self, began: _Began, now: dict[str | None, tuple[State, int]], topology: Any, key: str
+    ) -> tuple[State | None, bool]:
         """The state ``key``'s shard (and the root) held throughout the call, or None if it
-        changed, or the key moved; and whether the cluster's map routed it at all."""
+        changed, or the key moved; and whether the cluster's map routed it at all. ``now``,
+        ``topology``: the shards and the map as the call ended."""
         assert began.shards is not None
-        now = self._shards()
         root = began.shards[None]
         if now[None] != root:
             return None, False
@@ -142,7 +145,6 @@ class _Recorder:
             return root[0], False  # the root serves (no map yet) or no key
         full = self.cache._ops.keys.build(key)
         owner = began.topology.owner(full)
-        topology = self._topology()
         if not owner or topology is None or topology.owner(full) != owner:
             return None, False
         held = began.shards.get(owner)
@@ -158,6 +160,8 @@ class _Recorder:
         failed = self.errors.pop(began.call, 0) > 0  # this call met an error of its own
         uncounted = self.cache.stats.errors == began.store_errors
         held: State | None = began.state if steady else None
+        if self.sharded:  # the shards and the map as the call ended, once for all its keys
+            now, topology = self._shards(), self._topology()
         source = ""
         if self.solo and self.cache.stats.stale_hits != began.stale_hits:
             source = "stale"
@@ -168,7 +172,7 @@ class _Recorder:
             source = "l1" if hits >= reads else "l1-some"
         for kind, key, value, ok in touched or [("other", "-", None, True)]:
             if self.sharded:
-                held, routed = self._on_shard(began, key)
+                held, routed = self._on_shard(began, now, topology, key)
                 held = held if routed or held is not State.READY else None
             contact = held is State.READY and not failed
             # Served by the fallback without a try at Redis: its breaker open throughout,
@@ -317,13 +321,14 @@ class _FallbackWatch:
                 if fallback is not None and fallback.max_bytes is not None:
                     self.over = max(self.over, fallback.size_bytes - fallback.max_bytes)
 
-    def __enter__(self) -> _FallbackWatch:
+    def start(self) -> _FallbackWatch:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        self.caches.clear()
 
 
 def _opened(
@@ -354,12 +359,11 @@ def main(
     threads_before, fds_before = threading.active_count(), _fds()
     rng = random.Random(f"{seed}:{index}")
     until = time.monotonic() + duration
-    watch = _FallbackWatch().__enter__()
+    watch = _FallbackWatch().start()
     sync = _opened(Cache, url, options, remap)
     watch.caches.append(sync)
     sync.connect(timeout=5)
-    sync_rec = _Recorder(f"p{index}.sync", sync)
-    sync_rec.calls = calls
+    sync_rec = _Recorder(f"p{index}.sync", sync, calls=calls)
     threads = [
         threading.Thread(target=_sync_thread, args=(sync_rec, random.Random(rng.random()), until))
         for _ in range(3)
@@ -376,8 +380,9 @@ def main(
         solo = _opened(Cache, url, {**options, **extra}, remap, f"{NAMESPACE}_{group}")
         solo.connect(timeout=5)
         watch.caches.append(solo)
-        solos.append(_Recorder(f"p{index}.{group}", solo, keyspace, solo=True, ttls=ttls))
-        solos[-1].calls = calls
+        solos.append(
+            _Recorder(f"p{index}.{group}", solo, keyspace, solo=True, ttls=ttls, calls=calls)
+        )
         args = (solos[-1], random.Random(rng.random()), until)
         threads.append(threading.Thread(target=_sync_thread, args=args))
     for thread in threads:
@@ -387,8 +392,7 @@ def main(
         cache = _opened(AsyncCache, url, options, remap)
         watch.caches.append(cache)
         await cache.connect(timeout=5)
-        rec = _Recorder(f"p{index}.async", cache)
-        rec.calls = calls
+        rec = _Recorder(f"p{index}.async", cache, calls=calls)
         await asyncio.gather(
             *(_async_task(rec, random.Random(rng.random()), until) for _ in range(8))
         )
@@ -398,8 +402,7 @@ def main(
     async_rec = asyncio.run(run_async())
     for thread in threads:
         thread.join()
-    watch.__exit__()
-    watch.caches.clear()
+    watch.stop()
     sync.close()
     for rec in solos:
         rec.cache.close()
