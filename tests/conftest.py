@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from kvcache import AsyncCache, Cache, MemoryStore, State
-from kvcache.codec import PLAIN
+from kvcache._core.codec import PLAIN
 from kvcache.settings import KVCacheSettings
 from kvcache.stores import open_async_store, open_store
 from kvcache.testing import RedisServerNotFound, find_redis_server

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from kvcache.cli import main
-from kvcache.demo import run
+from kvcache.cli.demo import run
 from kvcache.testing import ChaosProxy, RedisClusterServer, RedisServer, TLSFiles
 
 CHECKS = ["dns", "tcp", "tls", "auth", "mode", "latency", "cache"]

@@ -19,10 +19,10 @@ from conftest import (
     wait_near_ready,
 )
 from kvcache import Cache, State
+from kvcache._core.state import StateChange
+from kvcache._near.cache import stream_key
 from kvcache.errors import RedirectError
-from kvcache.nearcache import stream_key
 from kvcache.settings import KVCacheSettings
-from kvcache.state import StateChange
 from kvcache.stores import RedisStore, open_store
 from kvcache.testing import ChaosProxy
 from kvcache.testing.cluster import RedisClusterServer

@@ -16,12 +16,12 @@ import pytest
 
 from conftest import CLUSTER_INTERVAL, ready_cache
 from kvcache import Cache, State
-from kvcache.drivers import run
+from kvcache._cluster.slots import Topology
+from kvcache._core.drivers import run
 from kvcache.errors import KVCacheError
 from kvcache.settings import KVCacheSettings
 from kvcache.testing import ChaosProxy
 from kvcache.testing.cluster import RedisClusterServer
-from kvcache.topology import Topology
 from test_cluster_resharding import CHECK_GAP, PREFIX, keys_of, tags_on
 
 pytestmark = pytest.mark.redis

@@ -17,7 +17,7 @@ from kvcache import (
     SerializationError,
     Serializer,
 )
-from kvcache.codec import PLAIN, TIMED, ZLIB, Codec, fresh_until, is_stale, retime
+from kvcache._core.codec import PLAIN, TIMED, ZLIB, Codec, fresh_until, is_stale, retime
 
 KEY = b"0123456789abcdef-signing-key"
 

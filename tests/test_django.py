@@ -42,7 +42,7 @@ from django.urls import path
 from django.views.decorators.cache import cache_page
 
 from kvcache import State, ValueTooLargeError
-from kvcache.codec import PLAIN
+from kvcache._core.codec import PLAIN
 from kvcache.integrations.django import close_all
 from kvcache.testing import ChaosProxy, RedisServer
 

@@ -25,7 +25,7 @@ from kvcache import (
     KVCacheSettings,
     State,
 )
-from kvcache.codec import TIMED
+from kvcache._core.codec import TIMED
 from kvcache.stores import open_store
 from kvcache.testing import ChaosProxy
 

@@ -16,7 +16,7 @@ from flask_caching import Cache as FlaskCache
 
 from conftest import PAGE_BOUND, planted_pickle, slowest_page
 from kvcache import State, ValueTooLargeError
-from kvcache.codec import PLAIN
+from kvcache._core.codec import PLAIN
 from kvcache.errors import ConfigurationError
 from kvcache.testing import ChaosProxy, RedisServer
 

@@ -36,10 +36,10 @@ from botocore.signers import RequestSigner
 
 from conftest import Traffic, listener_has_read_all, ready_cache
 from kvcache import Cache, State
+from kvcache._near.cache import ALL, stream_key
 from kvcache.aws import TOKEN_LIFETIME, IAMCredentialProvider, sign_token
 from kvcache.cli import main
 from kvcache.errors import ConfigurationError
-from kvcache.nearcache import ALL, stream_key
 from kvcache.settings import KVCacheSettings
 from kvcache.stores import open_store
 from kvcache.testing import RedisClusterServer, RedisServer, TLSFiles

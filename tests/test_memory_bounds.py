@@ -22,7 +22,7 @@ from kvcache import (
     State,
     ValueTooLargeError,
 )
-from kvcache.codec import DEFAULT_MAX_VALUE_SIZE, PLAIN, ZLIB, Codec
+from kvcache._core.codec import DEFAULT_MAX_VALUE_SIZE, PLAIN, ZLIB, Codec
 from kvcache.stores.memory import ENTRY_OVERHEAD
 from kvcache.testing.cluster import RedisClusterServer
 

@@ -30,11 +30,11 @@ from kvcache import (
     StateChange,
     StoreError,
 )
-from kvcache.client import async_client
+from kvcache._redis.factory import async_client
+from kvcache._redis.store import _within
 from kvcache.errors import ConfigurationError
 from kvcache.serializers import serializer_named
 from kvcache.stores import AsyncRedisStore
-from kvcache.stores.redis import _within
 from kvcache.testing import RedisServer
 from kvcache.testing.server import free_port
 

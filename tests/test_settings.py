@@ -301,7 +301,7 @@ def test_async_cache_from_settings_runs() -> None:
 
 
 def test_a_call_never_gets_more_network_time_than_op_timeout() -> None:
-    from kvcache.client import async_client, sync_client
+    from kvcache._redis.factory import async_client, sync_client
 
     settings = KVCacheSettings(url="redis://127.0.0.1:1/0", op_timeout=0.25, connect_timeout=2.0)
     for client in (sync_client(settings), async_client(settings)):
@@ -378,7 +378,7 @@ def test_a_url_timeout_may_not_exceed_op_timeout(name: str) -> None:
 
 
 def test_a_shorter_url_timeout_is_kept(redis_url: str) -> None:
-    from kvcache.client import sync_client
+    from kvcache._redis.factory import sync_client
 
     settings = KVCacheSettings(url=with_query(redis_url, "socket_timeout=0.05"))
     assert sync_client(settings).connection_pool.connection_kwargs["socket_timeout"] == 0.05

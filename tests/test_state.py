@@ -25,13 +25,13 @@ from kvcache import (
     StateChange,
     StoreError,
 )
-from kvcache.adapter import ALL_KEYS, UNJOURNALED, Adapter
-from kvcache.drivers import arun, run
-from kvcache.events import Emitter
-from kvcache.journal import Journal
-from kvcache.keys import KeySpace
-from kvcache.state import StateMachine
-from kvcache.stats import Stats
+from kvcache._core.breaker import ALL_KEYS, UNJOURNALED, Adapter
+from kvcache._core.drivers import arun, run
+from kvcache._core.events import Emitter
+from kvcache._core.journal import Journal
+from kvcache._core.keys import KeySpace
+from kvcache._core.state import StateMachine
+from kvcache._core.stats import Stats
 
 DOWN = CacheUnavailableError("ConnectionError: refused")
 

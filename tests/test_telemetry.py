@@ -35,8 +35,8 @@ from kvcache import (
     State,
     telemetry,
 )
+from kvcache._redis.factory import connection_policy
 from kvcache.aws import CredentialsUnavailable, IAMCredentialProvider
-from kvcache.client import connection_policy
 from kvcache.stores import open_store
 from kvcache.testing import ChaosProxy, RedisClusterServer, RedisServer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis.crc import key_slot
 
-from kvcache.topology import SLOTS, RefreshSchedule, Topology, ask_commands, slot_groups
+from kvcache._cluster.slots import SLOTS, RefreshSchedule, Topology, ask_commands, slot_groups
 
 REPLY = [
     [0, 8191, [b"10.0.0.1", 7000, b"id1"], [b"10.0.0.2", 7001, b"id2"]],

@@ -2,10 +2,14 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .adapter import Health
-from .aio import AsyncCache
-from .cache import Cache
-from .errors import (
+from kvcache._core.breaker import Health
+from kvcache._core.events import ErrorEvent
+from kvcache._core.state import Policy, State, StateChange
+from kvcache._core.stats import Stats
+from kvcache._core.ttl import FOREVER
+from kvcache._shells.async_cache import AsyncCache
+from kvcache._shells.cache import Cache
+from kvcache.errors import (
     CacheClosedError,
     CacheUnavailableError,
     ConfigurationError,
@@ -19,13 +23,9 @@ from .errors import (
     StoreError,
     ValueTooLargeError,
 )
-from .events import ErrorEvent
-from .serializers import JsonSerializer, PickleSerializer, Serializer
-from .settings import KVCacheSettings
-from .state import Policy, State, StateChange
-from .stats import Stats
-from .stores import AsyncRedisStore, AsyncStore, MemoryStore, RedisStore, Store
-from .ttl import FOREVER
+from kvcache.serializers import JsonSerializer, PickleSerializer, Serializer
+from kvcache.settings import KVCacheSettings
+from kvcache.stores import AsyncRedisStore, AsyncStore, MemoryStore, RedisStore, Store
 
 try:
     __version__ = version("kvcache")

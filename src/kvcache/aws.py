@@ -10,7 +10,7 @@ The provider keeps one token and re-signs it in a background thread well before 
 (``refresh_margin``); a token within a minute of expiry is never handed out. Credentials are
 resolved (boto3's chain: environment, profile, IMDS, STS, …) once when the first token is
 signed and then only by that thread, never on a connection's path. ``invalidate()`` drops
-the token after the server refused it (see ``kvcache.client.auth``).
+the token after the server refused it (see ``kvcache._redis.auth``).
 
     provider = IAMCredentialProvider("elasticache", name="my-cache", user_id="app-user",
                                      region="eu-west-1")
@@ -32,8 +32,9 @@ from typing import Any, Literal, Protocol
 from redis.credentials import CredentialProvider
 from redis.exceptions import AuthenticationError
 
-from . import forksafe, telemetry
-from .errors import ConfigurationError
+from kvcache import _telemetry as telemetry
+from kvcache._core import forks as forksafe
+from kvcache.errors import ConfigurationError
 
 log = logging.getLogger("kvcache.aws")
 

@@ -13,7 +13,7 @@ import json
 import pickle
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import ConfigurationError, SerializationError
+from kvcache.errors import ConfigurationError, SerializationError
 
 
 @runtime_checkable

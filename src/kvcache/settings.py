@@ -30,20 +30,20 @@ from redis.connection import (
     parse_url,
 )
 
-from .codec import DEFAULT_COMPRESS_THRESHOLD, DEFAULT_MAX_VALUE_SIZE
-from .errors import ConfigurationError, ConfigurationWarning
-from .keys import DEFAULT_MAX_KEY_LENGTH
-from .nearcache import NearCacheConfig
-from .serializers import Serializer, serializer_named
-from .state import Policy
-from .stores.memory import (
+from kvcache._core.codec import DEFAULT_COMPRESS_THRESHOLD, DEFAULT_MAX_VALUE_SIZE
+from kvcache._core.keys import DEFAULT_MAX_KEY_LENGTH
+from kvcache._core.state import Policy
+from kvcache._core.ttl import MAX_TTL
+from kvcache._near.cache import NearCacheConfig
+from kvcache.errors import ConfigurationError, ConfigurationWarning
+from kvcache.serializers import Serializer, serializer_named
+from kvcache.stores.memory import (
     DEFAULT_FALLBACK_MAX_BYTES,
     DEFAULT_FALLBACK_MAXSIZE,
     DEFAULT_FALLBACK_TTL,
     DEFAULT_MAXSIZE,
     MemoryStore,
 )
-from .ttl import MAX_TTL
 
 URL_SCHEMES = ("redis", "rediss", "unix", "memory")
 MODES = ("auto", "cluster", "standalone")

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigurationError
+from kvcache.errors import ConfigurationError
 
 
 def sign_pickle_with_secret(

@@ -42,13 +42,13 @@ from django.core.cache.backends.base import (
 )
 from django.core.exceptions import ImproperlyConfigured
 
-from ..aio import AsyncCache
-from ..cache import Cache
-from ..drivers import Op, arun, run
-from ..errors import SerializationError
-from ..settings import KVCacheSettings
-from ..ttl import FOREVER, MAX_TTL
-from . import sign_pickle_with_secret
+from kvcache._core.drivers import Op, arun, run
+from kvcache._core.ttl import FOREVER, MAX_TTL
+from kvcache._shells.async_cache import AsyncCache
+from kvcache._shells.cache import Cache
+from kvcache.errors import SerializationError
+from kvcache.integrations import sign_pickle_with_secret
+from kvcache.settings import KVCacheSettings
 
 MAX_KEY_LENGTH = 64 * 1024  # Django sets no limit of its own (only memcached warnings)
 

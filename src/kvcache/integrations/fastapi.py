@@ -23,9 +23,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
-from ..aio import AsyncCache
-from ..settings import KVCacheSettings
-from ..state import State
+from kvcache._core.state import State
+from kvcache._shells.async_cache import AsyncCache
+from kvcache.settings import KVCacheSettings
 
 CONNECT_WAIT = 1.0  # seconds the app's start waits for Redis (then it serves from memory)
 SERVING = frozenset({State.READY, State.DEGRADED})  # DEGRADED still answers, from memory

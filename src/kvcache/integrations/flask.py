@@ -27,10 +27,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from flask import Flask
 from flask_caching.backends.base import BaseCache
 
-from ..cache import Cache
-from ..settings import KVCacheSettings
-from ..ttl import FOREVER
-from . import sign_pickle_with_secret
+from kvcache._core.ttl import FOREVER
+from kvcache._shells.cache import Cache
+from kvcache.integrations import sign_pickle_with_secret
+from kvcache.settings import KVCacheSettings
 
 CONNECT_WAIT = 1.0  # seconds the app's start waits for Redis (then it serves from memory)
 MAX_KEY_LENGTH = 64 * 1024  # view keys carry the request path; cachelib sets no limit

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .base import AsyncStore, Store
-from .cluster import AsyncRedisClusterStore, RedisClusterStore
-from .memory import MemoryStore
-from .redis import AsyncRedisStore, RedisStore, StreamReader
+from kvcache._cluster.store import AsyncRedisClusterStore, RedisClusterStore
+from kvcache._redis.store import AsyncRedisStore, RedisStore, StreamReader
+from kvcache.stores.base import AsyncStore, Store
+from kvcache.stores.memory import MemoryStore
 
 if TYPE_CHECKING:
     from redis.credentials import CredentialProvider
 
-    from ..settings import KVCacheSettings
+    from kvcache.settings import KVCacheSettings
 
 __all__ = [
     "AsyncRedisClusterStore",
@@ -55,7 +55,7 @@ def open_store(
     """The sync store the settings' URL names. No I/O: clients connect on first use.
     ``credential_provider``: what every connection authenticates with, instead of the
     URL's password or the IAM provider ``settings.iam`` describes."""
-    from ..client import connection_policy, seed_address, sync_client
+    from kvcache._redis.factory import connection_policy, seed_address, sync_client
 
     if settings.scheme == "memory":
         return MemoryStore(settings.memory_maxsize)
@@ -75,7 +75,7 @@ def open_async_store(
     settings: KVCacheSettings, *, credential_provider: CredentialProvider | None = None
 ) -> Store | AsyncStore | AsyncRedisClusterStore:
     """As ``open_store``, for ``AsyncCache``."""
-    from ..client import async_client, connection_policy, seed_address, sync_client
+    from kvcache._redis.factory import async_client, connection_policy, seed_address, sync_client
 
     if settings.scheme == "memory":
         return MemoryStore(settings.memory_maxsize)

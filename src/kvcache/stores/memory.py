@@ -21,9 +21,9 @@ from typing import ClassVar
 
 from cachetools import Cache, TLRUCache
 
-from .. import forksafe
-from ..codec import INT64_MAX, INT64_MIN
-from ..errors import NOT_A_COUNTER, ConfigurationError, InvalidValueError
+from kvcache._core import forks as forksafe
+from kvcache._core.codec import INT64_MAX, INT64_MIN
+from kvcache.errors import NOT_A_COUNTER, ConfigurationError, InvalidValueError
 
 DEFAULT_MAXSIZE = 10_000
 DEFAULT_FALLBACK_MAXSIZE = 10_000  # entries the fallback holds while Redis is away

@@ -23,8 +23,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .server import RedisServer
-from .tls import TLSFiles
+from kvcache.testing.server import RedisServer
+from kvcache.testing.tls import TLSFiles
 
 SLOTS = 16384
 NODE_TIMEOUT_MS = 1000  # how soon a dead primary is failed over

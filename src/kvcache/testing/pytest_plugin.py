@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from .chaos import ChaosProxy
-from .server import RedisServer
+from kvcache.testing.chaos import ChaosProxy
+from kvcache.testing.server import RedisServer
 
 
 @pytest.fixture(scope="session")

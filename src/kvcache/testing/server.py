@@ -23,7 +23,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .tls import TLSFiles
+from kvcache.testing.tls import TLSFiles
 
 START_TIMEOUT = 10.0  # seconds for the server to answer PING
 READY_LINE = "Ready to accept connections"  # redis-server's log, once it listens

@@ -5,7 +5,7 @@ every call's record is checked against the consistency model of docs/consistency
 ``Record`` (one operation as a worker saw it) and ``check`` (the rules, and the smallest
 sub-history that shows each violation) are the pure half; ``runner.run`` the whole soak."""
 
-from .checker import Violation, check
-from .history import Record
+from kvcache.testing.soak.checker import Violation, check
+from kvcache.testing.soak.history import Record
 
 __all__ = ["Record", "Violation", "check"]

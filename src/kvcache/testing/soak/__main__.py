@@ -1,5 +1,5 @@
 import sys
 
-from .runner import main
+from kvcache.testing.soak.runner import main
 
 sys.exit(main())

@@ -33,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from .history import Record
+from kvcache.testing.soak.history import Record
 
 _NEVER = math.inf
 DOUBT = 1.0  # seconds past its fault (or its call) a write in doubt may still land

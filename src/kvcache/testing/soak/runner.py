@@ -20,14 +20,14 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ...errors import ConfigurationError
-from ..chaos import ChaosProxy
-from ..cluster import RedisClusterServer
-from ..server import RedisServer
-from .checker import check
-from .history import Record
-from .worker import KEYS, NAMESPACE
-from .worker import main as worker_main
+from kvcache.errors import ConfigurationError
+from kvcache.testing.chaos import ChaosProxy
+from kvcache.testing.cluster import RedisClusterServer
+from kvcache.testing.server import RedisServer
+from kvcache.testing.soak.checker import check
+from kvcache.testing.soak.history import Record
+from kvcache.testing.soak.worker import KEYS, NAMESPACE
+from kvcache.testing.soak.worker import main as worker_main
 
 OP_TIMEOUT = 0.25
 MARGIN = 1.0  # seconds past twice op_timeout a call may take on a loaded 2-core machine

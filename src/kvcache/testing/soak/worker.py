@@ -17,8 +17,8 @@ from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ... import AsyncCache, Cache, State
-from .history import Record
+from kvcache import AsyncCache, Cache, State
+from kvcache.testing.soak.history import Record
 
 NAMESPACE = "soak"
 KEYS = [f"k{n}" for n in range(20)]

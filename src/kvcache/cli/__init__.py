@@ -14,13 +14,13 @@ import math
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .errors import ConfigurationError
+from kvcache import __version__
+from kvcache.errors import ConfigurationError
 
 
-def doctor(url: str | None, as_json: bool, samples: int) -> int:
-    from .doctor import diagnose
-    from .settings import KVCacheSettings
+def run_doctor(url: str | None, as_json: bool, samples: int) -> int:
+    from kvcache.cli.doctor import diagnose
+    from kvcache.settings import KVCacheSettings
 
     # The report says what the cache's own log lines would (a WARNING per failed connect).
     logger = logging.getLogger("kvcache")
@@ -85,11 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from .demo import main_args
+        from kvcache.cli.demo import main_args
 
         return main_args(args)
-    return doctor(args.url, args.json, args.samples)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_doctor(args.url, args.json, args.samples)

@@ -24,8 +24,8 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from . import forksafe
-from .errors import ConfigurationError
+from kvcache._core import forks as forksafe
+from kvcache.errors import ConfigurationError
 
 MISSING: Any = object()  # "no value" where None is a value (also the operations')
 ALL: Final = b"*"  # an entry's key list meaning "the whole namespace" (clear)

@@ -20,8 +20,8 @@ import struct
 import zlib
 from typing import Any
 
-from .errors import ConfigurationError, SerializationError, ValueTooLargeError
-from .serializers import JsonSerializer, Serializer
+from kvcache.errors import ConfigurationError, SerializationError, ValueTooLargeError
+from kvcache.serializers import JsonSerializer, Serializer
 
 PLAIN = b"\x00"
 ZLIB = b"\x01"

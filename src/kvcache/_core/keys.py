@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TypeVar
 
-from .errors import ConfigurationError, InvalidKeyError
+from kvcache.errors import ConfigurationError, InvalidKeyError
 
 Key = str | bytes
 K = TypeVar("K", bound=Key)  # the caller's key type: get_many(list[str]) -> dict[str, Any]

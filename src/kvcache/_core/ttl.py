@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from .errors import InvalidTTLError
+from kvcache.errors import InvalidTTLError
 
 
 class _Forever(float):

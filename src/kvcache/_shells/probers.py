@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, ClassVar
 
-from . import forksafe
-from .adapter import Adapter
-from .drivers import arun, run
-from .errors import ConfigurationError, KVCacheError
-from .nearcache import Feed
-from .sharding import ShardedAdapter
-from .state import State
+from kvcache._cluster.sharded import ShardedAdapter
+from kvcache._core import forks as forksafe
+from kvcache._core.breaker import Adapter
+from kvcache._core.drivers import arun, run
+from kvcache._core.state import State
+from kvcache._near.cache import Feed
+from kvcache.errors import ConfigurationError, KVCacheError
 
 log = logging.getLogger("kvcache.supervisor")
 

@@ -31,9 +31,14 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import forksafe, telemetry
-from .adapter import ALL_KEYS, UNJOURNALED, Adapter, Call, Health, Routed, Supervisor
-from .errors import (
+from kvcache import _telemetry as telemetry
+from kvcache._cluster.slots import RefreshSchedule, Topology, ask_commands, split_address
+from kvcache._core import forks as forksafe
+from kvcache._core.breaker import ALL_KEYS, UNJOURNALED, Adapter, Call, Health, Routed, Supervisor
+from kvcache._core.journal import Journal
+from kvcache._core.keys import KeySpace
+from kvcache._core.state import State, StateChange, StateMachine
+from kvcache.errors import (
     CacheClosedError,
     CacheUnavailableError,
     KVCacheError,
@@ -41,10 +46,6 @@ from .errors import (
     RedirectError,
     StoreError,
 )
-from .journal import Journal
-from .keys import KeySpace
-from .state import State, StateChange, StateMachine
-from .topology import RefreshSchedule, Topology, ask_commands, split_address
 
 log = logging.getLogger("kvcache.cluster")
 _READY = State.READY

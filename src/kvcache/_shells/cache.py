@@ -6,17 +6,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-from .drivers import run
-from .errors import CacheUnavailableError, StoreError
-from .facade import CacheBase
-from .keys import K, Key
-from .nearcache import MISSING
-from .ops import Stale, check_factory
-from .settings import KVCacheSettings
-from .singleflight import SingleFlight
-from .state import State
-from .stores import MemoryStore, RedisClusterStore, Store, open_store
-from .supervisor import READY_OR_CLOSED, ThreadSupervisor
+from kvcache._core.drivers import run
+from kvcache._core.keys import K, Key
+from kvcache._core.operations import Stale, check_factory
+from kvcache._core.state import State
+from kvcache._near.cache import MISSING
+from kvcache._shells.base import CacheBase
+from kvcache._shells.probers import READY_OR_CLOSED, ThreadSupervisor
+from kvcache._shells.singleflight import SingleFlight
+from kvcache.errors import CacheUnavailableError, StoreError
+from kvcache.settings import KVCacheSettings
+from kvcache.stores import MemoryStore, RedisClusterStore, Store, open_store
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable
 from typing import Literal
 
-from .errors import ConfigurationError
+from kvcache.errors import ConfigurationError
 
 Overflow = Literal["clear", "ignore"]
 

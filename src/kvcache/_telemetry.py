@@ -42,8 +42,8 @@ from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
 if TYPE_CHECKING:
-    from .adapter import Adapter
-    from .state import StateChange
+    from kvcache._core.breaker import Adapter
+    from kvcache._core.state import StateChange
 
 T = TypeVar("T")
 Op = Generator[tuple[Any, ...], Any, T]
@@ -189,7 +189,7 @@ def _sums(values: Iterable[tuple[tuple[tuple[str, str], ...], int]]) -> Iterator
 
 
 def _observe_states(options: CallbackOptions) -> Iterator[Observation]:
-    from .state import State
+    from kvcache._core.state import State
 
     def points() -> Iterator[tuple[tuple[tuple[str, str], ...], int]]:
         for adapter in list(_WATCHED):

@@ -12,10 +12,10 @@ import redis.retry
 from redis.backoff import NoBackoff
 from redis.credentials import CredentialProvider
 
-from ..errors import ConfigurationError
-from ..settings import KVCacheSettings
-from ..timeouts import command_timeout
-from .auth import ConnectionPolicy
+from kvcache._core.timeouts import command_timeout
+from kvcache._redis.auth import ConnectionPolicy
+from kvcache.errors import ConfigurationError
+from kvcache.settings import KVCacheSettings
 
 C = TypeVar("C", redis.Redis, redis.asyncio.Redis)
 
@@ -53,7 +53,7 @@ def connection_policy(
         return ConnectionPolicy(credential_provider, max_age)
     if not iam.enabled:
         return None
-    from ..aws import IAMCredentialProvider
+    from kvcache.aws import IAMCredentialProvider
 
     made = IAMCredentialProvider(
         iam.service,

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import ConfigurationError
+from kvcache.errors import ConfigurationError
 
 
 class State(enum.Enum):

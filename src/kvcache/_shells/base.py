@@ -7,28 +7,28 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-from .adapter import Adapter, Health
-from .codec import DEFAULT_COMPRESS_THRESHOLD, DEFAULT_MAX_VALUE_SIZE, Codec
-from .errors import ConfigurationError
-from .events import Emitter, Handler
-from .journal import Journal, Overflow
-from .keys import DEFAULT_MAX_KEY_LENGTH, KeySpace
-from .nearcache import Feed, NearCache, NearCacheConfig
-from .ops import Operations
-from .serializers import Serializer
-from .settings import KVCacheSettings
-from .sharding import ShardedAdapter
-from .state import Policy, State, StateChange
-from .stats import Stats
-from .stores import MemoryStore
-from .stores.memory import (
+from kvcache._cluster.sharded import ShardedAdapter
+from kvcache._core.breaker import Adapter, Health
+from kvcache._core.codec import DEFAULT_COMPRESS_THRESHOLD, DEFAULT_MAX_VALUE_SIZE, Codec
+from kvcache._core.events import Emitter, Handler
+from kvcache._core.journal import Journal, Overflow
+from kvcache._core.keys import DEFAULT_MAX_KEY_LENGTH, KeySpace
+from kvcache._core.operations import Operations
+from kvcache._core.state import Policy, State, StateChange
+from kvcache._core.stats import Stats
+from kvcache._core.ttl import FOREVER
+from kvcache._near.cache import Feed, NearCache, NearCacheConfig
+from kvcache._shells.probers import ListenerThread
+from kvcache._telemetry import Telemetry
+from kvcache.errors import ConfigurationError
+from kvcache.serializers import Serializer
+from kvcache.settings import KVCacheSettings
+from kvcache.stores import MemoryStore
+from kvcache.stores.memory import (
     DEFAULT_FALLBACK_MAX_BYTES,
     DEFAULT_FALLBACK_MAXSIZE,
     DEFAULT_FALLBACK_TTL,
 )
-from .supervisor import ListenerThread
-from .telemetry import Telemetry
-from .ttl import FOREVER
 
 S = TypeVar("S")
 Self = TypeVar("Self", bound="CacheBase[Any]")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigurationError
+from kvcache.errors import ConfigurationError
 
 log = logging.getLogger("kvcache.events")
 

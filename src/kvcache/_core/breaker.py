@@ -27,20 +27,21 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final, Protocol
 
-from . import forksafe, telemetry
-from .errors import (
+from kvcache import _telemetry as telemetry
+from kvcache._core import forks as forksafe
+from kvcache._core.events import Emitter
+from kvcache._core.journal import Journal
+from kvcache._core.keys import KeySpace
+from kvcache._core.state import Policy, State, StateChange, StateMachine
+from kvcache._core.stats import Stats
+from kvcache._telemetry import Telemetry
+from kvcache.errors import (
     BreakerOpenError,
     CacheClosedError,
     CacheUnavailableError,
     NoFreeConnectionError,
     StoreError,
 )
-from .events import Emitter
-from .journal import Journal
-from .keys import KeySpace
-from .state import Policy, State, StateChange, StateMachine
-from .stats import Stats
-from .telemetry import Telemetry
 
 log = logging.getLogger("kvcache.adapter")
 DEFAULT_OP_TIMEOUT: Final = 0.25  # seconds: a probeable store that names no bound of its own

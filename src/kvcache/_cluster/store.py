@@ -12,10 +12,10 @@ import threading
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-from .. import forksafe
-from ..errors import CacheUnavailableError, KVCacheError, RedirectError
-from ..topology import Remap, address, split_address
-from .redis import AsyncRedisStore, Closeable, RedisStore, StreamReader
+from kvcache._cluster.slots import Remap, address, split_address
+from kvcache._core import forks as forksafe
+from kvcache._redis.store import AsyncRedisStore, Closeable, RedisStore, StreamReader
+from kvcache.errors import CacheUnavailableError, KVCacheError, RedirectError
 
 N = TypeVar("N", RedisStore, AsyncRedisStore)
 ClusterMode = Literal["auto", "cluster"]

@@ -22,12 +22,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from .errors import KVCacheError
-from .events import ErrorEvent
-from .settings import KVCacheSettings, redact_url
-from .state import State
-from .telemetry import error_type
-from .topology import SLOTS
+from kvcache._cluster.slots import SLOTS
+from kvcache._core.events import ErrorEvent
+from kvcache._core.state import State
+from kvcache._telemetry import error_type
+from kvcache.errors import KVCacheError
+from kvcache.settings import KVCacheSettings, redact_url
 
 Status = Literal["ok", "warn", "fail", "skip"]
 MARKS: dict[str, str] = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "--"}
@@ -142,8 +142,7 @@ def _failure(exc: BaseException) -> str:
 
 
 def _network_checks(settings: KVCacheSettings, run: _Runner, samples: int) -> None:
-    from .client import connection_policy
-    from .client.factory import seed_address, sync_client
+    from kvcache._redis.factory import connection_policy, seed_address, sync_client
 
     timeout = settings.connect_timeout
     unix = settings.scheme == "unix"
@@ -366,7 +365,7 @@ def _spread_keys(namespace: str, marker: str, buckets: int = 16) -> list[str]:
 def _cache_verdict(settings: KVCacheSettings) -> Check:
     """What a Cache built from these settings says: its state after the first-connect
     phase, and a set/get/delete of one key of the doctor's own."""
-    from .cache import Cache
+    from kvcache._shells.cache import Cache
 
     with Cache.from_settings(settings.model_copy(update={"telemetry": False})) as cache:
         deadline = time.monotonic() + cache._adapter.first_connect_timeout + 0.5

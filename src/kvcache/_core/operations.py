@@ -14,21 +14,15 @@ import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
-from .adapter import ALL_KEYS, UNJOURNALED, Adapter
-from .codec import INT64_MAX, INT64_MIN, Codec, fresh_until, is_stale, retime
-from .errors import (
-    InvalidKeyError,
-    InvalidValueError,
-    KVCacheError,
-    SerializationError,
-    StoreError,
-)
-from .events import Emitter, ErrorEvent
-from .keys import K, Key, KeySpace
-from .nearcache import ALL, MISSING, NearCache
-from .sharding import ShardedAdapter
-from .stats import Stats
-from .telemetry import (
+from kvcache._cluster.sharded import ShardedAdapter
+from kvcache._core.breaker import ALL_KEYS, UNJOURNALED, Adapter
+from kvcache._core.codec import INT64_MAX, INT64_MIN, Codec, fresh_until, is_stale, retime
+from kvcache._core.events import Emitter, ErrorEvent
+from kvcache._core.keys import K, Key, KeySpace
+from kvcache._core.stats import Stats
+from kvcache._core.ttl import check_ttl, from_pttl, to_millis
+from kvcache._near.cache import ALL, MISSING, NearCache
+from kvcache._telemetry import (
     FALLBACK,
     FALLBACK_HIT,
     FALLBACK_MISS,
@@ -40,7 +34,13 @@ from .telemetry import (
     Outcome,
     Telemetry,
 )
-from .ttl import check_ttl, from_pttl, to_millis
+from kvcache.errors import (
+    InvalidKeyError,
+    InvalidValueError,
+    KVCacheError,
+    SerializationError,
+    StoreError,
+)
 
 log = logging.getLogger("kvcache.ops")
 

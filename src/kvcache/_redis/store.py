@@ -24,8 +24,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 from redis.retry import Retry
 
-from .. import forksafe
-from ..errors import (
+from kvcache._cluster.slots import replace_command, set_command, slot_groups, xadd_command
+from kvcache._core import forks as forksafe
+from kvcache._core.keys import scan_pattern
+from kvcache._core.timeouts import command_timeout, fits_a_call
+from kvcache.errors import (
     NOT_A_COUNTER,
     BreakerOpenError,
     CacheUnavailableError,
@@ -36,9 +39,6 @@ from ..errors import (
     RedirectError,
     StoreError,
 )
-from ..keys import scan_pattern
-from ..timeouts import command_timeout, fits_a_call
-from ..topology import replace_command, set_command, slot_groups, xadd_command
 
 T = TypeVar("T")
 log = logging.getLogger("kvcache.stores")

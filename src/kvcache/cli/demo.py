@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .cache import Cache
-from .settings import redact_url
-from .state import State
-from .testing import ChaosProxy, RedisServer, RedisServerNotFound
+from kvcache._core.state import State
+from kvcache._shells.cache import Cache
+from kvcache.settings import redact_url
+from kvcache.testing import ChaosProxy, RedisServer, RedisServerNotFound
 
 KEYS_PER_WORKER = 200
 WRITE_EVERY = 10  # one write per ten calls: a read-heavy web mix
@@ -182,7 +182,7 @@ def _progress(t: float, total: int, phase: str, width: int = 30) -> str:
 def _target(url: str | None, out: TextIO) -> Iterator[tuple[str, ChaosProxy | None]]:
     """The URL the cache uses, and the proxy in front of Redis (None: the memory store)."""
     if url:
-        from .client.factory import at_address
+        from kvcache._redis.factory import at_address
 
         if not url.lower().startswith("redis://"):
             raise SystemExit("kvcache demo --url takes a redis:// URL (the proxy cannot speak TLS)")
@@ -212,8 +212,8 @@ def _target(url: str | None, out: TextIO) -> Iterator[tuple[str, ChaosProxy | No
 
 
 def _host_port(url: str) -> tuple[str, int]:
-    from .client.factory import seed_address
-    from .settings import KVCacheSettings
+    from kvcache._redis.factory import seed_address
+    from kvcache.settings import KVCacheSettings
 
     return seed_address(KVCacheSettings(url=url))
 

@@ -16,7 +16,7 @@ from collections.abc import Generator
 from types import GeneratorType
 from typing import Any, TypeVar
 
-from .errors import KVCacheError
+from kvcache.errors import KVCacheError
 
 T = TypeVar("T")
 Op = Generator[tuple[Any, ...], Any, T]

@@ -7,17 +7,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar, overload
 
-from .drivers import arun
-from .errors import CacheUnavailableError, StoreError
-from .facade import CacheBase
-from .keys import K, Key
-from .nearcache import MISSING
-from .ops import Stale, check_factory
-from .settings import KVCacheSettings
-from .singleflight import AsyncSingleFlight
-from .state import State
-from .stores import AsyncRedisClusterStore, AsyncStore, MemoryStore, Store, open_async_store
-from .supervisor import READY_OR_CLOSED, TaskSupervisor
+from kvcache._core.drivers import arun
+from kvcache._core.keys import K, Key
+from kvcache._core.operations import Stale, check_factory
+from kvcache._core.state import State
+from kvcache._near.cache import MISSING
+from kvcache._shells.base import CacheBase
+from kvcache._shells.probers import READY_OR_CLOSED, TaskSupervisor
+from kvcache._shells.singleflight import AsyncSingleFlight
+from kvcache.errors import CacheUnavailableError, StoreError
+from kvcache.settings import KVCacheSettings
+from kvcache.stores import AsyncRedisClusterStore, AsyncStore, MemoryStore, Store, open_async_store
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ stores (which probe) use it without importing each other.
 
 from __future__ import annotations
 
-from .errors import SlowReplyError
+from kvcache.errors import SlowReplyError
 
 
 def command_timeout(op_timeout: float) -> float:
