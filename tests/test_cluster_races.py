@@ -16,7 +16,7 @@ import pytest
 
 from conftest import CLUSTER_INTERVAL, ready_cache
 from kvcache import Cache, State
-from kvcache._cluster.slots import Topology
+from kvcache._cluster.topology import Topology
 from kvcache._core.drivers import run
 from kvcache.errors import KVCacheError
 from kvcache.settings import KVCacheSettings

@@ -543,7 +543,7 @@ def test_a_redis_without_entries_added_disables_the_near_cache_once(
     def old_redis(fields: Any) -> int:  # what XINFO STREAM lacks before Redis 7.0
         raise ConfigurationError("the near cache needs Redis 7.0 or later (XINFO entries-added)")
 
-    monkeypatch.setattr("kvcache._redis.store._entries_added", old_redis)
+    monkeypatch.setattr("kvcache._redis.stream._entries_added", old_redis)
     with redis.Redis.from_url(redis_url) as client:
         client.xadd(stream_key(ns), {"n": "0"})
     before = threading.active_count()

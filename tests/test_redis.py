@@ -30,8 +30,8 @@ from kvcache import (
     StateChange,
     StoreError,
 )
+from kvcache._redis.async_store import _within
 from kvcache._redis.factory import async_client
-from kvcache._redis.store import _within
 from kvcache.errors import ConfigurationError
 from kvcache.serializers import serializer_named
 from kvcache.stores import AsyncRedisStore

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from redis.crc import key_slot
 
-from kvcache._cluster.slots import SLOTS, RefreshSchedule, Topology, ask_commands, slot_groups
+from kvcache._cluster.refresh import RefreshSchedule
+from kvcache._cluster.topology import Topology
+from kvcache._redis.commands import ask_commands
+from kvcache._redis.slots import SLOTS, slot_groups
 
 REPLY = [
     [0, 8191, [b"10.0.0.1", 7000, b"id1"], [b"10.0.0.2", 7001, b"id2"]],

@@ -32,12 +32,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from kvcache import _telemetry as telemetry
-from kvcache._cluster.slots import RefreshSchedule, Topology, ask_commands, split_address
+from kvcache._cluster.refresh import RefreshSchedule
+from kvcache._cluster.topology import Topology, split_address
 from kvcache._core import forks as forksafe
 from kvcache._core.breaker import ALL_KEYS, UNJOURNALED, Adapter, Call, Health, Routed, Supervisor
 from kvcache._core.journal import Journal
 from kvcache._core.keys import KeySpace
 from kvcache._core.state import State, StateChange, StateMachine
+from kvcache._redis.commands import ask_commands
 from kvcache.errors import (
     CacheClosedError,
     CacheUnavailableError,

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from kvcache._cluster.slots import SLOTS
 from kvcache._core.events import ErrorEvent
 from kvcache._core.state import State
+from kvcache._redis.slots import SLOTS
 from kvcache._telemetry import error_type
 from kvcache.errors import KVCacheError
 from kvcache.settings import KVCacheSettings, redact_url

@@ -9,7 +9,10 @@ exceptions: ``StoreError`` (``CacheUnavailableError`` when the backend cannot be
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from kvcache.errors import StoreError
 
 
 class Store(Protocol):
@@ -90,3 +93,17 @@ class AsyncStore(Protocol):
     async def clear(self, prefix: bytes) -> int: ...
 
     async def close(self) -> None: ...
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+class Breaker(Protocol):
+    """What the adapter offers a store: it hears of a failure to reach Redis before the
+    failed call frees its connection slot, and is asked after a wait for a slot (see
+    ``RedisStore``)."""
+
+    def admits(self) -> bool: ...
+
+    def trips(self, error: StoreError) -> bool: ...

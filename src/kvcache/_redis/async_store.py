@@ -1,0 +1,341 @@
+"""``AsyncRedisStore``: the asyncio store, one redis.asyncio client per event loop. What it
+shares with ``RedisStore`` (commands, error mapping, the probe) lives in the modules beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+
+from kvcache._core import forks as forksafe
+from kvcache._core.keys import scan_pattern
+from kvcache._redis.commands import (
+    UNLINK_BATCH,
+    merge_get_many,
+    one_unlink,
+    queue_asking,
+    queue_get_many,
+    queue_incr,
+    queue_set_many,
+    queue_unlink,
+    replace_command,
+    set_command,
+    xadd_command,
+)
+from kvcache._redis.errors import (
+    FAILURES,
+    breaker_opened,
+    cluster_disabled,
+    failure,
+    no_free_connection,
+    translate,
+)
+from kvcache._redis.probe import Probing, address_of, describe, step_timeout
+from kvcache._redis.slots import slot_groups
+from kvcache._redis.stream import StreamReader
+from kvcache.errors import ConfigurationError
+from kvcache.stores.base import Breaker, Closeable
+
+T = TypeVar("T")
+log = logging.getLogger("kvcache.stores")
+
+SCAN_COUNT = 1000  # keys per SCAN round trip
+DEFAULT_MAX_IN_FLIGHT = 64  # commands at once (per event loop for AsyncRedisStore)
+DEFAULT_WAIT_TIMEOUT = 0.25  # seconds to wait for a free slot
+
+
+async def _within(call: Coroutine[Any, Any, T], ceiling: float) -> T:
+    """``asyncio.wait_for(call, ceiling)``, except that an outcome nobody will await is
+    marked as seen: when the caller is cancelled (a probe at ``close()``) while the call
+    fails (its connection closed), wait_for leaves that exception in the task, and asyncio
+    prints "Task exception was never retrieved" when it is collected."""
+    task = asyncio.ensure_future(call)
+    task.add_done_callback(_seen)
+    return await asyncio.wait_for(task, ceiling)
+
+
+def _seen(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class AsyncRedisStore:
+    """The asyncio store. A redis.asyncio client belongs to the event loop it first ran on,
+    so this store asks ``connect()`` for one client per event loop: an app-wide cache then
+    keeps working under per-test loops, repeated ``asyncio.run`` calls, or one loop a thread.
+    Commands in flight are bounded per loop, as in ``RedisStore``."""
+
+    is_async: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        connect: Callable[[], redis.asyncio.Redis],
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+        connect_timeout: float | None = None,
+        *,
+        cluster: bool = False,
+        auth: Closeable | None = None,
+        reader: Callable[[float], StreamReader] | None = None,
+    ) -> None:
+        self._connect = connect
+        self._reader = reader  # the near cache listener's connections (stream_reader)
+        self.cluster = cluster  # see RedisStore
+        self._auth = auth  # see RedisStore
+        self._max_in_flight = max_in_flight
+        self._wait_timeout = wait_timeout
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._current: _LoopClient | None = None  # the last loop's, swapped as one reference
+        self._spare: redis.asyncio.Redis | None = connect()  # for the first loop; no I/O yet
+        self._described = describe(self._spare)
+        self.address = address_of(self._spare)
+        self._step = step_timeout(self._spare, connect_timeout)
+        self._probing = Probing(self._step, wait_timeout)
+        self.breaker: Breaker | None = None  # see RedisStore
+        self._lock = threading.Lock()  # loops in several threads may meet the store at once
+        forksafe.register(self)
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    @property
+    def probe_timeout(self) -> float:
+        return self._probing.timeout
+
+    @property
+    def op_timeout(self) -> float:
+        return self._wait_timeout  # see RedisStore
+
+    async def ping(self) -> None:
+        """As ``RedisStore.ping``, and all of it within ``Probing.ceiling``."""
+        probing = self._probing
+        connection = probing.connection(self._here().client.connection_pool)
+        command = probing.command(self.cluster)
+        try:
+            reply, took = await _within(self._ping_on(connection, *command), probing.ceiling)
+        except FAILURES as exc:
+            raise translate(exc) from exc
+        finally:
+            await connection.disconnect()
+        probing.verdict(command, reply, took)
+
+    @staticmethod
+    async def _ping_on(connection: Any, *command: Any) -> tuple[Any, float]:
+        """Connect (+ AUTH), then ``command``: its reply, and how long its round trip took."""
+        await connection.connect()
+        started = time.monotonic()
+        await connection.send_command(*command)
+        try:
+            reply = await connection.read_response()
+        except redis.exceptions.NoPermissionError as refused:  # (Probing.verdict says)
+            reply = refused
+        return reply, time.monotonic() - started
+
+    async def cluster_slots(self) -> Any:
+        """CLUSTER SLOTS on a fresh connection, within ``probe_timeout``; None when the
+        server is not in cluster mode."""
+        connection = self._probing.connection(self._here().client.connection_pool)
+        try:
+            reply, _ = await _within(
+                self._ping_on(connection, "CLUSTER", "SLOTS"), self._probing.ceiling
+            )
+            if isinstance(reply, redis.exceptions.NoPermissionError):
+                raise reply
+            return reply
+        except FAILURES as exc:
+            if cluster_disabled(exc):
+                return None
+            raise translate(exc) from exc
+        finally:
+            await connection.disconnect()
+
+    async def asking(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        here = self._here()
+        pipe = here.client.pipeline(transaction=False)
+        queue_asking(pipe, commands)
+        return list((await here.run(pipe.execute))[1::2])
+
+    async def reset(self) -> None:
+        """Close this loop's idle pooled connections: after an outage they may be half dead."""
+        await self._here().client.connection_pool.disconnect(inuse_connections=False)
+
+    def __repr__(self) -> str:
+        return f"AsyncRedisStore({self._described})"
+
+    def _here(self) -> _LoopClient:
+        loop = asyncio.get_running_loop()
+        current = self._current
+        if current is None or current.loop is not loop:
+            with self._lock:
+                current = self._clients.get(loop)
+                if current is None:
+                    client, self._spare = self._spare or self._connect(), None
+                    current = _LoopClient(loop, client, self, self._max_in_flight)
+                    self._clients[loop] = current
+            self._current = current
+        return current
+
+    async def get(self, key: bytes) -> bytes | None:
+        here = self._here()
+        return await here.run(here.client.get, key)
+
+    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        here = self._here()
+        groups = slot_groups(keys) if self.cluster else [keys]
+        if len(groups) == 1:
+            return await here.run(here.client.mget, keys)
+        pipe = here.client.pipeline(transaction=False)
+        queue_get_many(pipe, groups)
+        return merge_get_many(keys, groups, await here.run(pipe.execute))
+
+    async def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
+        here = self._here()
+        await here.run(here.client.execute_command, *set_command(key, value, ttl_ms))
+
+    async def get_with_ttl(self, key: bytes) -> tuple[bytes | None, int]:
+        here = self._here()
+        pipe = here.client.pipeline(transaction=False)
+        pipe.get(key).pttl(key)
+        value, pttl = await here.run(pipe.execute)
+        return value, int(pttl)
+
+    async def replace(self, key: bytes, old: bytes, new: bytes, ttl_ms: int | None) -> bool:
+        here = self._here()
+        command = replace_command(key, old, new, ttl_ms)
+        return bool(await here.run(here.client.execute_command, *command))
+
+    async def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None:
+        here = self._here()
+        await here.run(here.client.execute_command, *xadd_command(stream, fields, maxlen))
+
+    def stream_reader(self, block: float) -> StreamReader:
+        """The near cache listener's connection: a sync one (the listener is a thread, for
+        AsyncCache too), made by the ``reader`` factory ``open_async_store`` passes."""
+        if self._reader is None:
+            raise ConfigurationError(
+                "near_cache needs a store opened from settings (open_async_store), or a "
+                "reader factory"
+            )
+        return self._reader(block)
+
+    async def add(self, key: bytes, value: bytes, ttl_ms: int | None) -> bool:
+        here = self._here()
+        command = set_command(key, value, ttl_ms, nx=True)
+        return bool(await here.run(here.client.execute_command, *command))
+
+    async def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
+        here = self._here()
+        pipe = here.client.pipeline(transaction=False)
+        queue_set_many(pipe, items, ttl_ms, self.cluster)
+        await here.run(pipe.execute)
+
+    async def delete_many(self, keys: Sequence[bytes]) -> int:
+        here = self._here()
+        if one_unlink(keys, self.cluster):
+            return await here.run(here.client.unlink, *keys) if keys else 0
+        pipe = here.client.pipeline(transaction=False)
+        queue_unlink(pipe, keys, self.cluster)
+        return sum(await here.run(pipe.execute))
+
+    async def exists(self, key: bytes) -> bool:
+        here = self._here()
+        return await here.run(here.client.exists, key) == 1
+
+    async def incr(self, key: bytes, amount: int, ttl_ms: int | None) -> int:
+        here = self._here()
+        if ttl_ms is None:
+            return await here.run(here.client.incrby, key, amount)
+        pipe = here.client.pipeline(transaction=True)
+        queue_incr(pipe, key, amount, ttl_ms)
+        return (await here.run(pipe.execute))[1]
+
+    async def pttl(self, key: bytes) -> int:
+        here = self._here()
+        return await here.run(here.client.pttl, key)
+
+    async def expire(self, key: bytes, ttl_ms: int | None) -> bool:
+        here = self._here()
+        if ttl_ms is not None:
+            return bool(await here.run(here.client.pexpire, key, ttl_ms))
+        pipe = here.client.pipeline(transaction=False)
+        pipe.persist(key).exists(key)
+        return (await here.run(pipe.execute))[1] == 1
+
+    async def scan(self, prefix: bytes) -> AsyncIterator[bytes]:
+        here = self._here()
+        keys = here.client.scan_iter(match=scan_pattern(prefix), count=SCAN_COUNT)
+        while True:
+            key = await here.run(anext, keys, None)
+            if key is None:
+                return
+            yield key
+
+    async def clear(self, prefix: bytes) -> int:
+        removed = 0
+        batch: list[bytes] = []
+        async for key in self.scan(prefix):
+            batch.append(key)
+            if len(batch) == UNLINK_BATCH:
+                removed += await self.delete_many(batch)
+                batch = []
+        if batch:
+            removed += await self.delete_many(batch)
+        return removed
+
+    async def close(self) -> None:
+        """Close this loop's client; clients of loops that are gone go with their loops."""
+        current = self._clients.pop(asyncio.get_running_loop(), None)
+        if self._current is current:
+            self._current = None
+        if current is not None:
+            await current.client.aclose()
+        if self._auth is not None:
+            self._auth.close()
+
+
+class _LoopClient:
+    """One event loop's client, and the slots that bound its commands in flight."""
+
+    __slots__ = ("_slots", "_store", "client", "loop")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: redis.asyncio.Redis,
+        store: AsyncRedisStore,
+        max_in_flight: int,
+    ) -> None:
+        self.loop = loop
+        self.client: Any = client
+        self._store = store  # for its wait timeout and its admit check
+        self._slots = asyncio.Semaphore(max_in_flight)
+
+    async def run(self, command: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        if self._slots.locked():  # every slot busy: wait for one, bounded, then ask the breaker
+            wait = self._store._wait_timeout
+            try:
+                await asyncio.wait_for(self._slots.acquire(), wait)
+            except asyncio.TimeoutError:
+                raise no_free_connection(wait) from None
+            breaker = self._store.breaker
+            if breaker is not None and not breaker.admits():
+                self._slots.release()
+                raise breaker_opened()
+        else:
+            await self._slots.acquire()  # free: returns at once
+        try:
+            return await command(*args, **kwargs)
+        except FAILURES as exc:
+            raise failure(exc, self._store.breaker) from exc
+        finally:
+            self._slots.release()
