@@ -33,8 +33,8 @@ from kvcache import (
     KVCacheSettings,
     MemoryStore,
     State,
-    telemetry,
 )
+from kvcache import _telemetry as telemetry
 from kvcache._redis.factory import connection_policy
 from kvcache.aws import CredentialsUnavailable, IAMCredentialProvider
 from kvcache.stores import open_store

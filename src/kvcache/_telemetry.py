@@ -28,10 +28,9 @@ another context), so instrumented redis-py spans are their siblings, not their c
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -41,25 +40,14 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
+from kvcache._core import forks
+from kvcache._core.types import ERROR, OK, Op, Outcome
+
 if TYPE_CHECKING:
     from kvcache._core.breaker import Adapter
     from kvcache._core.state import StateChange
 
 T = TypeVar("T")
-Op = Generator[tuple[Any, ...], Any, T]
-
-# Outcomes.
-HIT: Final = "hit"
-MISS: Final = "miss"
-FALLBACK_HIT: Final = "fallback_hit"
-FALLBACK_MISS: Final = "fallback_miss"
-NEAR_HIT: Final = "near_hit"  # answered by the near cache (L1)
-STALE_HIT: Final = "stale_hit"  # get_or_set's factory failed: a stale value served (fail-safe)
-OK: Final = "ok"
-FALLBACK: Final = "fallback"
-ERROR: Final = "error"
-
-Outcome = str | BaseException  # an outcome, or the error a call ended with
 
 _meter = metrics.get_meter("kvcache")
 _tracer = trace.get_tracer("kvcache")
@@ -134,6 +122,7 @@ def _series(namespace: str, operation: str, outcome: str) -> _Series:
         return found
 
 
+@forks.at_fork
 def _after_fork_in_child() -> None:
     """A forked worker counts its own calls (it exports as a process of its own), and must
     not inherit a lock another thread of the parent held."""
@@ -141,10 +130,6 @@ def _after_fork_in_child() -> None:
     _SERIES_LOCK = threading.Lock()
     for series in _SERIES.values():
         series.count = 0
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _observe_operations(options: CallbackOptions) -> Iterator[Observation]:

@@ -33,7 +33,7 @@ from redis.credentials import CredentialProvider
 from redis.exceptions import AuthenticationError
 
 from kvcache import _telemetry as telemetry
-from kvcache._core import forks as forksafe
+from kvcache._core import forks
 from kvcache.errors import ConfigurationError
 
 log = logging.getLogger("kvcache.aws")
@@ -166,7 +166,7 @@ class IAMCredentialProvider(CredentialProvider):
         self._closed = False
         self._session_stale = False
         self._new_threading()
-        forksafe.register(self)
+        forks.register(self)
 
     def _new_threading(self) -> None:
         self._lock = threading.Lock()

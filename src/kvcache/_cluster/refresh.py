@@ -8,6 +8,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from kvcache._core.backoff import ceiling
+
 
 class RefreshSchedule:
     """When to check the topology: every ``interval`` seconds (±20 % jitter, so a fleet of
@@ -34,7 +36,7 @@ class RefreshSchedule:
         self.next_at = self._after(self.last)
         self.in_flight = False
         self.checks = 0
-        self._urgent_gap = 0.0  # the wait after the last urgent check (0: none in a row)
+        self._urgent = 0  # urgent checks in a row
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -59,10 +61,10 @@ class RefreshSchedule:
             self.in_flight = False
             self.last = self._clock()
             if urgent:
-                self._urgent_gap = min(self.interval, 2 * self._urgent_gap or self.min_gap)
-                self.next_at = self.last + self._urgent_gap
+                self.next_at = self.last + ceiling(self.min_gap, self.interval, self._urgent)
+                self._urgent += 1
             else:
-                self._urgent_gap = 0.0
+                self._urgent = 0
                 self.next_at = self._after(self.last)
 
     def soon(self) -> None:

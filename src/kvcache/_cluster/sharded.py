@@ -34,11 +34,12 @@ from typing import Any
 from kvcache import _telemetry as telemetry
 from kvcache._cluster.refresh import RefreshSchedule
 from kvcache._cluster.topology import Topology, split_address
-from kvcache._core import forks as forksafe
-from kvcache._core.breaker import ALL_KEYS, UNJOURNALED, Adapter, Call, Health, Routed, Supervisor
+from kvcache._core import forks
+from kvcache._core.breaker import ALL_KEYS, UNJOURNALED, Adapter, Health, Routed, Supervisor
 from kvcache._core.journal import Journal
 from kvcache._core.keys import KeySpace
 from kvcache._core.state import State, StateChange, StateMachine
+from kvcache._core.types import Call
 from kvcache._redis.commands import ask_commands
 from kvcache.errors import (
     CacheClosedError,
@@ -107,7 +108,7 @@ class ShardedAdapter:
         # hands its keys over by them too.
         self._installing: tuple[_Installing, ...] = ()
         self._lock = threading.Lock()
-        forksafe.register(self)
+        forks.register(self)
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()

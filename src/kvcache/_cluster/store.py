@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from kvcache._cluster.topology import Remap, address, split_address
-from kvcache._core import forks as forksafe
+from kvcache._core import forks
 from kvcache._redis.async_store import AsyncRedisStore
 from kvcache._redis.store import RedisStore
 from kvcache._redis.stream import StreamReader
@@ -52,7 +52,7 @@ class _ClusterStoreBase(Generic[N]):
         self._auth = auth
         self._nodes: dict[str, N] = {}
         self._lock = threading.Lock()
-        forksafe.register(self)
+        forks.register(self)
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()  # (a thread may have held it: the listener's node())
@@ -146,7 +146,7 @@ class ClusterStreamReader:
         self._reader: StreamReader | None = None
         self._closed = False
         self._lock = threading.Lock()  # close() comes from another thread
-        forksafe.register(self)
+        forks.register(self)
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()  # (the StreamReader drops its own connection)

@@ -28,12 +28,13 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final, Protocol
 
 from kvcache import _telemetry as telemetry
-from kvcache._core import forks as forksafe
+from kvcache._core import forks
 from kvcache._core.events import Emitter
 from kvcache._core.journal import Journal
 from kvcache._core.keys import KeySpace
 from kvcache._core.state import Policy, State, StateChange, StateMachine
 from kvcache._core.stats import Stats
+from kvcache._core.types import OK, Call, Outcome
 from kvcache._telemetry import Telemetry
 from kvcache.errors import (
     BreakerOpenError,
@@ -47,7 +48,6 @@ log = logging.getLogger("kvcache.adapter")
 DEFAULT_OP_TIMEOUT: Final = 0.25  # seconds: a probeable store that names no bound of its own
 _READY: Final = State.READY  # a module constant: the hot path's one comparison
 
-Call = tuple[Any, ...]  # (store, method name, *arguments)
 # returns (result, served offline?); for a cluster get_many that met a degraded shard, the
 # flag may be a list, one per key (sharding.py)
 Routed = Generator[Call, Any, tuple[Any, Any]]
@@ -165,7 +165,7 @@ class Adapter:
             if shard is not None:
                 self._probe_attributes["kvcache.shard"] = shard
             telemetry.watch(self)
-        forksafe.register(self)
+        forks.register(self)
 
     @property
     def state(self) -> State:
@@ -351,7 +351,7 @@ class Adapter:
             return
         traced = self._observed and telemetry.tracing()
         span = telemetry.start_span("probe", self._probe_attributes, root=True) if traced else None
-        outcome: telemetry.Outcome = telemetry.OK
+        outcome: Outcome = OK
         try:
             outcome = yield from self._probe()
         except BaseException as exc:
@@ -361,7 +361,7 @@ class Adapter:
             if span is not None:
                 telemetry.end_span(span, outcome)
 
-    def _probe(self) -> Generator[Call, Any, telemetry.Outcome]:
+    def _probe(self) -> Generator[Call, Any, Outcome]:
         """The probe begun: its outcome is OK, or the error it failed with."""
         machine = self.machine
         deleted = 0
@@ -371,7 +371,7 @@ class Adapter:
         try:
             yield (self.primary, "ping")
             if machine.closed():  # close() came while we waited: leave the store alone
-                return telemetry.OK
+                return OK
             yield (self.primary, "reset")  # pooled connections from before the outage go
             machine.start_draining()  # from now on writes go to Redis: the journal only shrinks
             while not machine.closed():
@@ -409,7 +409,7 @@ class Adapter:
             self.publish(replace(change, journal_applied=applied), deleted)
         elif self.supervisor is not None:  # calls waiting for the first attempt may go on
             self.supervisor.wake()
-        return failure or telemetry.OK
+        return failure or OK
 
     def _delete_on_primary(self, keys: list[bytes], clear_all: bool) -> Generator[Call, Any, int]:
         if clear_all:

@@ -12,14 +12,13 @@ propagates unless the operation handles it.
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from types import GeneratorType
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from kvcache._core.types import Op
 from kvcache.errors import KVCacheError
 
 T = TypeVar("T")
-Op = Generator[tuple[Any, ...], Any, T]
 
 
 def run(op: Op[T]) -> T:

@@ -3,14 +3,16 @@ forked child (gunicorn and celery prefork workers fork after the app built its c
 
 A lock another thread held at fork time stays held forever in the child, a prober thread
 does not exist there, and a connection slot taken by another thread is never given back.
-Each such object registers here and gets ``after_fork()`` called in the child. One hook for
-the process, a weak set of objects: registering costs no memory once an object is gone.
+Each such object registers here and gets ``after_fork()`` called in the child; a module's
+own state registers a function (``at_fork``). One hook for the process, a weak set of
+objects: registering costs no memory once an object is gone.
 """
 
 from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -19,13 +21,22 @@ class ForkAware(Protocol):
 
 
 _objects: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+_functions: list[Callable[[], None]] = []  # modules' hooks: they live as long as the process
 
 
 def register(obj: ForkAware) -> None:
     _objects.add(obj)
 
 
+def at_fork(function: Callable[[], None]) -> Callable[[], None]:
+    """Call ``function`` in every forked child (a decorator for module-level state)."""
+    _functions.append(function)
+    return function
+
+
 def _in_child() -> None:
+    for function in _functions:
+        function()
     for obj in list(_objects):
         obj.after_fork()
 

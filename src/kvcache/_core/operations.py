@@ -21,19 +21,22 @@ from kvcache._core.events import Emitter, ErrorEvent
 from kvcache._core.keys import K, Key, KeySpace
 from kvcache._core.stats import Stats
 from kvcache._core.ttl import check_ttl, from_pttl, to_millis
-from kvcache._near.cache import ALL, MISSING, NearCache
-from kvcache._telemetry import (
+from kvcache._core.types import (
     FALLBACK,
     FALLBACK_HIT,
     FALLBACK_MISS,
     HIT,
     MISS,
+    MISSING,
     NEAR_HIT,
     OK,
     STALE_HIT,
+    Call,
+    Op,
     Outcome,
-    Telemetry,
 )
+from kvcache._near.cache import ALL, NearCache
+from kvcache._telemetry import Telemetry
 from kvcache.errors import (
     InvalidKeyError,
     InvalidValueError,
@@ -46,8 +49,6 @@ log = logging.getLogger("kvcache.ops")
 
 T = TypeVar("T")
 P = ParamSpec("P")
-Call = tuple[Any, ...]  # (store, method name, *arguments)
-Op = Generator[Call, Any, T]
 Body = Generator[Call, Any, tuple[T, Outcome]]  # an operation's body: (value, outcome)
 BodyMethod = Callable[Concatenate["Operations", P], Body[T]]
 OpMethod = Callable[Concatenate["Operations", P], Op[T]]

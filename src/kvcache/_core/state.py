@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kvcache._core import backoff
 from kvcache.errors import ConfigurationError
 
 
@@ -46,8 +47,7 @@ class Policy:
 
     def delay(self, failures: int, jitter: float) -> float:
         """Seconds before the next probe after ``failures`` failed ones; ``jitter`` in [0, 1)."""
-        ceiling = min(self.retry_max, self.retry_base * 2.0 ** min(failures, 62))
-        return ceiling * (0.5 + jitter / 2)
+        return backoff.delay(self.retry_base, self.retry_max, failures, jitter)
 
 
 @dataclass(frozen=True, slots=True)

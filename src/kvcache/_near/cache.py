@@ -24,16 +24,14 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from kvcache._core import forks as forksafe
+from kvcache._core import forks
+from kvcache._core.types import MISSING, Call
 from kvcache.errors import ConfigurationError
 
-MISSING: Any = object()  # "no value" where None is a value (also the operations')
 ALL: Final = b"*"  # an entry's key list meaning "the whole namespace" (clear)
 STREAM_PREFIX: Final = "__kvcache_invalidations__:"  # outside every namespace: clear() spares it
 READ_COUNT: Final = 500  # entries per snapshot read
 MAX_PENDING: Final = 10_000  # unannounced keys kept; past it, the whole namespace is announced
-
-Call = tuple[Any, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +82,7 @@ class NearCache:
         self._pending: set[bytes] = set()  # written, but the stream has not been told yet
         self.on_pending: Callable[[], object] | None = None  # wakes the listener (a fork's)
         self._lock = threading.Lock()  # writers only: a dict get is atomic
-        forksafe.register(self)
+        forks.register(self)
 
     def after_fork(self) -> None:
         # The parent's listener does not exist here: bypass until this process's is ready.

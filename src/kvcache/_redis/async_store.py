@@ -15,7 +15,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.retry
 
-from kvcache._core import forks as forksafe
+from kvcache._core import forks
 from kvcache._core.keys import scan_pattern
 from kvcache._redis.commands import (
     UNLINK_BATCH,
@@ -103,7 +103,7 @@ class AsyncRedisStore:
         self._probing = Probing(self._step, wait_timeout)
         self.breaker: Breaker | None = None  # see RedisStore
         self._lock = threading.Lock()  # loops in several threads may meet the store at once
-        forksafe.register(self)
+        forks.register(self)
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()

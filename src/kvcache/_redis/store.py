@@ -13,7 +13,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.retry
 
-from kvcache._core import forks as forksafe
+from kvcache._core import forks
 from kvcache._core.keys import scan_pattern
 from kvcache._redis.commands import (
     batches,
@@ -82,7 +82,7 @@ class RedisStore:
         self.address = address_of(client)
         self._closed = False  # a call whose socket close() shut meets Redis "away"
         self._slots = self._new_slots()
-        forksafe.register(self)
+        forks.register(self)
 
     def _new_slots(self) -> queue.SimpleQueue[None]:
         # A queue of tokens as the semaphore: SimpleQueue is C code (0.25 µs a get/put pair),

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import redis
 
-from kvcache._core import forks as forksafe
+from kvcache._core import forks
 from kvcache._redis.commands import xadd_command
 from kvcache._redis.errors import FAILURES, translate
 from kvcache._redis.probe import probe_connection
@@ -45,7 +45,7 @@ class StreamReader:
         self._connection: Any = None
         self._closed = False
         self._lock = threading.Lock()  # close() may come from another thread
-        forksafe.register(self)
+        forks.register(self)
 
     def after_fork(self) -> None:
         # The parent's socket: never used (nor closed: shutdown would cut the parent's) here.

@@ -11,7 +11,7 @@ from kvcache._core.drivers import arun
 from kvcache._core.keys import K, Key
 from kvcache._core.operations import Stale, check_factory
 from kvcache._core.state import State
-from kvcache._near.cache import MISSING
+from kvcache._core.types import MISSING
 from kvcache._shells.base import CacheBase
 from kvcache._shells.probers import READY_OR_CLOSED, TaskSupervisor
 from kvcache._shells.singleflight import AsyncSingleFlight

@@ -18,7 +18,7 @@ from collections.abc import Callable, Generator
 from typing import Any, ClassVar
 
 from kvcache._cluster.sharded import ShardedAdapter
-from kvcache._core import forks as forksafe
+from kvcache._core import backoff, forks
 from kvcache._core.breaker import Adapter
 from kvcache._core.drivers import arun, run
 from kvcache._core.state import State
@@ -27,6 +27,7 @@ from kvcache.errors import ConfigurationError, KVCacheError
 
 log = logging.getLogger("kvcache.supervisor")
 
+RECONNECT_BASE = 0.05  # seconds: the listener's first wait after a failure
 READY_OR_CLOSED = frozenset({State.READY, State.CLOSED})
 
 
@@ -38,7 +39,7 @@ class ThreadSupervisor:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._changed = threading.Condition()
-        forksafe.register(self)
+        forks.register(self)
 
     def after_fork(self) -> None:
         # The parent's prober thread does not exist here; its locks may be held forever.
@@ -118,7 +119,7 @@ class TaskSupervisor:
         self._waiters: list[asyncio.Future[None]] = []
         self._jobs: set[asyncio.Task[Any]] = set()
         self._lock = threading.Lock()  # waiters may sit on loops in other threads
-        forksafe.register(self)
+        forks.register(self)
 
     def after_fork(self) -> None:
         self._task = None
@@ -235,7 +236,7 @@ class ListenerThread:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        forksafe.register(self)
+        forks.register(self)
 
     def after_fork(self) -> None:
         # The parent's thread does not exist here; the next get starts this process's own.
@@ -282,7 +283,7 @@ class ListenerThread:
                     level = logging.INFO if isinstance(exc, KVCacheError) else logging.ERROR
                     log.log(level, "kvcache: near cache listener failed (%r); reconnecting", exc)
                 failures += 1
-                ceiling = min(self._retry_max, 0.05 * 2 ** min(failures, 10))
-                self._stopped.wait(ceiling * (0.5 + random.random() / 2))
+                wait = backoff.delay(RECONNECT_BASE, self._retry_max, failures, random.random())
+                self._stopped.wait(wait)
             else:
                 failures = 0

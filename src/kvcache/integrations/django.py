@@ -42,8 +42,9 @@ from django.core.cache.backends.base import (
 )
 from django.core.exceptions import ImproperlyConfigured
 
-from kvcache._core.drivers import Op, arun, run
+from kvcache._core.drivers import arun, run
 from kvcache._core.ttl import FOREVER, MAX_TTL
+from kvcache._core.types import Op
 from kvcache._shells.async_cache import AsyncCache
 from kvcache._shells.cache import Cache
 from kvcache.errors import SerializationError

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from cachetools import Cache, TLRUCache
 
-from kvcache._core import forks as forksafe
+from kvcache._core import forks
 from kvcache._core.codec import INT64_MAX, INT64_MIN
 from kvcache.errors import NOT_A_COUNTER, ConfigurationError, InvalidValueError
 
@@ -77,7 +77,7 @@ class _Pool:
         self.lock = threading.Lock()
         self.views = itertools.count()
         self.tidy_at = -math.inf
-        forksafe.register(self)
+        forks.register(self)
 
     def tidy(self) -> None:
         """Drop expired entries (under the lock): cachetools does it on writes only, and
