@@ -28,7 +28,7 @@ from kvcache import (
     State,
 )
 from kvcache._near.cache import MISSING, Feed, NearCache, NearCacheConfig, stream_key
-from kvcache._shells.probers import ListenerThread
+from kvcache._near.listener import ListenerThread
 from kvcache.stores import open_store
 from kvcache.testing import ChaosProxy, RedisServer
 

@@ -177,7 +177,7 @@ def check_url(url: str, op_timeout: float) -> None:
 # other setting for a required argument of KVCacheSettings(...).
 class NearCacheSettings(BaseModel):
     """The near cache (``KVCACHE_NEAR_CACHE__ENABLED=true`` …): a per-process copy of values
-    read, evicted through a Redis Stream when any process writes (``nearcache.py``)."""
+    read, evicted through a Redis Stream when any process writes (``_near/cache.py``)."""
 
     model_config = ConfigDict(allow_inf_nan=False)
 

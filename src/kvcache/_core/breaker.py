@@ -1,8 +1,8 @@
 """The resilient adapter: routes every store call to Redis or to the in-memory fallback,
 opens the breaker, journals writes that bypass Redis, and recovers. Pure: it performs no
-I/O itself. Like the operations in ``ops.py`` it is written as generators that ``yield``
+I/O itself. Like the operations in ``operations.py`` it is written as generators that ``yield``
 store calls ``(store, method, *args)``; the sync and async shells (``drivers.py``,
-``supervisor.py``) carry them out. So the whole policy exists once for both.
+``_shells/probers.py``) carry them out. So the whole policy exists once for both.
 
 Contracts (see docs/architecture.md):
 - READY: the call goes to Redis. A failure to reach Redis (refused, reset, timed out, auth)
@@ -49,7 +49,7 @@ DEFAULT_OP_TIMEOUT: Final = 0.25  # seconds: a probeable store that names no bou
 _READY: Final = State.READY  # a module constant: the hot path's one comparison
 
 # returns (result, served offline?); for a cluster get_many that met a degraded shard, the
-# flag may be a list, one per key (sharding.py)
+# flag may be a list, one per key (_cluster/sharded.py)
 Routed = Generator[Call, Any, tuple[Any, Any]]
 # applies a journal taken on recovery, (keys, clear the namespace?), in Redis; returns the
 # number of keys deleted

@@ -53,7 +53,7 @@ Body = Generator[Call, Any, tuple[T, Outcome]]  # an operation's body: (value, o
 BodyMethod = Callable[Concatenate["Operations", P], Body[T]]
 OpMethod = Callable[Concatenate["Operations", P], Op[T]]
 
-# MISSING (nearcache.py): "no value" where None is a value
+# MISSING (_core/types.py): "no value" where None is a value
 
 
 def wall_ms() -> int:

@@ -1,6 +1,6 @@
 """The near cache: a per-process L1 of decoded values in front of Redis, kept honest by an
 invalidation stream per namespace. Pure: the listener (``Feed.listen``) is a generator that
-yields its Redis calls for a shell (``supervisor.ListenerThread``) to carry out.
+yields its Redis calls for a shell (``_near/listener.py``) to carry out.
 
 - Every write (set, add, incr, delete, clear, ...) evicts its keys here, before and after the
   Redis write, and XADDs them to the namespace's stream with this process's instance id.

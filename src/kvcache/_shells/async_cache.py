@@ -1,4 +1,4 @@
-"""``AsyncCache``: the asyncio Keyv-style facade. Same operations as ``Cache`` (``ops.py``)."""
+"""``AsyncCache``: the asyncio Keyv-style facade. Same operations as ``Cache`` (``_core/operations.py``)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from kvcache._core.state import Policy, State, StateChange
 from kvcache._core.stats import Stats
 from kvcache._core.ttl import FOREVER
 from kvcache._near.cache import Feed, NearCache, NearCacheConfig
-from kvcache._shells.probers import ListenerThread
+from kvcache._near.listener import ListenerThread
 from kvcache._telemetry import Telemetry
 from kvcache.errors import ConfigurationError
 from kvcache.serializers import Serializer
@@ -100,7 +100,7 @@ class CacheBase(Generic[S]):
         self._store = store
         keys = KeySpace(namespace, separator, max_key_length)
         signals = Telemetry(keys.namespace, store, enabled=telemetry)
-        # A cluster-aware store gets one breaker per primary (sharding.py).
+        # A cluster-aware store gets one breaker per primary (_cluster/sharded.py).
         adapter_class = ShardedAdapter if getattr(store, "sharded", False) else Adapter
         self._adapter = adapter = adapter_class(
             store,

@@ -1,6 +1,6 @@
 """The shells that run the adapter's prober: a daemon thread for ``Cache``, an asyncio task
-for ``AsyncCache``; and, last, the near cache listener's thread. They decide nothing: when
-to probe and what a probe does come from the pure core (``state.py``, ``adapter.py``). They
+for ``AsyncCache``. They decide nothing: when to probe and what a probe does come from the
+pure core (``_core/state.py``, ``_core/breaker.py``). They
 only sleep, run the probe, and wake waiters.
 
 A prober lives only while the cache is STARTING or DEGRADED, and ends once READY. If it dies
@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Generator
 from typing import Any, ClassVar
 
 from kvcache._cluster.sharded import ShardedAdapter
-from kvcache._core import backoff, forks
+from kvcache._core import forks
 from kvcache._core.breaker import Adapter
 from kvcache._core.drivers import arun, run
 from kvcache._core.state import State
-from kvcache._near.cache import Feed
-from kvcache.errors import ConfigurationError, KVCacheError
 
 log = logging.getLogger("kvcache.supervisor")
 
-RECONNECT_BASE = 0.05  # seconds: the listener's first wait after a failure
 READY_OR_CLOSED = frozenset({State.READY, State.CLOSED})
 
 
@@ -221,69 +217,3 @@ def _job_failed(adapter: Adapter | ShardedAdapter, exc: Exception) -> None:
     expected (DEBUG); anything else is a bug worth a WARNING, never a dead thread's trace."""
     closing = adapter.state is State.CLOSED
     log.log(logging.DEBUG if closing else logging.WARNING, "kvcache: background job: %r", exc)
-
-
-class ListenerThread:
-    """The near cache's listener shell: a daemon thread that runs ``Feed.listen`` (pure,
-    ``nearcache.py``), and after a failure reconnects on a jittered backoff (0.05 s up to
-    ``retry_max``). Until the feed is caught up again the near cache is bypassed. A forked
-    child starts its own on its first use of ``ensure_running``."""
-
-    def __init__(self, feed: Feed, retry_max: float = 1.0) -> None:
-        self._feed = feed
-        self._retry_max = retry_max
-        self._disabled = False  # Redis cannot do it (< 7.0): never restarted
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        forks.register(self)
-
-    def after_fork(self) -> None:
-        # The parent's thread does not exist here; the next get starts this process's own.
-        self._thread = None
-        self._lock = threading.Lock()
-        stopped, self._stopped = self._stopped.is_set(), threading.Event()
-        if stopped:
-            self._stopped.set()
-
-    def ensure_running(self) -> None:
-        thread = self._thread
-        if (thread is None or not thread.is_alive()) and not self._stopped.is_set():
-            if self._disabled:
-                return
-            with self._lock:
-                if self._thread is thread:
-                    self._thread = threading.Thread(
-                        target=self._loop, name="kvcache-near-listener", daemon=True
-                    )
-                    self._thread.start()
-
-    def stop(self, wait: float = 0.0) -> None:
-        """For good: the reader refuses to reconnect (a read in flight fails at once) and the
-        thread ends (``wait``: up to that many seconds for it)."""
-        self._stopped.set()
-        self._feed.reader.close(final=True)
-        thread = self._thread
-        if wait and thread is not None and thread is not threading.current_thread():
-            thread.join(wait)
-
-    def _loop(self) -> None:
-        failures = 0
-        while not self._stopped.is_set():
-            try:
-                run(self._feed.listen())
-            except ConfigurationError as exc:  # Redis cannot do it (< 7.0): stay bypassed
-                self._disabled = True
-                log.warning("kvcache: near cache disabled: %s", exc)
-                return
-            except Exception as exc:  # never die: the near cache would stay bypassed for good
-                if self._stopped.is_set():
-                    return
-                if failures == 0:
-                    level = logging.INFO if isinstance(exc, KVCacheError) else logging.ERROR
-                    log.log(level, "kvcache: near cache listener failed (%r); reconnecting", exc)
-                failures += 1
-                wait = backoff.delay(RECONNECT_BASE, self._retry_max, failures, random.random())
-                self._stopped.wait(wait)
-            else:
-                failures = 0
