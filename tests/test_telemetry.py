@@ -35,7 +35,7 @@ from kvcache import (
     State,
 )
 from kvcache import _telemetry as telemetry
-from kvcache._redis.factory import connection_policy
+from kvcache._redis.auth import connection_policy
 from kvcache.aws import CredentialsUnavailable, IAMCredentialProvider
 from kvcache.stores import open_store
 from kvcache.testing import ChaosProxy, RedisClusterServer, RedisServer

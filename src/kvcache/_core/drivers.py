@@ -1,7 +1,8 @@
 """The two drivers: the only code that carries out the calls the pure core yields.
 
-Operations (``_core/operations.py``) and the adapter (``breaker.py``) are generators that ``yield`` calls
-``(target, method, *args)`` and get each result sent back (or a ``KVCacheError`` thrown in).
+Operations (``operations.py``) and the adapter (``breaker.py``) are generators that
+``yield`` calls ``(target, method, *args)`` and get each result sent back (or a
+``KVCacheError`` thrown in).
 ``run`` performs them on sync targets; ``arun`` also awaits the targets that are async.
 A target may answer with a generator of its own (a sub-operation: the cluster router's
 routed calls), which the driver runs in place. Anything else a target raises (a cancelled

@@ -10,10 +10,9 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.retry
 from redis.backoff import NoBackoff
-from redis.credentials import CredentialProvider
 
 from kvcache._core.timeouts import command_timeout
-from kvcache._redis.auth import ConnectionPolicy
+from kvcache._redis.auth.policy import ConnectionPolicy
 from kvcache.errors import ConfigurationError
 from kvcache.settings import KVCacheSettings
 
@@ -36,35 +35,6 @@ def seed_address(settings: KVCacheSettings) -> tuple[str, int]:
         return parts.hostname or "127.0.0.1", parts.port or 6379
     except ValueError:
         raise ConfigurationError("url is not a valid Redis URL (bad port)") from None
-
-
-def connection_policy(
-    settings: KVCacheSettings, credential_provider: CredentialProvider | None = None
-) -> ConnectionPolicy | None:
-    """What every connection of one cache authenticates with: ``credential_provider`` if
-    given, else an IAM token provider when ``iam.enabled``; None for the URL's password."""
-    iam = settings.iam
-    max_age = iam.max_connection_age if iam.enabled else None
-    if credential_provider is not None:
-        if not iam.enabled and settings.url_credentials:  # (under IAM, redis_url has none)
-            raise ConfigurationError(
-                "with a credential_provider the URL must not carry credentials"
-            )
-        return ConnectionPolicy(credential_provider, max_age)
-    if not iam.enabled:
-        return None
-    from kvcache.aws import IAMCredentialProvider
-
-    made = IAMCredentialProvider(
-        iam.service,
-        name=iam.name or "",  # (the settings checked both are given)
-        user_id=iam.user_id or "",
-        region=iam.region,
-        serverless=iam.serverless,
-        refresh_margin=iam.refresh_margin,
-        telemetry=settings.telemetry,
-    )
-    return ConnectionPolicy(made, max_age, owned=True)
 
 
 def _from_url(
@@ -110,7 +80,7 @@ def sync_client(
     policy: ConnectionPolicy | None = None,
 ) -> redis.Redis:
     """A client for the URL's address, or for ``node`` (host, port) with the URL's options;
-    ``policy``: how its connections authenticate (one per cache, see ``connection_policy``)."""
+    ``policy``: how its connections authenticate (one per cache, see ``_redis/auth``)."""
     return _from_url(redis.Redis, redis.retry.Retry(NoBackoff(), 0), settings, node, policy)
 
 

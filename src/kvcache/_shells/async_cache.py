@@ -1,4 +1,5 @@
-"""``AsyncCache``: the asyncio Keyv-style facade. Same operations as ``Cache`` (``_core/operations.py``)."""
+"""``AsyncCache``: the asyncio Keyv-style facade. Same operations as ``Cache``
+(``_core/operations.py``)."""
 
 from __future__ import annotations
 

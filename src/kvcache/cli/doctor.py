@@ -142,7 +142,8 @@ def _failure(exc: BaseException) -> str:
 
 
 def _network_checks(settings: KVCacheSettings, run: _Runner, samples: int) -> None:
-    from kvcache._redis.factory import connection_policy, seed_address, sync_client
+    from kvcache._redis.auth import connection_policy
+    from kvcache._redis.factory import seed_address, sync_client
 
     timeout = settings.connect_timeout
     unix = settings.scheme == "unix"

@@ -57,7 +57,8 @@ def open_store(
     """The sync store the settings' URL names. No I/O: clients connect on first use.
     ``credential_provider``: what every connection authenticates with, instead of the
     URL's password or the IAM provider ``settings.iam`` describes."""
-    from kvcache._redis.factory import connection_policy, seed_address, sync_client
+    from kvcache._redis.auth import connection_policy
+    from kvcache._redis.factory import seed_address, sync_client
 
     if settings.scheme == "memory":
         return MemoryStore(settings.memory_maxsize)
@@ -77,7 +78,8 @@ def open_async_store(
     settings: KVCacheSettings, *, credential_provider: CredentialProvider | None = None
 ) -> Store | AsyncStore | AsyncRedisClusterStore:
     """As ``open_store``, for ``AsyncCache``."""
-    from kvcache._redis.factory import async_client, connection_policy, seed_address, sync_client
+    from kvcache._redis.auth import connection_policy
+    from kvcache._redis.factory import async_client, seed_address, sync_client
 
     if settings.scheme == "memory":
         return MemoryStore(settings.memory_maxsize)
