@@ -34,8 +34,8 @@ from kvcache._redis.async_store import _within
 from kvcache._redis.factory import async_client
 from kvcache.errors import ConfigurationError
 from kvcache.serializers import serializer_named
-from kvcache.stores import AsyncRedisStore
-from kvcache.testing import RedisServer
+from kvcache.stores import AsyncRedisStore, open_async_store
+from kvcache.testing import ChaosProxy, RedisServer, TLSFiles
 from kvcache.testing.server import free_port
 
 SECRET = "s3cret-pa55word-never-logged"
@@ -448,3 +448,33 @@ def test_a_probe_cancelled_while_its_connection_fails_leaves_no_unretrieved_exce
     asyncio.run(main())
     gc.collect()
     assert reported == []
+
+
+def test_idle_connections_that_do_not_close_in_time_do_not_fail_a_passed_probe(
+    tmp_path: Path,
+) -> None:
+    """After a probe passes, ``reset()`` drops the idle pooled connections. A close that does
+    not finish within its timeout (here a TLS close_notify that a partition never lets the
+    server answer; in the 600 s soak a loaded event loop) drops the connection all the same:
+    before, redis-py's TimeoutError failed the probe as an unexpected error, with a trace."""
+
+    with (
+        RedisServer(tls=TLSFiles.generate(str(tmp_path))) as server,
+        ChaosProxy("127.0.0.1", server.port) as proxy,
+    ):
+        url = server.url.replace(f":{server.port}/", f":{proxy.port}/")
+
+        async def main() -> None:
+            store = open_async_store(KVCacheSettings(url=url, op_timeout=0.2))
+            try:
+                await store.set(b"k", b"v", None)  # one pooled connection, idle now
+                proxy.blackhole()
+                started = time.monotonic()
+                await store.reset()
+                assert time.monotonic() - started < 2
+                proxy.up()
+                assert await store.get(b"k") == b"v"  # on a new connection
+            finally:
+                await store.close()
+
+        asyncio.run(main())
