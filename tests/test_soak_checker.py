@@ -217,3 +217,16 @@ def test_a_get_many_the_near_cache_answered_in_part_is_checked_for_rule_1_only()
     assert rules([older, newer, wholly], near_window=1.5) == [2]
     own = write("a", "a:2", 0.4, 0.5, contact=False)  # its own write: rule 1 holds still
     assert rules([older, own, partial], near_window=1.5) == [1]
+
+
+def test_a_record_travels_from_a_worker_to_the_runner_whole() -> None:
+    import json
+
+    from kvcache.testing.soak.history import from_row, to_row
+
+    sent = [
+        Record("p1.sync", "write", "set", "k", "p1.sync:3", 1.5, 1.7, 9.0, True, "", None, True),
+        Record("p2.near", "read", "get", "k", None, 2.0, 2.1, source="l1", error="boom", ok=False),
+    ]
+    received = [from_row(row) for row in json.loads(json.dumps([to_row(r) for r in sent]))]
+    assert received == sent

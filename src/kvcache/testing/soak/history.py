@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +70,16 @@ class Record:
             f"{self.client:<10} {self.op}({self.key!r}) {self.kind} {self.value!r}"
             + (f"  [{how}]" if how else "")
         )
+
+
+FIELDS = tuple(f.name for f in fields(Record))
+
+
+def to_row(record: Record) -> list[Any]:
+    """A record as a JSON row, its fields in order: ``dataclasses.asdict`` took 29 s for one
+    worker's 1.25 M records of a 600 s soak (it copies deeply), past the runner's wait."""
+    return [getattr(record, name) for name in FIELDS]
+
+
+def from_row(row: list[Any]) -> Record:
+    return Record(*row)

@@ -25,7 +25,7 @@ from kvcache.testing.chaos import ChaosProxy
 from kvcache.testing.cluster import RedisClusterServer
 from kvcache.testing.server import RedisServer
 from kvcache.testing.soak.checker import check
-from kvcache.testing.soak.history import Record
+from kvcache.testing.soak.history import Record, from_row
 from kvcache.testing.soak.worker import KEYS, NAMESPACE
 from kvcache.testing.soak.worker import main as worker_main
 
@@ -271,8 +271,11 @@ def run(
                     proxy.up()
             if stopped is not None:
                 print(f"soak: no more faults: {stopped}", flush=True)
-            for proc in procs:  # (one deadline for all: a worker that hangs is killed below)
-                proc.join(max(0.0, ends + 60 - time.monotonic()))
+            # One deadline for all (a worker that hangs is killed below), with time to write
+            # a long history: about 2 s a minute of soak per worker on 2 shared cores.
+            wrap_up = ends + 60 + duration / 10
+            for proc in procs:
+                proc.join(max(0.0, wrap_up - time.monotonic()))
             records: list[Record] = []
             leaks: list[str] = []
             for i, (proc, out) in enumerate(zip(procs, outs, strict=True)):
@@ -282,7 +285,7 @@ def run(
                     continue
                 with open(out) as file:
                     data = json.load(file)
-                records += [Record(**r) for r in data["records"]]
+                records += [from_row(row) for row in data["records"]]
                 leaks += [f"p{i}: {n} {what}" for what, n in data["leaks"].items() if n > 0]
         finally:  # nothing left behind, whatever failed: workers first, then each proxy
             for proc in procs:

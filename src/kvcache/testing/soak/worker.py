@@ -14,11 +14,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from kvcache import AsyncCache, Cache, State
-from kvcache.testing.soak.history import Record
+from kvcache.testing.soak.history import Record, to_row
 
 NAMESPACE = "soak"
 KEYS = [f"k{n}" for n in range(20)]
@@ -418,7 +418,7 @@ def main(
         json.dump(
             {
                 "records": [
-                    asdict(r) for rec in (sync_rec, async_rec, *solos) for r in rec.records
+                    to_row(r) for rec in (sync_rec, async_rec, *solos) for r in rec.records
                 ],
                 "leaks": leaks,
             },
