@@ -27,7 +27,7 @@ from kvcache import (
     RedisStore,
     State,
 )
-from kvcache.settings import redact_url
+from kvcache._redis.url import redact_url
 from kvcache.testing import RedisServer
 
 SECRET = "pa55-w0rd-in-url"

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from kvcache._core.state import State
+from kvcache._redis.url import redact_url
 from kvcache._shells.cache import Cache
-from kvcache.settings import redact_url
 from kvcache.testing import ChaosProxy, RedisServer, RedisServerNotFound
 
 KEYS_PER_WORKER = 200

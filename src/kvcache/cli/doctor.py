@@ -25,9 +25,10 @@ from typing import Any, Literal
 from kvcache._core.events import ErrorEvent
 from kvcache._core.state import State
 from kvcache._redis.slots import SLOTS
+from kvcache._redis.url import redact_url
 from kvcache._telemetry import error_type
 from kvcache.errors import KVCacheError
-from kvcache.settings import KVCacheSettings, redact_url
+from kvcache.settings import KVCacheSettings
 
 Status = Literal["ok", "warn", "fail", "skip"]
 MARKS: dict[str, str] = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "--"}
