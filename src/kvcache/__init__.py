@@ -1,6 +1,6 @@
 """kvcache: a Keyv-style cache for Python web apps that stays fast and correct when Redis is not."""
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
 from kvcache._core.breaker import Health
 from kvcache._core.events import ErrorEvent
@@ -28,8 +28,8 @@ from kvcache.settings import KVCacheSettings
 from kvcache.stores import AsyncRedisStore, AsyncStore, MemoryStore, RedisStore, Store
 
 try:
-    __version__ = version("kvcache")
-except PackageNotFoundError:  # running from a source tree
+    __version__ = _metadata.version("kvcache")
+except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [

@@ -2,6 +2,24 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "BreakerOpenError",
+    "CacheClosedError",
+    "CacheUnavailableError",
+    "ConfigurationError",
+    "ConfigurationWarning",
+    "InvalidKeyError",
+    "InvalidTTLError",
+    "InvalidValueError",
+    "KVCacheError",
+    "NoFreeConnectionError",
+    "RedirectError",
+    "SerializationError",
+    "SlowReplyError",
+    "StoreError",
+    "ValueTooLargeError",
+]
+
 
 class KVCacheError(Exception):
     """Base class of every kvcache exception."""

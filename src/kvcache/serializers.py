@@ -15,6 +15,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from kvcache.errors import ConfigurationError, SerializationError
 
+__all__ = [
+    "SERIALIZER_NAMES",
+    "JsonSerializer",
+    "PickleSerializer",
+    "Serializer",
+    "serializer_named",
+]
+
 
 @runtime_checkable
 class Serializer(Protocol):

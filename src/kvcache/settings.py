@@ -37,6 +37,14 @@ from kvcache.stores.memory import (
     MemoryStore,
 )
 
+__all__ = [
+    "IAMSettings",
+    "KVCacheSettings",
+    "Mode",
+    "NearCacheSettings",
+]
+
+
 URL_SCHEMES = ("redis", "rediss", "unix", "memory")
 MODES = ("auto", "cluster", "standalone")
 Mode = Literal["auto", "cluster", "standalone"]
