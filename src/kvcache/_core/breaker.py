@@ -83,6 +83,44 @@ class Supervisor(Protocol):
         """After close(): end the prober."""
 
 
+class ResilientAdapter(Protocol):
+    """What the operations and the shells drive: one breaker (``Adapter``), or one per
+    primary behind a router (``ShardedAdapter``). Written once here, instead of the union
+    of the two classes in every signature (and the core importing the cluster package)."""
+
+    namespace: str
+    stats: Stats
+    events: Emitter
+    throw_on_errors: bool
+
+    @property
+    def supervisor(self) -> Supervisor | None: ...
+
+    @supervisor.setter
+    def supervisor(self, supervisor: Supervisor) -> None: ...  # the shell attaches its own
+
+    @property
+    def machine(self) -> StateMachine: ...
+
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def probe_timeout(self) -> float: ...
+
+    def call(self, method: str, *args: Any, writes: Sequence[bytes] | None = None) -> Routed: ...
+
+    def trips(self, error: StoreError) -> bool: ...
+
+    def scan_store(self) -> Generator[Call, Any, Any]: ...
+
+    def probe(self) -> Generator[Call, Any, None]: ...
+
+    def close(self) -> None: ...
+
+    def health(self) -> Health: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Health:
     """What ``cache.health()`` answers."""

@@ -14,8 +14,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
-from kvcache._cluster.sharded import ShardedAdapter
-from kvcache._core.breaker import ALL_KEYS, UNJOURNALED, Adapter
+from kvcache._core.breaker import ALL_KEYS, UNJOURNALED, ResilientAdapter
 from kvcache._core.codec import INT64_MAX, INT64_MIN, Codec, fresh_until, is_stale, retime
 from kvcache._core.events import Emitter, ErrorEvent
 from kvcache._core.keys import K, Key, KeySpace
@@ -113,7 +112,7 @@ class Operations:
         self,
         keys: KeySpace,
         codec: Codec,
-        adapter: Adapter | ShardedAdapter,
+        adapter: ResilientAdapter,
         default_ttl: float | None = None,
         telemetry: Telemetry | None = None,
         near: NearCache | None = None,

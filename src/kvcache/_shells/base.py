@@ -8,7 +8,7 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from kvcache._cluster.sharded import ShardedAdapter
-from kvcache._core.breaker import Adapter, Health
+from kvcache._core.breaker import Adapter, Health, ResilientAdapter
 from kvcache._core.codec import DEFAULT_COMPRESS_THRESHOLD, DEFAULT_MAX_VALUE_SIZE, Codec
 from kvcache._core.events import Emitter, Handler
 from kvcache._core.journal import Journal, Overflow
@@ -52,7 +52,7 @@ def _flush_others_on_recovery(cache: weakref.ref[CacheBase[Any]]) -> Callable[[S
     return recovered
 
 
-def _stream_reader(store: Any, adapter: Adapter | ShardedAdapter, near: NearCache) -> Any:
+def _stream_reader(store: Any, adapter: ResilientAdapter, near: NearCache) -> Any:
     """The listener's connection: in cluster mode, to whichever primary serves the stream
     (the router's slot map says which)."""
     if isinstance(adapter, ShardedAdapter):

@@ -16,9 +16,8 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, ClassVar
 
-from kvcache._cluster.sharded import ShardedAdapter
 from kvcache._core import forks
-from kvcache._core.breaker import Adapter
+from kvcache._core.breaker import ResilientAdapter
 from kvcache._core.drivers import arun, run
 from kvcache._core.state import State
 
@@ -30,7 +29,7 @@ READY_OR_CLOSED = frozenset({State.READY, State.CLOSED})
 class ThreadSupervisor:
     is_async: ClassVar[bool] = False
 
-    def __init__(self, adapter: Adapter | ShardedAdapter) -> None:
+    def __init__(self, adapter: ResilientAdapter) -> None:
         self._adapter = adapter
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -109,7 +108,7 @@ class TaskSupervisor:
 
     is_async: ClassVar[bool] = True
 
-    def __init__(self, adapter: Adapter | ShardedAdapter) -> None:
+    def __init__(self, adapter: ResilientAdapter) -> None:
         self._adapter = adapter
         self._task: asyncio.Task[None] | None = None
         self._waiters: list[asyncio.Future[None]] = []
@@ -212,7 +211,7 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def _job_failed(adapter: Adapter | ShardedAdapter, exc: Exception) -> None:
+def _job_failed(adapter: ResilientAdapter, exc: Exception) -> None:
     """A background job (a topology check) failed unexpectedly: a close racing it is
     expected (DEBUG); anything else is a bug worth a WARNING, never a dead thread's trace."""
     closing = adapter.state is State.CLOSED
