@@ -32,7 +32,6 @@ DEFAULT_COMPRESS_THRESHOLD = 1024  # bytes; smaller values rarely shrink enough 
 DEFAULT_MAX_VALUE_SIZE = 16 * 1024 * 1024  # bytes of a serialized value, written or read
 _INFLATE_CHUNK = 1024 * 1024  # bytes inflated at a time: a bomb stops at the limit
 _INTEGER = re.compile(rb"-?[0-9]+")
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # Redis counters (INCRBY) are signed 64-bit
 
 
 class Codec:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from kvcache._core.breaker import ALL_KEYS, UNJOURNALED, ResilientAdapter
-from kvcache._core.codec import INT64_MAX, INT64_MIN, Codec, fresh_until, is_stale, retime
+from kvcache._core.codec import Codec, fresh_until, is_stale, retime
 from kvcache._core.events import Emitter, ErrorEvent
 from kvcache._core.keys import K, Key, KeySpace
 from kvcache._core.stats import Stats
@@ -25,6 +25,8 @@ from kvcache._core.types import (
     FALLBACK_HIT,
     FALLBACK_MISS,
     HIT,
+    INT64_MAX,
+    INT64_MIN,
     MISS,
     MISSING,
     NEAR_HIT,

@@ -16,6 +16,8 @@ Op = Generator[Call, Any, T]
 
 MISSING: Any = object()  # "no value" where None is a value
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # Redis counters (INCRBY) are signed 64-bit
+
 # Outcomes: what a call ended as (reads count one per key).
 HIT: Final = "hit"
 MISS: Final = "miss"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -14,7 +14,9 @@ from redis.backoff import NoBackoff
 from kvcache._core.timeouts import command_timeout
 from kvcache._redis.auth.policy import ConnectionPolicy
 from kvcache.errors import ConfigurationError
-from kvcache.settings import KVCacheSettings
+
+if TYPE_CHECKING:  # the settings import this package (url.py): a type only here
+    from kvcache.settings import KVCacheSettings
 
 C = TypeVar("C", redis.Redis, redis.asyncio.Redis)
 

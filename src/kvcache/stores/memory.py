@@ -22,7 +22,7 @@ from typing import ClassVar
 from cachetools import Cache, TLRUCache
 
 from kvcache._core import forks
-from kvcache._core.codec import INT64_MAX, INT64_MIN
+from kvcache._core.types import INT64_MAX, INT64_MIN
 from kvcache.errors import NOT_A_COUNTER, ConfigurationError, InvalidValueError
 
 DEFAULT_MAXSIZE = 10_000

@@ -5,12 +5,16 @@ connections (``policy.py``), and the IAM token provider for ElastiCache and Memo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from redis.credentials import CredentialProvider
 
 from kvcache._redis.auth.iam import IAMCredentialProvider
 from kvcache._redis.auth.policy import ConnectionPolicy
 from kvcache.errors import ConfigurationError
-from kvcache.settings import KVCacheSettings
+
+if TYPE_CHECKING:  # the settings import this package (url.py): a type only here
+    from kvcache.settings import KVCacheSettings
 
 
 def connection_policy(
