@@ -321,6 +321,22 @@ class Operations:
                 len(keys),
             )
 
+    def failed_write(
+        self,
+        operation: str,
+        error: BaseException,
+        key: Key | None,
+        value: T,
+        fulls: Sequence[bytes],
+    ) -> tuple[T, Outcome]:
+        """A write that failed, or whose caller was cancelled or interrupted, may have landed
+        all the same: its keys are unsure. A store's failure answers ``value`` (``failed``);
+        anything else goes on to the caller."""
+        self.unsure(fulls)
+        if isinstance(error, StoreError):
+            return self.failed(operation, error, key, value)
+        raise error
+
     def unsure(self, fulls: Sequence[bytes]) -> None:
         """A write failed: it may have landed all the same. Drop the local copies and have
         the listener announce the keys (a spurious eviction is harmless)."""
@@ -381,12 +397,8 @@ class Operations:
         writes = UNJOURNALED if fill else (full,)
         try:
             _, offline = yield from self.adapter.call("set", full, payload, ttl_ms, writes=writes)
-        except StoreError as exc:
-            self.unsure((full,))
-            return self.failed("set", exc, key, False)
-        except BaseException:  # cancelled, interrupted: it may have landed
-            self.unsure((full,))
-            raise
+        except BaseException as exc:  # it may have landed all the same
+            return self.failed_write("set", exc, key, False, (full,))
         self.stats.sets += 1
         if self.near is not None:
             yield from self.announce((full,), offline)
@@ -403,12 +415,8 @@ class Operations:
             added, offline = yield from self.adapter.call("add", full, payload, ttl_ms)
             if not added and not offline and self.stale_ms is not None:
                 added, offline = yield from self._add_over_stale(full, payload, ttl_ms)
-        except StoreError as exc:
-            self.unsure((full,))
-            return self.failed("add", exc, key, False)
-        except BaseException:  # cancelled, interrupted: it may have landed
-            self.unsure((full,))
-            raise
+        except BaseException as exc:  # it may have landed all the same
+            return self.failed_write("add", exc, key, False, (full,))
         if offline:
             return False, FALLBACK
         if added:
@@ -449,12 +457,8 @@ class Operations:
                     "set_many", items, kept_ms, writes=[full for full, _ in items]
                 )
                 offline = offline or away
-        except StoreError as exc:
-            self.unsure(written)
-            return self.failed("set_many", exc, None, False)
-        except BaseException:  # cancelled, interrupted: it may have landed
-            self.unsure(written)
-            raise
+        except BaseException as exc:  # it may have landed all the same
+            return self.failed_write("set_many", exc, None, False, written)
         self.stats.sets += len(written)
         if self.near is not None:
             yield from self.announce(written, offline)
@@ -468,12 +472,8 @@ class Operations:
         removed: int
         try:
             removed, offline = yield from self.adapter.call("delete_many", full, writes=full)
-        except StoreError as exc:
-            self.unsure(full)
-            return self.failed("delete_many", exc, None, 0)
-        except BaseException:  # cancelled, interrupted: it may have landed
-            self.unsure(full)
-            raise
+        except BaseException as exc:  # it may have landed all the same
+            return self.failed_write("delete_many", exc, None, 0, full)
         self.stats.deletes += removed
         if self.near is not None:
             yield from self.announce(full, offline)
@@ -485,12 +485,8 @@ class Operations:
         removed: int
         try:
             removed, offline = yield from self.adapter.call("delete_many", [full], writes=(full,))
-        except StoreError as exc:
-            self.unsure((full,))
-            return self.failed("delete", exc, key, False)
-        except BaseException:  # cancelled, interrupted: it may have landed
-            self.unsure((full,))
-            raise
+        except BaseException as exc:  # it may have landed all the same
+            return self.failed_write("delete", exc, key, False, (full,))
         self.stats.deletes += removed
         if self.near is not None:
             yield from self.announce((full,), offline)
@@ -525,12 +521,8 @@ class Operations:
             value, offline = yield from self.adapter.call(
                 "incr", full, amount, self.ttl_ms(None), writes=(full,)
             )
-        except StoreError as exc:
-            self.unsure((full,))
-            return self.failed("incr", exc, key, None)
-        except BaseException:  # cancelled, interrupted: it may have landed
-            self.unsure((full,))
-            raise
+        except BaseException as exc:  # it may have landed all the same
+            return self.failed_write("incr", exc, key, None, (full,))
         if self.near is not None:
             yield from self.announce((full,), offline)
         return value, FALLBACK if offline else OK
@@ -563,12 +555,8 @@ class Operations:
                 touched, offline = yield from self.adapter.call("expire", full, ttl_ms)
             else:
                 touched, offline = yield from self._touch_wrapped(full, ttl_ms, self.stale_ms)
-        except StoreError as exc:
-            self.unsure((full,))
-            return self.failed("touch", exc, key, False)
-        except BaseException:  # cancelled, interrupted: it may have landed
-            self.unsure((full,))
-            raise
+        except BaseException as exc:  # it may have landed all the same
+            return self.failed_write("touch", exc, key, False, (full,))
         if self.near is not None and touched:  # a copy may outlive the new TTL
             yield from self.announce((full,), offline)
         return touched, FALLBACK if offline else OK
@@ -597,12 +585,8 @@ class Operations:
             removed, offline = yield from self.adapter.call(
                 "clear", self.keys.prefix, writes=ALL_KEYS
             )
-        except StoreError as exc:
-            self.unsure((ALL,))
-            return self.failed("clear", exc, None, 0)
-        except BaseException:  # cancelled, interrupted: it may have landed
-            self.unsure((ALL,))
-            raise
+        except BaseException as exc:  # it may have landed all the same
+            return self.failed_write("clear", exc, None, 0, (ALL,))
         self.stats.deletes += removed
         if self.near is not None:
             yield from self.announce((ALL,), offline)
