@@ -72,11 +72,13 @@ class _Key:
             if record.contact and record.source != "l1":
                 contacts[record.client].append(record)
         self.contacts = {c: sorted(rs, key=lambda r: r.start) for c, rs in contacts.items()}
+        # Their starts, built once: per lookup, they made a 600 s soak's check quadratic.
+        self.contact_starts = {c: [r.start for r in rs] for c, rs in self.contacts.items()}
         self._suffix: dict[tuple[str, bool], list[_Newer]] = {}
 
     def first_contact_after(self, client: str, when: float) -> Record | None:
         calls = self.contacts.get(client, [])
-        i = bisect.bisect_right([c.start for c in calls], when)
+        i = bisect.bisect_right(self.contact_starts.get(client, []), when)
         return calls[i] if i < len(calls) else None
 
     def visible(self, write: Record, reader: str, l1: bool, window: float) -> _Seen:
