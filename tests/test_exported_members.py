@@ -19,6 +19,7 @@ PUBLIC_MODULES = [
     "kvcache.serializers",
     "kvcache.settings",
     "kvcache.stores",
+    "kvcache.stores.base",
     "kvcache.testing",
 ]
 

@@ -41,6 +41,7 @@ from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from kvcache._core import forks
+from kvcache._core.protocols import Located
 from kvcache._core.types import ERROR, OK, Op, Outcome
 
 if TYPE_CHECKING:
@@ -228,10 +229,10 @@ def token_signed(ok: bool) -> None:
 
 def server_attributes(store: Any) -> dict[str, str | int]:
     """Semantic-convention attributes of the Redis a store talks to ({} for others)."""
-    address = getattr(store, "address", None)  # (host or socket path, port or None, db)
+    address: Any = store.address if isinstance(store, Located) else None
     if not (isinstance(address, tuple) and len(address) == 3):  # not a Redis store of ours
         return {}
-    host, port, db = address
+    host, port, db = address  # (host or socket path, port or None, db)
     attributes: dict[str, str | int] = {
         "db.system.name": "redis",
         "server.address": host,

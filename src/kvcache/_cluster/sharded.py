@@ -39,6 +39,7 @@ from kvcache._core import forks
 from kvcache._core.breaker import UNJOURNALED, Adapter, Health, Routed, Supervisor
 from kvcache._core.journal import Journal
 from kvcache._core.keys import KeySpace
+from kvcache._core.protocols import Viewable
 from kvcache._core.state import State, StateChange, StateMachine
 from kvcache._core.types import Call
 from kvcache.errors import (
@@ -193,8 +194,9 @@ class ShardedAdapter(Routing, HandOver):
 
     def _fresh_fallback(self) -> Any | None:
         """Each shard its own fallback: one shard's recovery empties only its own."""
-        fresh = getattr(self._fallback, "fresh", None)
-        return fresh() if fresh is not None else self._fallback
+        if isinstance(self._fallback, Viewable):
+            return self._fallback.fresh()
+        return self._fallback
 
     def _shard_changed(self, change: StateChange) -> None:
         if change.current is State.DEGRADED:  # the node may have left: look soon

@@ -14,11 +14,11 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from kvcache._cluster.topology import Remap, address, split_address
 from kvcache._core import forks
+from kvcache._core.protocols import Closeable
 from kvcache._redis.async_store import AsyncRedisStore
 from kvcache._redis.store import RedisStore
 from kvcache._redis.stream import StreamReader
 from kvcache.errors import CacheUnavailableError, KVCacheError, RedirectError
-from kvcache.stores.base import Closeable
 
 N = TypeVar("N", RedisStore, AsyncRedisStore)
 ClusterMode = Literal["auto", "cluster"]

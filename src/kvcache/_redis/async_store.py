@@ -17,6 +17,7 @@ import redis.asyncio.retry
 
 from kvcache._core import forks
 from kvcache._core.keys import scan_pattern
+from kvcache._core.protocols import Breaker, Closeable
 from kvcache._redis.commands import (
     UNLINK_BATCH,
     merge_get_many,
@@ -42,7 +43,6 @@ from kvcache._redis.probe import Probing, address_of, describe, step_timeout
 from kvcache._redis.slots import slot_groups
 from kvcache._redis.stream import StreamReader
 from kvcache.errors import ConfigurationError
-from kvcache.stores.base import Breaker, Closeable
 
 T = TypeVar("T")
 log = logging.getLogger("kvcache.stores")

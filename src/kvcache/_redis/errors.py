@@ -9,6 +9,7 @@ import asyncio
 import redis
 from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 
+from kvcache._core.protocols import Breaker
 from kvcache.errors import (
     NOT_A_COUNTER,
     BreakerOpenError,
@@ -19,7 +20,6 @@ from kvcache.errors import (
     RedirectError,
     StoreError,
 )
-from kvcache.stores.base import Breaker
 
 FAILURES = (redis.RedisError, OSError, asyncio.TimeoutError)  # the last: Python 3.10
 # What means "Redis cannot serve us now", so the breaker opens. ClusterDownError (a reply,

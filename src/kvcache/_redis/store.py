@@ -15,6 +15,7 @@ import redis.asyncio.retry
 
 from kvcache._core import forks
 from kvcache._core.keys import scan_pattern
+from kvcache._core.protocols import Breaker, Closeable
 from kvcache._redis.commands import (
     batches,
     merge_get_many,
@@ -39,7 +40,6 @@ from kvcache._redis.errors import (
 from kvcache._redis.probe import Probing, address_of, describe, step_timeout
 from kvcache._redis.slots import slot_groups
 from kvcache._redis.stream import StreamReader
-from kvcache.stores.base import Breaker, Closeable
 
 T = TypeVar("T")
 log = logging.getLogger("kvcache.stores")

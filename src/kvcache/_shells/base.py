@@ -14,6 +14,7 @@ from kvcache._core.events import Emitter, Handler
 from kvcache._core.journal import Journal, Overflow
 from kvcache._core.keys import DEFAULT_MAX_KEY_LENGTH, KeySpace
 from kvcache._core.operations import Operations
+from kvcache._core.protocols import Sharded, Streaming
 from kvcache._core.state import Policy, State, StateChange
 from kvcache._core.stats import Stats
 from kvcache._core.ttl import FOREVER
@@ -101,7 +102,7 @@ class CacheBase(Generic[S]):
         keys = KeySpace(namespace, separator, max_key_length)
         signals = Telemetry(keys.namespace, store, enabled=telemetry)
         # A cluster-aware store gets one breaker per primary (_cluster/sharded.py).
-        adapter_class = ShardedAdapter if getattr(store, "sharded", False) else Adapter
+        adapter_class = ShardedAdapter if isinstance(store, Sharded) and store.sharded else Adapter
         self._adapter = adapter = adapter_class(
             store,
             fallback,
@@ -137,7 +138,7 @@ class CacheBase(Generic[S]):
     ) -> NearCache | None:
         if config is False:
             return None
-        if not callable(getattr(store, "stream_reader", None)):
+        if not isinstance(store, Streaming):
             raise ConfigurationError(f"near_cache needs a Redis store, not {store!r}")
         return NearCache(NearCacheConfig() if config is True else config, namespace)
 

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kvcache._cluster.store import AsyncRedisClusterStore, RedisClusterStore
+from kvcache._core.protocols import AsyncStore, Store
 from kvcache._redis.async_store import AsyncRedisStore
 from kvcache._redis.store import RedisStore
 from kvcache._redis.stream import StreamReader
-from kvcache.stores.base import AsyncStore, Store
 from kvcache.stores.memory import MemoryStore
 
 if TYPE_CHECKING:

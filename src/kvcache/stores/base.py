@@ -1,109 +1,29 @@
-"""The store boundary: what a cache needs from a backend, in full keys and encoded bytes.
+"""The store boundary: ``Store`` and ``AsyncStore`` (what a cache needs from a backend), the
+``Breaker`` a store may report to, and the optional capabilities a store may have. Defined
+in ``kvcache._core.protocols`` (see its docstring)."""
 
-Stores know nothing of namespaces' meaning, serializers or TTL defaults; the facade does that.
-TTLs arrive in whole milliseconds (``None`` = no expiry). A store raises only kvcache
-exceptions: ``StoreError`` (``CacheUnavailableError`` when the backend cannot be reached) or
-``InvalidValueError``. ``AsyncStore`` is the same contract with coroutines.
-"""
+from kvcache._core.protocols import (
+    AsyncStore,
+    Breaker,
+    Closeable,
+    Guarded,
+    Located,
+    Probeable,
+    Sharded,
+    Store,
+    Streaming,
+    Viewable,
+)
 
-from __future__ import annotations
-
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import TYPE_CHECKING, ClassVar, Protocol
-
-if TYPE_CHECKING:
-    from kvcache.errors import StoreError
-
-
-class Store(Protocol):
-    is_async: ClassVar[bool]  # False: every method returns at once, so async code may call it too
-
-    def get(self, key: bytes) -> bytes | None: ...
-
-    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
-
-    def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None: ...
-
-    def add(self, key: bytes, value: bytes, ttl_ms: int | None) -> bool:
-        """Set only if the key does not exist (SET NX); True if it was set."""
-        ...
-
-    def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None: ...
-
-    def delete_many(self, keys: Sequence[bytes]) -> int: ...
-
-    def exists(self, key: bytes) -> bool: ...
-
-    def incr(self, key: bytes, amount: int, ttl_ms: int | None) -> int:
-        """Add ``amount``; a new key starts at 0 with ``ttl_ms``, an existing one keeps its TTL."""
-        ...
-
-    def pttl(self, key: bytes) -> int:
-        """Milliseconds left, -1 when the key has no expiry, -2 when it does not exist."""
-        ...
-
-    def expire(self, key: bytes, ttl_ms: int | None) -> bool:
-        """Set (or with None remove) the expiry; False when the key does not exist."""
-        ...
-
-    def get_with_ttl(self, key: bytes) -> tuple[bytes | None, int]:
-        """The value and its PTTL, read together (near cache, fail-safe)."""
-        ...
-
-    def replace(self, key: bytes, old: bytes, new: bytes, ttl_ms: int | None) -> bool:
-        """Store ``new`` only if the key still holds ``old`` (atomic); True if it did."""
-        ...
-
-    def scan(self, prefix: bytes) -> Iterator[bytes]: ...
-
-    def clear(self, prefix: bytes) -> int: ...
-
-    def close(self) -> None: ...
-
-
-class AsyncStore(Protocol):
-    is_async: ClassVar[bool]  # True
-
-    async def get(self, key: bytes) -> bytes | None: ...
-
-    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
-
-    async def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None: ...
-
-    async def add(self, key: bytes, value: bytes, ttl_ms: int | None) -> bool: ...
-
-    async def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None: ...
-
-    async def delete_many(self, keys: Sequence[bytes]) -> int: ...
-
-    async def exists(self, key: bytes) -> bool: ...
-
-    async def incr(self, key: bytes, amount: int, ttl_ms: int | None) -> int: ...
-
-    async def pttl(self, key: bytes) -> int: ...
-
-    async def expire(self, key: bytes, ttl_ms: int | None) -> bool: ...
-
-    async def get_with_ttl(self, key: bytes) -> tuple[bytes | None, int]: ...
-
-    async def replace(self, key: bytes, old: bytes, new: bytes, ttl_ms: int | None) -> bool: ...
-
-    def scan(self, prefix: bytes) -> AsyncIterator[bytes]: ...
-
-    async def clear(self, prefix: bytes) -> int: ...
-
-    async def close(self) -> None: ...
-
-
-class Closeable(Protocol):
-    def close(self) -> None: ...
-
-
-class Breaker(Protocol):
-    """What the adapter offers a store: it hears of a failure to reach Redis before the
-    failed call frees its connection slot, and is asked after a wait for a slot (see
-    ``RedisStore``)."""
-
-    def admits(self) -> bool: ...
-
-    def trips(self, error: StoreError) -> bool: ...
+__all__ = [
+    "AsyncStore",
+    "Breaker",
+    "Closeable",
+    "Guarded",
+    "Located",
+    "Probeable",
+    "Sharded",
+    "Store",
+    "Streaming",
+    "Viewable",
+]
