@@ -41,6 +41,7 @@ from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from kvcache._core import forks
+from kvcache._core.instruments import error_type
 from kvcache._core.protocols import Located
 from kvcache._core.types import ERROR, OK, Op, Outcome
 
@@ -243,11 +244,6 @@ def server_attributes(store: Any) -> dict[str, str | int]:
     return attributes
 
 
-def error_type(error: BaseException) -> str:
-    """What failed, by class: redis-py's (TimeoutError…) behind kvcache's when there is one."""
-    return type(error.__cause__ or error).__name__
-
-
 def start_span(name: str, attributes: Mapping[str, str | int], *, root: bool = False) -> Span:
     """``root``: a span of its own trace (a probe: the async prober's task inherited the
     context of whichever call started it, which has long ended)."""
@@ -274,10 +270,11 @@ def end_span(span: Span, outcome: Outcome, batch: int = 0) -> None:
 
 
 class Telemetry:
-    """A cache's per-call signals: its tallies, its durations, its spans. ``enabled=False``
-    (``KVCACHE_TELEMETRY=false``) records nothing."""
+    """A cache's signals, the core's ``Instruments``: per call its tallies, durations and
+    spans; per breaker its state and journal gauges, probe spans and transitions.
+    ``enabled=False`` (``KVCACHE_TELEMETRY=false``) records nothing."""
 
-    __slots__ = ("_series", "_span_attributes", "enabled", "namespace", "server")
+    __slots__ = ("_probes", "_series", "_span_attributes", "enabled", "namespace", "server")
 
     def __init__(self, namespace: str, store: Any, *, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -285,6 +282,36 @@ class Telemetry:
         self.server = server_attributes(store)
         self._series: dict[str, dict[str, _Series]] = {}
         self._span_attributes: dict[str, dict[str, str | int]] = {}
+        # Each watched breaker's probe span attributes.
+        self._probes: weakref.WeakKeyDictionary[Any, dict[str, str | int]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def watch(self, adapter: Any, shard: str | None) -> None:
+        attributes: dict[str, str | int] = {
+            **server_attributes(adapter.primary),
+            "db.operation.name": "probe",
+            "kvcache.namespace": self.namespace,
+        }
+        if shard is not None:
+            attributes["kvcache.shard"] = shard
+        self._probes[adapter] = attributes
+        watch(adapter)
+
+    def unwatch(self, adapter: Any) -> None:
+        unwatch(adapter)
+
+    def start_probe(self, adapter: Any) -> Span | None:
+        if not tracing():
+            return None
+        return start_span("probe", self._probes.get(adapter, {}), root=True)
+
+    def end_probe(self, token: Span | None, outcome: Outcome) -> None:
+        if token is not None:
+            end_span(token, outcome)
+
+    def state_changed(self, change: StateChange) -> None:
+        state_changed(self.namespace, change)
 
     def observe(
         self,

@@ -27,16 +27,15 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final, Protocol
 
-from kvcache import _telemetry as telemetry
 from kvcache._core import forks
 from kvcache._core.events import Emitter
+from kvcache._core.instruments import Instruments, error_type
 from kvcache._core.journal import Journal
 from kvcache._core.keys import KeySpace
 from kvcache._core.protocols import Guarded, Probeable
 from kvcache._core.state import Policy, State, StateChange, StateMachine
 from kvcache._core.stats import Stats
 from kvcache._core.types import OK, Call, Outcome
-from kvcache._telemetry import Telemetry
 from kvcache.errors import (
     BreakerOpenError,
     CacheClosedError,
@@ -160,7 +159,7 @@ class Adapter:
         starting: bool = True,
         shard: str | None = None,
         on_change: Callable[[StateChange], object] | None = None,
-        signals: Telemetry | None = None,
+        signals: Instruments | None = None,
         recovery: Recovery | None = None,
     ) -> None:
         """``starting=False``: READY at once (a cluster shard, found in a topology just
@@ -193,17 +192,10 @@ class Adapter:
         self.supervisor: Supervisor | None = None  # attached by the facade's shell
         self._recovery = recovery or self._delete_on_primary
         self._probe_broken = False  # the last probe raised something unexpected (logged)
-        self._observed = signals is not None and signals.enabled
-        self._probe_attributes: dict[str, str | int] = {}
-        if self._observed and self.probeable:
-            self._probe_attributes = {
-                **telemetry.server_attributes(primary),
-                "db.operation.name": "probe",
-                "kvcache.namespace": self.namespace,
-            }
-            if shard is not None:
-                self._probe_attributes["kvcache.shard"] = shard
-            telemetry.watch(self)
+        # What observes this breaker (None: nothing does); it is told, never asked.
+        self._signals = signals if signals is not None and signals.enabled else None
+        if self._signals is not None and self.probeable:
+            self._signals.watch(self, shard)
         forks.register(self)
 
     @property
@@ -388,8 +380,8 @@ class Adapter:
         delete the journaled keys in Redis, turn READY, and empty the fallback."""
         if not self.machine.probe_started():
             return
-        traced = self._observed and telemetry.tracing()
-        span = telemetry.start_span("probe", self._probe_attributes, root=True) if traced else None
+        signals = self._signals
+        span = signals.start_probe(self) if signals is not None else None
         outcome: Outcome = OK
         try:
             outcome = yield from self._probe()
@@ -397,8 +389,8 @@ class Adapter:
             outcome = exc
             raise
         finally:
-            if span is not None:
-                telemetry.end_span(span, outcome)
+            if signals is not None:
+                signals.end_probe(span, outcome)
 
     def _probe(self) -> Generator[Call, Any, Outcome]:
         """The probe begun: its outcome is OK, or the error it failed with."""
@@ -463,7 +455,8 @@ class Adapter:
 
     def close(self) -> None:
         change = self.machine.close()
-        telemetry.unwatch(self)
+        if self._signals is not None:
+            self._signals.unwatch(self)
         if change is not None:
             self.publish(change)
 
@@ -479,7 +472,7 @@ class Adapter:
             "kvcache_previous": change.previous.value,
             "kvcache_shard": self.shard,
             "kvcache_store": where,
-            "kvcache_error": None if change.error is None else telemetry.error_type(change.error),
+            "kvcache_error": None if change.error is None else error_type(change.error),
             "kvcache_seconds": round(change.duration, 3),
         }
         if change.current is State.DEGRADED:
@@ -512,8 +505,8 @@ class Adapter:
             change = replace(change, shard=self.shard)
         if self._on_change is not None:
             self._on_change(change)
-        if self._observed:
-            telemetry.state_changed(self.namespace, change)
+        if self._signals is not None:
+            self._signals.state_changed(change)
         self.events.emit("state", change)
         if change.first_connect_failed:
             self.events.emit("connect_error", change)

@@ -17,6 +17,7 @@ from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 from kvcache._core.breaker import ALL_KEYS, UNJOURNALED, ResilientAdapter
 from kvcache._core.codec import Codec, fresh_until, is_stale, retime
 from kvcache._core.events import Emitter, ErrorEvent
+from kvcache._core.instruments import UNOBSERVED, Instruments
 from kvcache._core.keys import K, Key, KeySpace
 from kvcache._core.stats import Stats
 from kvcache._core.ttl import check_ttl, from_pttl, to_millis
@@ -37,7 +38,6 @@ from kvcache._core.types import (
     Outcome,
 )
 from kvcache._near.cache import ALL, NearCache
-from kvcache._telemetry import Telemetry
 from kvcache.errors import (
     InvalidKeyError,
     InvalidValueError,
@@ -116,7 +116,7 @@ class Operations:
         codec: Codec,
         adapter: ResilientAdapter,
         default_ttl: float | None = None,
-        telemetry: Telemetry | None = None,
+        telemetry: Instruments | None = None,
         near: NearCache | None = None,
         stale_ttl: float | None = None,
     ) -> None:
@@ -124,7 +124,7 @@ class Operations:
         self.codec = codec
         self.adapter = adapter
         self.near = near
-        self.telemetry = telemetry or Telemetry(keys.namespace, None, enabled=False)
+        self.telemetry = telemetry or UNOBSERVED
         self._default_ttl_ms = to_millis(check_ttl(default_ttl, "default_ttl"))
         # Fail-safe: values with a TTL are kept this much longer, wrapped with their logical
         # expiry; past it they are misses, except to get_or_set when its factory fails.

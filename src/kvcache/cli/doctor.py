@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from kvcache._core.events import ErrorEvent
+from kvcache._core.instruments import error_type
 from kvcache._core.state import State
 from kvcache._redis.slots import SLOTS
 from kvcache._redis.url import redact_url
-from kvcache._telemetry import error_type
 from kvcache.errors import KVCacheError
 from kvcache.settings import KVCacheSettings
 
