@@ -1,6 +1,6 @@
 """The resilient adapter: routes every store call to Redis or to the in-memory fallback,
 opens the breaker, journals writes that bypass Redis, and recovers. Pure: it performs no
-I/O itself. Like the operations in ``operations.py`` it is written as generators that ``yield``
+I/O itself. Like the operations (``operations/``) it is written as generators that ``yield``
 store calls ``(store, method, *args)``; the sync and async shells (``drivers.py``,
 ``_shells/probers.py``) carry them out. So the whole policy exists once for both.
 

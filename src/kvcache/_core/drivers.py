@@ -1,6 +1,6 @@
 """The two drivers: the only code that carries out the calls the pure core yields.
 
-Operations (``operations.py``) and the adapter (``breaker.py``) are generators that
+Operations (``operations/``) and the adapter (``breaker.py``) are generators that
 ``yield`` calls ``(target, method, *args)`` and get each result sent back (or a
 ``KVCacheError`` thrown in).
 ``run`` performs them on sync targets; ``arun`` also awaits the targets that are async.

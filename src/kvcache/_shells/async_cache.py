@@ -1,5 +1,5 @@
 """``AsyncCache``: the asyncio Keyv-style facade. Same operations as ``Cache``
-(``_core/operations.py``)."""
+(``_core/operations/``)."""
 
 from __future__ import annotations
 
