@@ -25,11 +25,12 @@ from kvcache import (
     StateChange,
     StoreError,
 )
-from kvcache._core.breaker import ALL_KEYS, UNJOURNALED, Adapter
+from kvcache._core.breaker import Adapter
 from kvcache._core.drivers import arun, run
 from kvcache._core.events import Emitter
 from kvcache._core.journal import Journal
 from kvcache._core.keys import KeySpace
+from kvcache._core.resilience import ALL_KEYS, UNJOURNALED
 from kvcache._core.state import StateMachine
 from kvcache._core.stats import Stats
 

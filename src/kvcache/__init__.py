@@ -2,8 +2,8 @@
 
 from importlib import metadata as _metadata
 
-from kvcache._core.breaker import Health
 from kvcache._core.events import ErrorEvent
+from kvcache._core.resilience import Health
 from kvcache._core.state import Policy, State, StateChange
 from kvcache._core.stats import Stats
 from kvcache._core.ttl import FOREVER

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from kvcache import _telemetry as telemetry
 from kvcache._cluster.refresh import RefreshSchedule
 from kvcache._cluster.topology import Topology, split_address
-from kvcache._core.breaker import ALL_KEYS, Adapter, Routed
+from kvcache._core.breaker import Adapter
+from kvcache._core.resilience import ALL_KEYS, Routed
 from kvcache._core.state import State
 from kvcache._core.types import Call
 from kvcache.errors import (

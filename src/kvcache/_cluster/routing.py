@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from kvcache._cluster.refresh import RefreshSchedule
 from kvcache._cluster.topology import Topology
-from kvcache._core.breaker import ALL_KEYS, UNJOURNALED, Adapter, Routed
+from kvcache._core.breaker import Adapter
+from kvcache._core.resilience import ALL_KEYS, UNJOURNALED, Routed
 from kvcache._core.state import State
 from kvcache._core.types import Call
 from kvcache._redis.commands import ask_commands

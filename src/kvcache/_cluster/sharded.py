@@ -36,10 +36,11 @@ from kvcache._cluster.routed import RootStore, ScanAll
 from kvcache._cluster.routing import MapChanged, Routing
 from kvcache._cluster.topology import Topology
 from kvcache._core import forks
-from kvcache._core.breaker import UNJOURNALED, Adapter, Health, Routed, Supervisor
+from kvcache._core.breaker import Adapter
 from kvcache._core.journal import Journal
 from kvcache._core.keys import KeySpace
 from kvcache._core.protocols import Viewable
+from kvcache._core.resilience import UNJOURNALED, Health, Routed, Supervisor
 from kvcache._core.state import State, StateChange, StateMachine
 from kvcache._core.types import Call
 from kvcache.errors import (

@@ -8,13 +8,14 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from kvcache._cluster.sharded import ShardedAdapter
-from kvcache._core.breaker import Adapter, Health, ResilientAdapter
+from kvcache._core.breaker import Adapter
 from kvcache._core.codec import DEFAULT_COMPRESS_THRESHOLD, DEFAULT_MAX_VALUE_SIZE, Codec
 from kvcache._core.events import Emitter, Handler
 from kvcache._core.journal import Journal, Overflow
 from kvcache._core.keys import DEFAULT_MAX_KEY_LENGTH, KeySpace
 from kvcache._core.operations import Operations
 from kvcache._core.protocols import Sharded, Streaming
+from kvcache._core.resilience import Health, ResilientAdapter
 from kvcache._core.state import Policy, State, StateChange
 from kvcache._core.stats import Stats
 from kvcache._core.ttl import FOREVER

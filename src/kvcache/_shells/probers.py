@@ -17,8 +17,8 @@ from collections.abc import Callable, Generator
 from typing import Any, ClassVar
 
 from kvcache._core import forks
-from kvcache._core.breaker import ResilientAdapter
 from kvcache._core.drivers import arun, run
+from kvcache._core.resilience import ResilientAdapter
 from kvcache._core.state import State
 
 log = logging.getLogger("kvcache.supervisor")

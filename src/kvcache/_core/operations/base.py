@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
-from kvcache._core.breaker import ResilientAdapter
 from kvcache._core.codec import Codec
 from kvcache._core.events import Emitter, ErrorEvent
 from kvcache._core.instruments import UNOBSERVED, Instruments
 from kvcache._core.keys import K, Key, KeySpace
+from kvcache._core.resilience import ResilientAdapter
 from kvcache._core.stats import Stats
 from kvcache._core.ttl import check_ttl, to_millis
 from kvcache._core.types import (

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kvcache._core.breaker import ALL_KEYS, UNJOURNALED
 from kvcache._core.codec import fresh_until, is_stale, retime
 from kvcache._core.keys import K, Key
 from kvcache._core.operations.base import Body, OperationsBase, check_amount, observed, wall_ms
+from kvcache._core.resilience import ALL_KEYS, UNJOURNALED
 from kvcache._core.types import (
     FALLBACK,
     OK,
