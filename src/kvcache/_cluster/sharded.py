@@ -69,8 +69,8 @@ class ShardedAdapter(Routing, HandOver):
         self.stats = options["stats"]
         self.events = options["events"]
         self.throw_on_errors = options.get("throw_on_errors", False)
-        signals = options.get("signals")
-        self._observed = signals is not None and signals.enabled
+        instruments = options.get("instruments")
+        self._observed = instruments is not None and instruments.enabled
         self._options = {"keys": keys, **options}
         self._fallback = fallback
         self._journal_bounds = (journal.maxsize, journal.overflow)

@@ -72,13 +72,13 @@ class Adapter:
         starting: bool = True,
         shard: str | None = None,
         on_change: Callable[[StateChange], object] | None = None,
-        signals: Instruments | None = None,
+        instruments: Instruments | None = None,
         recovery: Recovery | None = None,
     ) -> None:
         """``starting=False``: READY at once (a cluster shard, found in a topology just
         fetched). ``shard``: the primary this adapter is the breaker of, named in its state
         events. ``on_change``: told of each transition (the cluster router listens).
-        ``signals``: the cache's telemetry (state gauge, journal size, probe spans).
+        ``instruments``: the cache's telemetry (state gauge, journal size, probe spans).
         ``recovery``: applies the journal on recovery (a cluster shard's: where each key
         lives now); by default it is deleted on ``primary``."""
         self.primary = primary
@@ -106,9 +106,9 @@ class Adapter:
         self._recovery = recovery or self._delete_on_primary
         self._probe_broken = False  # the last probe raised something unexpected (logged)
         # What observes this breaker (None: nothing does); it is told, never asked.
-        self._signals = signals if signals is not None and signals.enabled else None
-        if self._signals is not None and self.probeable:
-            self._signals.watch(self, shard)
+        self._instruments = instruments if instruments is not None and instruments.enabled else None
+        if self._instruments is not None and self.probeable:
+            self._instruments.watch(self, shard)
         forks.register(self)
 
     @property
@@ -293,8 +293,8 @@ class Adapter:
         delete the journaled keys in Redis, turn READY, and empty the fallback."""
         if not self.machine.probe_started():
             return
-        signals = self._signals
-        span = signals.start_probe(self) if signals is not None else None
+        instruments = self._instruments
+        span = instruments.start_probe(self) if instruments is not None else None
         outcome: Outcome = OK
         try:
             outcome = yield from self._probe()
@@ -302,8 +302,8 @@ class Adapter:
             outcome = exc
             raise
         finally:
-            if signals is not None:
-                signals.end_probe(span, outcome)
+            if instruments is not None:
+                instruments.end_probe(span, outcome)
 
     def _probe(self) -> Generator[Call, Any, Outcome]:
         """The probe begun: its outcome is OK, or the error it failed with."""
@@ -368,8 +368,8 @@ class Adapter:
 
     def close(self) -> None:
         change = self.machine.close()
-        if self._signals is not None:
-            self._signals.unwatch(self)
+        if self._instruments is not None:
+            self._instruments.unwatch(self)
         if change is not None:
             self.publish(change)
 
@@ -418,8 +418,8 @@ class Adapter:
             change = replace(change, shard=self.shard)
         if self._on_change is not None:
             self._on_change(change)
-        if self._signals is not None:
-            self._signals.state_changed(change)
+        if self._instruments is not None:
+            self._instruments.state_changed(change)
         self.events.emit("state", change)
         if change.first_connect_failed:
             self.events.emit("connect_error", change)

@@ -101,7 +101,7 @@ class CacheBase(Generic[S]):
             raise ConfigurationError("fallback must be a non-blocking sync store (MemoryStore)")
         self._store = store
         keys = KeySpace(namespace, separator, max_key_length)
-        signals = Telemetry(keys.namespace, store, enabled=telemetry)
+        instruments = Telemetry(keys.namespace, store, enabled=telemetry)
         # A cluster-aware store gets one breaker per primary (_cluster/sharded.py).
         adapter_class = ShardedAdapter if isinstance(store, Sharded) and store.sharded else Adapter
         self._adapter = adapter = adapter_class(
@@ -114,13 +114,15 @@ class CacheBase(Generic[S]):
             journal=Journal(journal_size, journal_overflow),
             throw_on_errors=bool(throw_on_errors),
             non_blocking=non_blocking,
-            signals=signals,
+            instruments=instruments,
         )
         codec = Codec(serializer, compress_threshold, max_value_size)
         self._near = self._near_cache(near_cache, store, keys.namespace)
         if stale_ttl == FOREVER:
             raise ConfigurationError("stale_ttl must be a finite number of seconds, or None")
-        self._ops = Operations(keys, codec, adapter, default_ttl, signals, self._near, stale_ttl)
+        self._ops = Operations(
+            keys, codec, adapter, default_ttl, instruments, self._near, stale_ttl
+        )
         self._listener: ListenerThread | None = None
         if self._near is not None:  # a thread for AsyncCache too: it needs no event loop
             reader = _stream_reader(store, adapter, self._near)

@@ -93,7 +93,7 @@ def observed(
     def decorate(body: BodyMethod[S, P, T]) -> OpMethod[S, P, T]:
         def op(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Op[T]:
             batch = args[0] if many else None
-            return self.telemetry.observe(operation, body(self, *args, **kwargs), batch, per_key)
+            return self.instruments.observe(operation, body(self, *args, **kwargs), batch, per_key)
 
         op.__name__, op.__doc__ = body.__name__, body.__doc__
         return op
@@ -111,7 +111,7 @@ class OperationsBase:
         codec: Codec,
         adapter: ResilientAdapter,
         default_ttl: float | None = None,
-        telemetry: Instruments | None = None,
+        instruments: Instruments | None = None,
         near: NearCache | None = None,
         stale_ttl: float | None = None,
     ) -> None:
@@ -119,7 +119,7 @@ class OperationsBase:
         self.codec = codec
         self.adapter = adapter
         self.near = near
-        self.telemetry = telemetry or UNOBSERVED
+        self.instruments = instruments or UNOBSERVED
         self._default_ttl_ms = to_millis(check_ttl(default_ttl, "default_ttl"))
         # Fail-safe: values with a TTL are kept this much longer, wrapped with their logical
         # expiry; past it they are misses, except to get_or_set when its factory fails.

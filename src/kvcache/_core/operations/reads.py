@@ -87,7 +87,7 @@ class Reads(OperationsBase):
         value = near.lookup(self.keys.build(key))
         if value is not MISSING:
             self.stats.near_hits += 1
-            self.telemetry.count("get", NEAR_HIT)
+            self.instruments.count("get", NEAR_HIT)
         return value
 
     def _get_near(
@@ -119,7 +119,7 @@ class Reads(OperationsBase):
             value = self.near.stale(self.keys.build(key))
         if value is not MISSING:
             self.stats.stale_hits += 1
-            self.telemetry.count("get_or_set", STALE_HIT)
+            self.instruments.count("get_or_set", STALE_HIT)
         return value
 
     @observed("get_many", many=True, per_key=True)
@@ -145,7 +145,7 @@ class Reads(OperationsBase):
             if value is not MISSING:
                 found[key] = value
         for outcome, n in outcomes.items():
-            self.telemetry.count("get_many", outcome, n)
+            self.instruments.count("get_many", outcome, n)
         return found, FALLBACK if any(flags) else OK
 
     def _get_many_near(
@@ -164,7 +164,7 @@ class Reads(OperationsBase):
                 found[key] = value
         if found:
             self.stats.near_hits += len(found)
-            self.telemetry.count("get_many", NEAR_HIT, len(found))
+            self.instruments.count("get_many", NEAR_HIT, len(found))
         return rest, rest_full
 
     @observed("has")
