@@ -83,7 +83,7 @@ class _Recorder:
         self.sharded = hasattr(cache._adapter, "shards")
         self._lock = threading.Lock()  # probers of several shards may report at once
         self.errors: Counter[int] = Counter()
-        self.records: list[Record] = []
+        self.records: list[tuple[Any, ...]] = []  # rows (history.to_row)
         self.seq = itertools.count(1)
         cache.on("state", self._transition)
         cache.on("error", self._error)
@@ -181,22 +181,24 @@ class _Recorder:
             # reached it: in doubt.
             offline = held is State.DEGRADED and uncounted
             self.records.append(
-                Record(
-                    self.name,
-                    kind,
-                    op,
-                    self.keyspace + key,
-                    value,
-                    began.start,
-                    end,
-                    began.wall,
-                    contact,
-                    source=source if kind == "read" else "",
-                    error=None if error is None else repr(error),
-                    # (a delete that found nothing answers False: acknowledged unless it
-                    # met an error, when it may not have been made)
-                    ok=(ok or (op == "delete" and not failed)) and error is None,
-                    in_doubt=kind == "write" and not contact and not offline,
+                to_row(
+                    Record(
+                        self.name,
+                        kind,
+                        op,
+                        self.keyspace + key,
+                        value,
+                        began.start,
+                        end,
+                        began.wall,
+                        contact,
+                        source=source if kind == "read" else "",
+                        error=None if error is None else repr(error),
+                        # (a delete that found nothing answers False: acknowledged unless it
+                        # met an error, when it may not have been made)
+                        ok=(ok or (op == "delete" and not failed)) and error is None,
+                        in_doubt=kind == "write" and not contact and not offline,
+                    )
                 )
             )
 
@@ -417,9 +419,7 @@ def main(
     with open(out, "w") as file:
         json.dump(
             {
-                "records": [
-                    to_row(r) for rec in (sync_rec, async_rec, *solos) for r in rec.records
-                ],
+                "records": [row for rec in (sync_rec, async_rec, *solos) for row in rec.records],
                 "leaks": leaks,
             },
             file,
