@@ -11,6 +11,7 @@ import os
 import random
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -25,6 +26,7 @@ KEYS = [f"k{n}" for n in range(20)]
 COUNTERS = [f"n{n}" for n in range(3)]
 OPS = ["get"] * 6 + ["set"] * 3 + ["get_many", "set_many", "delete", "incr", "add", "touch"]
 OPS += ["get_or_set"] * 2
+_log = logging.getLogger(__name__)
 PACE = 0.001  # seconds between one thread's calls: a history the checker reads in seconds
 
 
@@ -154,6 +156,9 @@ class _Recorder:
         self, began: _Began, op: str, touched: list[Touch], error: BaseException | None
     ) -> None:
         end = time.monotonic()
+        if error is not None:  # a rule-3 violation: its repr alone rarely says where it arose
+            where = "".join(traceback.format_exception(error))
+            _log.error("soak: %s %s raised at %.3f:\n%s", self.name, op, end, where)
         if self.calls is not None:
             self.calls.value += 1  # (unlocked: a lost increment only blurs the progress line)
         steady = self.transitions == began.transitions and self.cache.state is began.state
