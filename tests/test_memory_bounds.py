@@ -5,6 +5,8 @@ shared by a cache's cluster shards, expiry without waiting for a write, and
 from __future__ import annotations
 
 import gc
+import sys
+import threading
 import time
 import tracemalloc
 import zlib
@@ -166,6 +168,46 @@ def test_expired_values_are_freed_by_reads_without_waiting_for_a_write() -> None
         assert store.size_bytes == 0
     finally:
         tracemalloc.stop()
+
+
+# -- threads -------------------------------------------------------------------------------
+
+
+def test_reading_the_size_from_another_thread_never_breaks_a_write() -> None:
+    """cachetools' ``currsize`` and ``len()`` expire entries (they pop the expiry heap): read
+    without the store's lock, from a health check or a watcher thread, they broke a write
+    made at the same moment ('list changed size during iteration' reached the caller of
+    ``AsyncCache.set``, soak seed 123, 600 s)."""
+    store = MemoryStore(1000, max_ttl=60)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def watch() -> None:
+        try:
+            while not stop.is_set():
+                assert store.size_bytes >= 0
+                assert "MemoryStore(" in repr(store)
+        except BaseException as exc:
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race, every run
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 2
+        n = 0
+        while time.monotonic() < deadline and not errors:
+            n += 1
+            # Each write expires the last ones (1 ms TTLs) and pushes onto the heap.
+            store.set(b"k%d" % (n % 200), b"v", 1)
+    except BaseException as exc:
+        errors.append(exc)
+    finally:
+        stop.set()
+        watcher.join()
+        sys.setswitchinterval(interval)
+    assert errors == []
 
 
 # -- max_value_size ------------------------------------------------------------------------

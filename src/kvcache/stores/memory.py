@@ -141,14 +141,21 @@ class MemoryStore:
     @property
     def size_bytes(self) -> int:
         """The bytes the pool's entries count against ``max_bytes`` (all views')."""
-        return int(self._entries.currsize)
+        with self._pool.lock:
+            return self._size()[1]
+
+    def _size(self) -> tuple[int, int]:
+        """(entries, bytes), under the lock: cachetools' ``len()`` and ``currsize`` first
+        expire entries, popping the expiry heap a write in another thread may be pushing."""
+        return len(self._entries), int(self._entries.currsize)
 
     def __repr__(self) -> str:
-        entries = self._entries
+        with self._pool.lock:
+            size, size_bytes = self._size()
         cap = "" if self._max_ttl == math.inf else f", max_ttl={self._max_ttl:g}"
         if self.max_bytes is not None:
-            cap += f", max_bytes={self.max_bytes}, size_bytes={self.size_bytes}"
-        return f"MemoryStore(maxsize={entries.maxcount}, size={len(entries)}{cap})"
+            cap += f", max_bytes={self.max_bytes}, size_bytes={size_bytes}"
+        return f"MemoryStore(maxsize={self._entries.maxcount}, size={size}{cap})"
 
     def _deadline(self, ttl_ms: int | None) -> float:
         ttl = math.inf if ttl_ms is None else ttl_ms / 1000
