@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from kvcache import Cache, CacheUnavailableError, State, StateChange
+from kvcache import Cache, CacheUnavailableError, RedisStore, State, StateChange
 from kvcache.testing import ChaosProxy, RedisServer
 
 FAST = {"op_timeout": 0.2, "connect_timeout": 0.2, "retry_base": 0.05, "retry_max": 0.5}
@@ -452,3 +452,34 @@ def test_close_during_a_probe_waits_for_it_and_leaves_no_connection(proxy: Chaos
     time.sleep(0.3)
     assert proxy.active == 0
     assert cache.state is State.CLOSED
+
+
+class Delegating:
+    """A user's wrapper around a store (metrics, logging): every attribute comes through
+    ``__getattr__``, so a capability it has must be seen by what getattr answers."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_a_store_behind_a_delegating_wrapper_keeps_breaker_fallback_and_near_cache(
+    proxy: ChaosProxy,
+) -> None:
+    """Python 3.12's isinstance against a runtime-checkable Protocol does not see attributes
+    served by ``__getattr__``: a wrapped RedisStore lost its breaker and fallback there (an
+    outage then raised), and near_cache=True refused it (fails on 3.12 and 3.13 without
+    the fix; 3.11 saw them)."""
+    client = redis.Redis(port=proxy.port, socket_timeout=0.2)
+    with Cache(Delegating(RedisStore(client, connect_timeout=0.2)), near_cache=True) as cache:
+        assert cache.connect(timeout=5) is State.READY
+        assert cache.set("k", 1)
+        proxy.refuse()
+        assert cache.set("k", 2)  # the fallback takes it: the breaker opened
+        assert cache.state is State.DEGRADED
+        assert cache.get("k") == 2
+        proxy.up()
+        wait_until(lambda: cache.state is State.READY, 5)  # (the default retry_max: 1 s)
+        assert cache.get("k") is None  # the outage's write was journaled: deleted in Redis

@@ -42,7 +42,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from kvcache._core import forks
 from kvcache._core.instruments import error_type
-from kvcache._core.protocols import Located
+from kvcache._core.protocols import is_located
 from kvcache._core.types import ERROR, OK, Op, Outcome
 
 if TYPE_CHECKING:
@@ -230,7 +230,7 @@ def token_signed(ok: bool) -> None:
 
 def server_attributes(store: Any) -> dict[str, str | int]:
     """Semantic-convention attributes of the Redis a store talks to ({} for others)."""
-    address: Any = store.address if isinstance(store, Located) else None
+    address: Any = store.address if is_located(store) else None
     if not (isinstance(address, tuple) and len(address) == 3):  # not a Redis store of ours
         return {}
     host, port, db = address  # (host or socket path, port or None, db)

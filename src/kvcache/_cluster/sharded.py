@@ -39,7 +39,7 @@ from kvcache._core import forks
 from kvcache._core.breaker import Adapter
 from kvcache._core.journal import Journal
 from kvcache._core.keys import KeySpace
-from kvcache._core.protocols import Viewable
+from kvcache._core.protocols import is_viewable
 from kvcache._core.resilience import UNJOURNALED, Health, Routed, Supervisor
 from kvcache._core.state import State, StateChange, StateMachine
 from kvcache._core.types import Call
@@ -195,7 +195,7 @@ class ShardedAdapter(Routing, HandOver):
 
     def _fresh_fallback(self) -> Any | None:
         """Each shard its own fallback: one shard's recovery empties only its own."""
-        if isinstance(self._fallback, Viewable):
+        if is_viewable(self._fallback):
             return self._fallback.fresh()
         return self._fallback
 

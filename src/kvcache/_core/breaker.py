@@ -32,7 +32,7 @@ from kvcache._core.events import Emitter
 from kvcache._core.instruments import Instruments, error_type
 from kvcache._core.journal import Journal
 from kvcache._core.keys import KeySpace
-from kvcache._core.protocols import Guarded, Probeable
+from kvcache._core.protocols import is_guarded, is_probeable
 from kvcache._core.resilience import ALL_KEYS, Health, Recovery, Routed, Supervisor
 from kvcache._core.state import Policy, State, StateChange, StateMachine
 from kvcache._core.stats import Stats
@@ -84,7 +84,7 @@ class Adapter:
         self.primary = primary
         # A store that can be probed can fail and come back: it gets the breaker. One that
         # cannot (MemoryStore, a custom store) is always READY and its errors pass through.
-        self.probeable = isinstance(primary, Probeable)
+        self.probeable = is_probeable(primary)
         self.fallback = fallback if self.probeable else None
         self.namespace = keys.namespace
         self.prefix = keys.prefix
@@ -98,7 +98,7 @@ class Adapter:
         initial = State.STARTING if self.probeable and starting else State.READY
         machine_args = (clock,) if jitter is None else (clock, jitter)
         self.machine = StateMachine(policy or Policy(), *machine_args, initial=initial)
-        if self.probeable and isinstance(primary, Guarded):
+        if self.probeable and is_guarded(primary):
             # The store tells us of an outage before the failed call frees its connection,
             # and asks us before a call that waited for one sends its command.
             primary.breaker = self

@@ -10,7 +10,7 @@ exceptions: ``StoreError`` (``CacheUnavailableError`` when the backend cannot be
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeGuard
 
 if TYPE_CHECKING:
     from kvcache.errors import StoreError
@@ -110,11 +110,13 @@ class Breaker(Protocol):
     def trips(self, error: StoreError) -> bool: ...
 
 
-# Capabilities a store may have beyond the contract above, asked with isinstance (each
-# checks that the attribute is there, as the getattr probes before them did).
+# Capabilities a store may have beyond the contract above. Asked with the ``is_*`` functions
+# below, never with isinstance: from Python 3.12 on, isinstance against a runtime-checkable
+# Protocol looks attributes up statically, so a store that delegates through ``__getattr__``
+# (a metrics or logging proxy around a RedisStore) would lose its breaker, its fallback, its
+# cluster router and its near cache. getattr sees what the store answers.
 
 
-@runtime_checkable
 class Probeable(Protocol):
     """A store that can fail and come back (Redis): it gets a breaker, a fallback and a
     prober. ``ping()`` (sync or async) raises unless a fresh connection works. It may also
@@ -123,7 +125,6 @@ class Probeable(Protocol):
     def ping(self) -> Any: ...
 
 
-@runtime_checkable
 class Guarded(Protocol):
     """A store that tells its breaker of a failure before the failed call frees its
     connection slot, and asks it after a wait for a slot."""
@@ -131,14 +132,12 @@ class Guarded(Protocol):
     breaker: Breaker | None
 
 
-@runtime_checkable
 class Located(Protocol):
     """A Redis store's (host or socket path, port or None, db): for telemetry."""
 
     address: tuple[str, int | None, int]
 
 
-@runtime_checkable
 class Sharded(Protocol):
     """A cluster-aware store (per-node stores): the cache routes it with a breaker per
     primary (``sharded`` True)."""
@@ -146,15 +145,37 @@ class Sharded(Protocol):
     sharded: ClassVar[bool]
 
 
-@runtime_checkable
 class Streaming(Protocol):
     """A store that can open the near cache listener's own connection."""
 
     def stream_reader(self, block: float) -> Any: ...
 
 
-@runtime_checkable
 class Viewable(Protocol):
     """A fallback whose ``fresh()`` is a new view on the same bounded pool (a shard's own)."""
 
     def fresh(self) -> Any: ...
+
+
+def is_probeable(store: object) -> TypeGuard[Probeable]:
+    return callable(getattr(store, "ping", None))
+
+
+def is_guarded(store: object) -> TypeGuard[Guarded]:
+    return hasattr(store, "breaker")
+
+
+def is_located(store: object) -> TypeGuard[Located]:
+    return getattr(store, "address", None) is not None
+
+
+def is_sharded(store: object) -> TypeGuard[Sharded]:
+    return bool(getattr(store, "sharded", False))
+
+
+def is_streaming(store: object) -> TypeGuard[Streaming]:
+    return callable(getattr(store, "stream_reader", None))
+
+
+def is_viewable(store: object) -> TypeGuard[Viewable]:
+    return callable(getattr(store, "fresh", None))

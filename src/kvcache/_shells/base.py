@@ -14,7 +14,7 @@ from kvcache._core.events import Emitter, Handler
 from kvcache._core.journal import Journal, Overflow
 from kvcache._core.keys import DEFAULT_MAX_KEY_LENGTH, KeySpace
 from kvcache._core.operations import Operations
-from kvcache._core.protocols import Sharded, Streaming
+from kvcache._core.protocols import is_sharded, is_streaming
 from kvcache._core.resilience import Health, ResilientAdapter
 from kvcache._core.state import Policy, State, StateChange
 from kvcache._core.stats import Stats
@@ -103,7 +103,7 @@ class CacheBase(Generic[S]):
         keys = KeySpace(namespace, separator, max_key_length)
         instruments = Telemetry(keys.namespace, store, enabled=telemetry)
         # A cluster-aware store gets one breaker per primary (_cluster/sharded.py).
-        adapter_class = ShardedAdapter if isinstance(store, Sharded) and store.sharded else Adapter
+        adapter_class = ShardedAdapter if is_sharded(store) else Adapter
         self._adapter = adapter = adapter_class(
             store,
             fallback,
@@ -141,7 +141,7 @@ class CacheBase(Generic[S]):
     ) -> NearCache | None:
         if config is False:
             return None
-        if not isinstance(store, Streaming):
+        if not is_streaming(store):
             raise ConfigurationError(f"near_cache needs a Redis store, not {store!r}")
         return NearCache(NearCacheConfig() if config is True else config, namespace)
 
