@@ -674,3 +674,29 @@ def test_locks_held_by_another_thread_at_fork_time_are_renewed_in_the_child() ->
     holder.join()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_failing_fork_hook_does_not_stop_the_others(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A forked child runs every hook even if one raises: a skipped one leaves a lock held
+    by a thread that no longer exists, or a prober that never starts."""
+    from kvcache._core import forks
+
+    class Aware:
+        reset = 0
+
+        def after_fork(self) -> None:
+            self.reset += 1
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    aware = Aware()
+    monkeypatch.setattr(forks, "_functions", [broken])
+    monkeypatch.setattr(forks, "_objects", forks.weakref.WeakSet())
+    forks.register(aware)
+    with caplog.at_level("WARNING", "kvcache.forks"):
+        forks._in_child()
+    assert aware.reset == 1
+    assert "boom" in caplog.text

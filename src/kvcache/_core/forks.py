@@ -10,6 +10,7 @@ objects: registering costs no memory once an object is gone.
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from typing import Protocol
 class ForkAware(Protocol):
     def after_fork(self) -> None: ...
 
+
+log = logging.getLogger("kvcache.forks")
 
 _objects: weakref.WeakSet[ForkAware] = weakref.WeakSet()
 _functions: list[Callable[[], None]] = []  # modules' hooks: they live as long as the process
@@ -35,10 +38,12 @@ def at_fork(function: Callable[[], None]) -> Callable[[], None]:
 
 
 def _in_child() -> None:
-    for function in _functions:
-        function()
-    for obj in list(_objects):
-        obj.after_fork()
+    """Each hook on its own: one that fails must not leave the others' locks held."""
+    for hook in [*_functions, *(obj.after_fork for obj in list(_objects))]:
+        try:
+            hook()
+        except Exception as exc:
+            log.warning("kvcache: after fork, %r failed: %r", hook, exc)
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
