@@ -19,6 +19,9 @@ from kvcache._core import forks
 from kvcache._core.keys import scan_pattern
 from kvcache._core.protocols import Breaker, Closeable
 from kvcache._redis.commands import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_WAIT_TIMEOUT,
+    SCAN_COUNT,
     UNLINK_BATCH,
     merge_get_many,
     one_unlink,
@@ -46,10 +49,6 @@ from kvcache.errors import ConfigurationError
 
 T = TypeVar("T")
 log = logging.getLogger("kvcache.stores")
-
-SCAN_COUNT = 1000  # keys per SCAN round trip
-DEFAULT_MAX_IN_FLIGHT = 64  # commands at once (per event loop for AsyncRedisStore)
-DEFAULT_WAIT_TIMEOUT = 0.25  # seconds to wait for a free slot
 
 
 async def _within(call: Coroutine[Any, Any, T], ceiling: float) -> T:

@@ -10,6 +10,10 @@ from typing import Any
 from kvcache._redis.slots import slot_groups
 
 UNLINK_BATCH = 500  # keys per UNLINK, so clear() never sends one huge command
+SCAN_COUNT = 1000  # keys per SCAN round trip
+# The sync and async stores' bounds on commands in flight (per event loop for the async one)
+DEFAULT_MAX_IN_FLIGHT = 64  # commands at once
+DEFAULT_WAIT_TIMEOUT = 0.25  # seconds to wait for a free slot
 
 
 def batches(keys: Iterator[bytes]) -> Iterator[list[bytes]]:

@@ -17,6 +17,9 @@ from kvcache._core import forks
 from kvcache._core.keys import scan_pattern
 from kvcache._core.protocols import Breaker, Closeable
 from kvcache._redis.commands import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_WAIT_TIMEOUT,
+    SCAN_COUNT,
     batches,
     merge_get_many,
     one_unlink,
@@ -43,10 +46,6 @@ from kvcache._redis.stream import StreamReader
 
 T = TypeVar("T")
 log = logging.getLogger("kvcache.stores")
-
-SCAN_COUNT = 1000  # keys per SCAN round trip
-DEFAULT_MAX_IN_FLIGHT = 64  # commands at once (per event loop for AsyncRedisStore)
-DEFAULT_WAIT_TIMEOUT = 0.25  # seconds to wait for a free slot
 
 
 class RedisStore:
