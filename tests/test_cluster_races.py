@@ -60,7 +60,8 @@ def run_stepwise(op: Any, before: Callable[[tuple[Any, ...]], None]) -> Any:
         while True:
             before(call)
             try:
-                result = getattr(call[0], call[1])(*call[2:])
+                target, asked = call
+                result = getattr(target, asked.method)(*asked.args)
                 if type(result) is GeneratorType:
                     result = run(result)
             except Exception as exc:  # KVCacheError, as run does
@@ -317,7 +318,7 @@ def test_a_write_served_offline_during_a_hand_over_is_handed_over_before_reads_g
         seen: list[Any] = []
 
         def interleave(call: tuple[Any, ...]) -> None:
-            if call[0] is receiver and call[1] == "delete_many" and not seen:
+            if call[0] is receiver and call[1].method == "delete_many" and not seen:
                 assert cache.set(kb, "v2") is True  # the hand-over's round trip: offline
                 seen.append("written")
             elif seen == ["written"] and sharded.topology is not old:
@@ -349,7 +350,7 @@ def test_a_write_that_cannot_hand_over_by_a_map_being_installed_is_served_all_th
         answers: list[bool] = []
 
         def interleave(call: tuple[Any, ...]) -> None:
-            if call[0] is receiver and call[1] == "delete_many" and not answers:
+            if call[0] is receiver and call[1].method == "delete_many" and not answers:
                 answers.append(cache.set(kb, "v2"))
 
         with pytest.raises(KVCacheError):  # the hand-over's own delete meets MOVED too
@@ -378,7 +379,7 @@ def test_keys_a_recovery_is_applying_are_handed_over_by_a_map_installed_meanwhil
         installed: list[bool] = []
 
         def install_before_the_recovery_deletes(call: tuple[Any, ...]) -> None:
-            if call[0] is shard.primary and call[1] == "delete_many" and not installed:
+            if call[0] is shard.primary and call[1].method == "delete_many" and not installed:
                 installed.append(run(sharded._install(new)))
 
         run_stepwise(claimed_probe(shard, proxies[dead]), install_before_the_recovery_deletes)

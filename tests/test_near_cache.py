@@ -249,16 +249,16 @@ def test_events_between_taking_the_position_and_ready_are_not_lost(redis_url: st
     with redis.Redis.from_url(redis_url) as client:
         client.xadd(stream_key(ns), {"by": "earlier", "n": "1", "0": f"{ns}:old"})
         listen = feed.listen()
-        call = next(listen)
-        assert call[1] == "position"
-        position = getattr(call[0], call[1])(*call[2:])
+        target, asked = next(listen)
+        assert asked.method == "position"
+        position = getattr(target, asked.method)(*asked.args)
         near.ready = True  # as if it had reported ready here: fill a copy of "k"
         near.fill(f"{ns}:k".encode(), "cached", -1, near.ticket())
         client.xadd(stream_key(ns), {"by": "another", "n": "1", "0": f"{ns}:k"})  # the window
-        call = listen.send(position)
-        assert call[1] == "snapshot"
-        call = listen.send(getattr(call[0], call[1])(*call[2:]))
-        assert call[1] == "wait"  # caught up
+        target, asked = listen.send(position)
+        assert asked.method == "snapshot"
+        _, asked = listen.send(getattr(target, asked.method)(*asked.args))
+        assert asked.method == "wait"  # caught up
     listen.close()
     assert f"{ns}:k".encode() not in near._entries  # evicted: the event was not lost
     store.close()

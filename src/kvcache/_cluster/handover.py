@@ -10,15 +10,17 @@ import random
 import threading
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kvcache import _telemetry as telemetry
 from kvcache._cluster.refresh import RefreshSchedule
 from kvcache._cluster.topology import Topology, split_address
 from kvcache._core.breaker import Adapter
+from kvcache._core.protocols import Store
 from kvcache._core.resilience import ALL_KEYS, Routed
 from kvcache._core.state import State
-from kvcache._core.types import Call
+from kvcache._core.types import Call, Request, request
+from kvcache._redis.store import RedisStore
 from kvcache.errors import (
     CacheClosedError,
     CacheUnavailableError,
@@ -37,6 +39,7 @@ log = logging.getLogger("kvcache.cluster")
 _READY = State.READY
 _CLOSED = State.CLOSED
 CANDIDATES = 2  # random known primaries asked for the topology, before the seed
+R = TypeVar("R")
 
 
 class HandOver:
@@ -62,7 +65,7 @@ class HandOver:
 
         def _new_shard(self, name: str, cluster: bool) -> Adapter: ...
 
-        def route(self, method: str, args: tuple[Any, ...], *, journal: bool = True) -> Routed: ...
+        def route(self, asked: Request[R], *, journal: bool = True) -> Routed[R]: ...
 
         def _owner(self, key: bytes) -> str: ...
 
@@ -133,7 +136,7 @@ class HandOver:
         failure: StoreError | None = None
         for name in candidates:
             try:
-                reply = yield (self.nodes.node(name), "cluster_slots")
+                reply = yield self.nodes.node(name), request(RedisStore.cluster_slots)
                 topology = self._topology_from(reply, name)
             except StoreError as exc:
                 failure = exc
@@ -221,14 +224,14 @@ class HandOver:
             retire(shard)
             store = self.nodes.forget(name)
             if store is not None:
-                yield (store, "close")  # no more connections to a node that left
+                yield store, request(Store.close)  # no more connections to a node that left
             # Its journal is nobody's to recover now: through the router, whose breakers
             # journal it again where a node is away.
             keys, clear_all = shard.journal.take()
             if clear_all:
-                yield from self.route("clear", (self.prefix,))
+                yield from self.route(request(Store.clear, self.prefix))
             elif keys:
-                yield from self.route("delete_many", (keys,))
+                yield from self.route(request(Store.delete_many, keys))
         # Journaled in the moment since, by calls routed by the old map: the same again.
         for name, shard in self.shards.items():
             yield from self._hand_over(name, shard, old, topology, self.shards)
@@ -255,7 +258,9 @@ class HandOver:
             fallback.delete_many([k for k in fallback.scan(self.prefix) if new.owner(k) != name])
         if clear_all:
             for owner in lost:
-                yield from self._forget_at(receivers[owner], "clear", (self.prefix,), ALL_KEYS)
+                yield from self._forget_at(
+                    receivers[owner], request(Store.clear, self.prefix), ALL_KEYS
+                )
         else:
             yield from self._forget_owned([k for k in keys if new.owner(k) != name], new, receivers)
 
@@ -270,17 +275,17 @@ class HandOver:
         by_owner.pop("", None)
         for owner, group in by_owner.items():
             shard = receivers[owner] if owner in receivers else self._shard(owner)
-            yield from self._forget_at(shard, "delete_many", (group,), group)
+            yield from self._forget_at(shard, request(Store.delete_many, group), group)
 
     @staticmethod
     def _forget_at(
-        shard: Adapter, method: str, args: tuple[Any, ...], writes: Sequence[bytes]
+        shard: Adapter, asked: Request[int], writes: Sequence[bytes]
     ) -> Generator[Call, Any, None]:
         """Delete through ``shard``'s breaker: in Redis, or, where that node is away (or
         fails now), into its journal, touching no network: one dead node cannot hold a map
         off. (With ``throw_on_errors`` the breaker raises after journaling: swallowed.)"""
         try:
-            yield from shard.call(method, *args, writes=writes)
+            yield from shard.call(asked, writes)
         except NoFreeConnectionError:
             raise  # local overload: nothing was journaled; the next check tries again
         except CacheUnavailableError:
@@ -297,21 +302,23 @@ class HandOver:
             raise CacheUnavailableError(f"{name} left the cluster")
         store = shard.primary
         if clear_all:  # the namespace: here, and wherever its slots may have gone
-            deleted = int((yield (store, "clear", self.prefix)))
+            deleted = int((yield store, request(Store.clear, self.prefix)))
             for other, receiver in self.shards.items():
                 if other != name:
-                    yield from self._forget_at(receiver, "clear", (self.prefix,), ALL_KEYS)
+                    yield from self._forget_at(
+                        receiver, request(Store.clear, self.prefix), ALL_KEYS
+                    )
             return deleted
         owners = [self._owner(key) for key in keys]  # a slot nobody serves: try again later
         mine = [key for key, owner in zip(keys, owners, strict=True) if owner == name]
         elsewhere = [key for key, owner in zip(keys, owners, strict=True) if owner != name]
         deleted = 0
         if elsewhere:
-            removed, _ = yield from self.route("delete_many", (elsewhere,))
+            removed, _ = yield from self.route(request(Store.delete_many, elsewhere))
             deleted += removed
         if mine:
             try:
-                deleted += int((yield (store, "delete_many", mine)))
+                deleted += int((yield store, request(Store.delete_many, mine)))
             except RedirectError as redirect:
                 if redirect.kind != "MOVED":
                     raise  # ASK, TRYAGAIN: a slot half migrated; the next probe tries again

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvcache._cluster.handover import CANDIDATES
 from kvcache._cluster.routing import SHAPES
-from kvcache._core.types import Call
+from kvcache._core.types import Call, Request
 
 if TYPE_CHECKING:
     from kvcache._cluster.sharded import ShardedAdapter
@@ -49,7 +49,8 @@ class RootStore:
             raise AttributeError(method)
 
         def routed(*args: Any) -> Generator[Call, Any, Any]:
-            result, _ = yield from self._sharded.route(method, args)
+            result: Any
+            result, _ = yield from self._sharded.route(Request(method, args))
             return result
 
         return routed

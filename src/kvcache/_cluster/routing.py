@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Generator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kvcache._cluster.refresh import RefreshSchedule
 from kvcache._cluster.topology import Topology
 from kvcache._core.breaker import Adapter
-from kvcache._core.resilience import ALL_KEYS, UNJOURNALED, Routed
+from kvcache._core.resilience import ALL_KEYS, UNJOURNALED, Offline, Routed
 from kvcache._core.state import State
-from kvcache._core.types import Call
+from kvcache._core.types import Call, Request, request
 from kvcache._redis.commands import ask_commands
+from kvcache._redis.store import RedisStore
 from kvcache.errors import (
     CacheClosedError,
     CacheUnavailableError,
@@ -49,6 +50,7 @@ SHAPES = {  # how each store method names its keys: args[0] is a key, a key list
 }
 WRITES = frozenset({"set", "incr", "delete_many", "set_many", "clear"})  # journaled when away
 MAX_REDIRECTS = 5
+R = TypeVar("R")
 
 
 class Routing:
@@ -69,41 +71,41 @@ class Routing:
             self, name: str, shard: Adapter, writes: Sequence[bytes]
         ) -> Generator[Call, Any, None]: ...
 
-    def route(self, method: str, args: tuple[Any, ...], *, journal: bool = True) -> Routed:
-        """Send the call to the shards its keys live on; returns (result, offline?).
+    def route(self, asked: Request[R], *, journal: bool = True) -> Routed[R]:
+        """Send the request to the shards its keys live on; returns (reply, offline?).
         ``journal=False``: a write served offline is not journaled (a one-key fill)."""
+        method = asked.method
         shape = SHAPES[method]
         for _attempt in range(MAX_REDIRECTS):
             try:
                 if shape is ONE:
-                    owner = self._owner(args[0])
-                    return (yield from self._on_shard(owner, method, args, journal))
+                    owner = self._owner(asked.args[0])
+                    return (yield from self._on_shard(owner, asked, journal))
                 if shape is ALL:
-                    return (yield from self._everywhere(method, args))
-                return (yield from self._grouped(method, args))
+                    return (yield from self._everywhere(asked))
+                return (yield from self._grouped(asked))
             except MapChanged:
                 continue  # a new map was installed meanwhile: route by it
             except RedirectError as redirect:
                 if redirect.kind == "MOVED":
                     self._moved(redirect)
                     continue
-                if len(_keys(method, args)) > 1:  # ASK / TRYAGAIN: mid-migration, key by key
-                    return (yield from self._one_by_one(method, args))
+                if len(_keys(asked)) > 1:  # ASK / TRYAGAIN: mid-migration, key by key
+                    return (yield from self._one_by_one(asked))
                 if redirect.kind == "ASK":
-                    return (yield from self._asking(redirect, method, args))
+                    return (yield from self._asking(redirect, asked))
                 # TRYAGAIN for one key: the migration moves on; try again, a few times. Past
                 # that the shard cannot serve it now: an outage, like CLUSTERDOWN (its breaker
                 # opens, the fallback serves the call, a write is journaled).
-                keys = _keys(method, args)
+                keys = _keys(asked)
                 if _attempt == MAX_REDIRECTS - 1 and keys and keys is not ALL_KEYS:
                     busy = CacheUnavailableError(f"TRYAGAIN {MAX_REDIRECTS} times in a row")
                     if self._shard(self._owner(keys[0])).trips(busy):
-                        return (yield from self.route(method, args, journal=journal))
+                        return (yield from self.route(asked, journal=journal))
         raise StoreError(f"{method}: still redirected after {MAX_REDIRECTS} tries")
 
-    def _on_shard(
-        self, name: str, method: str, args: tuple[Any, ...], journal: bool = True
-    ) -> Routed:
+    def _on_shard(self, name: str, asked: Request[R], journal: bool = True) -> Routed[R]:
+        method = asked.method
         writes: Sequence[bytes] | None
         if method not in WRITES:
             writes = None
@@ -112,12 +114,12 @@ class Routing:
         elif SHAPES[method] is ALL:
             writes = ALL_KEYS
         else:
-            writes = _keys(method, args)
+            writes = _keys(asked)
         shard = self._shard(name)
         if shard.machine.state is _CLOSED and self.root.machine.state is not _CLOSED:
             raise MapChanged(name)  # retired since the call picked it: its node left
         try:
-            result, offline = yield from shard.call(method, *args, writes=writes)
+            result, offline = yield from shard.call(asked, writes)
         except CacheClosedError:
             if self.root.machine.state is _CLOSED:
                 raise
@@ -126,19 +128,20 @@ class Routing:
             yield from self._left_behind(name, shard, writes)
         return result, offline
 
-    def _grouped(self, method: str, args: tuple[Any, ...]) -> Routed:
+    def _grouped(self, asked: Request[Any]) -> Routed[Any]:
         """A multi-key call, one sub-call per shard (the node store pipelines per slot)."""
-        offline = False
+        method = asked.method
+        offline: Offline = False
         if SHAPES[method] is ITEMS:
-            items, ttl_ms = args
+            items, ttl_ms = asked.args
             by_shard: dict[str, list[Any]] = {}
             for item in items:
                 by_shard.setdefault(self._owner(item[0]), []).append(item)
             for name, group in by_shard.items():
-                _, away = yield from self._on_shard(name, method, (group, ttl_ms))
+                _, away = yield from self._on_shard(name, asked.again(group, ttl_ms))
                 offline = offline or away
             return None, offline
-        keys = args[0]
+        keys = asked.args[0]
         by_shard = {}
         for key in keys:
             by_shard.setdefault(self._owner(key), []).append(key)
@@ -146,7 +149,7 @@ class Routing:
         served_offline: set[bytes] = set()
         removed = 0
         for name, group in by_shard.items():
-            result, away = yield from self._on_shard(name, method, (group,))
+            result, away = yield from self._on_shard(name, asked.again(group))
             offline = offline or away
             if method == "get_many":
                 found.update(zip(group, result, strict=True))
@@ -158,30 +161,32 @@ class Routing:
             return [found[key] for key in keys], _per_key(keys, served_offline)
         return removed, offline
 
-    def _everywhere(self, method: str, args: tuple[Any, ...]) -> Routed:
+    def _everywhere(self, asked: Request[Any]) -> Routed[Any]:
         """clear() on every primary. If the map changed meanwhile, slots may have carried
         keys from a primary not yet cleared to one already cleared: all over again."""
         topology = self.topology
-        total, offline = 0, False
+        total = 0
+        offline: Offline = False
         for name in self._primaries():
-            result, away = yield from self._on_shard(name, method, args)
+            result, away = yield from self._on_shard(name, asked)
             total += result
             offline = offline or away
         if self.topology != topology:
             raise MapChanged("the map changed during the call")
         return total, offline
 
-    def _one_by_one(self, method: str, args: tuple[Any, ...]) -> Routed:
+    def _one_by_one(self, asked: Request[Any]) -> Routed[Any]:
+        method, args = asked.method, asked.args
         results: list[Any] = []
-        offline = False
+        offline: Offline = False
         if SHAPES[method] is ITEMS:
             for item in args[0]:
-                _, away = yield from self.route(method, ([item], args[1]))
+                _, away = yield from self.route(asked.again([item], args[1]))
                 offline = offline or away
             return None, offline
         served_offline: set[bytes] = set()
         for key in args[0]:
-            result, away = yield from self.route(method, ([key],))
+            result, away = yield from self.route(asked.again([key]))
             results.append(result)
             offline = offline or bool(away)
             if away:
@@ -190,11 +195,11 @@ class Routing:
             return [values[0] for values in results], _per_key(args[0], served_offline)
         return sum(results), offline
 
-    def _asking(self, redirect: RedirectError, method: str, args: tuple[Any, ...]) -> Routed:
+    def _asking(self, redirect: RedirectError, asked: Request[R]) -> Routed[R]:
         """The key already moved to the importing node, which serves it after ASKING."""
-        commands, finish = ask_commands(method, args)
+        commands, finish = ask_commands(asked.method, asked.args)
         importing = self.nodes.node(self.nodes.reachable(redirect.address))
-        replies = yield (importing, "asking", commands)
+        replies = yield importing, request(RedisStore.asking, commands)
         return finish(replies), False
 
     def _owner(self, key: bytes) -> str:
@@ -235,8 +240,8 @@ def _per_key(keys: Sequence[bytes], served_offline: set[bytes]) -> bool | list[b
     return [key in served_offline for key in keys]
 
 
-def _keys(method: str, args: tuple[Any, ...]) -> Sequence[bytes]:
-    shape = SHAPES[method]
+def _keys(asked: Request[Any]) -> Sequence[bytes]:
+    shape, args = SHAPES[asked.method], asked.args
     if shape is ONE:
         return (args[0],)
     if shape is ITEMS:

@@ -28,7 +28,7 @@ import logging
 import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from kvcache._cluster.handover import HandOver, Installing, retire
 from kvcache._cluster.refresh import RefreshSchedule
@@ -42,7 +42,7 @@ from kvcache._core.keys import KeySpace
 from kvcache._core.protocols import is_viewable
 from kvcache._core.resilience import UNJOURNALED, Health, Routed, Supervisor
 from kvcache._core.state import State, StateChange, StateMachine
-from kvcache._core.types import Call
+from kvcache._core.types import Call, Request
 from kvcache.errors import (
     CacheUnavailableError,
     StoreError,
@@ -50,6 +50,7 @@ from kvcache.errors import (
 
 log = logging.getLogger("kvcache.cluster")
 _READY = State.READY
+R = TypeVar("R")
 MIN_CHECK_GAP = 0.5  # seconds: the most often the topology is checked, however asked
 
 
@@ -151,12 +152,12 @@ class ShardedAdapter(Routing, HandOver):
 
     # -- calls -----------------------------------------------------------------------------
 
-    def call(self, method: str, *args: Any, writes: Sequence[bytes] | None = None) -> Routed:
+    def call(self, asked: Request[R], writes: Sequence[bytes] | None = None) -> Routed[R]:
         if self.root.machine.state is not _READY:
-            return (yield from self.root.call(method, *args, writes=writes))
+            return (yield from self.root.call(asked, writes))
         if self.schedule.claim():
             self._check_topology()
-        return (yield from self.route(method, args, journal=writes is not UNJOURNALED))
+        return (yield from self.route(asked, journal=writes is not UNJOURNALED))
 
     def _shard(self, name: str) -> Adapter:
         shard = self.shards.get(name)

@@ -25,18 +25,18 @@ import math
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from kvcache._core import forks
 from kvcache._core.events import Emitter
 from kvcache._core.instruments import Instruments, error_type
 from kvcache._core.journal import Journal
 from kvcache._core.keys import KeySpace
-from kvcache._core.protocols import is_guarded, is_probeable
+from kvcache._core.protocols import Probeable, Store, is_guarded, is_probeable
 from kvcache._core.resilience import ALL_KEYS, Health, Recovery, Routed, Supervisor
 from kvcache._core.state import Policy, State, StateChange, StateMachine
 from kvcache._core.stats import Stats
-from kvcache._core.types import OK, Call, Outcome
+from kvcache._core.types import OK, Call, Outcome, Request, request
 from kvcache.errors import (
     BreakerOpenError,
     CacheClosedError,
@@ -48,6 +48,7 @@ from kvcache.errors import (
 log = logging.getLogger("kvcache.adapter")
 DEFAULT_OP_TIMEOUT: Final = 0.25  # seconds: a probeable store that names no bound of its own
 _READY: Final = State.READY  # a module constant: the hot path's one comparison
+R = TypeVar("R")
 
 
 def _reason(error: BaseException | None) -> str:
@@ -140,8 +141,8 @@ class Adapter:
 
     # -- calls -----------------------------------------------------------------------------
 
-    def call(self, method: str, *args: Any, writes: Sequence[bytes] | None = None) -> Routed:
-        """Carry out ``primary.method(*args)``, or the fallback's; returns (result, offline).
+    def call(self, asked: Request[R], writes: Sequence[bytes] | None = None) -> Routed[R]:
+        """Carry out ``asked`` on the primary, or on the fallback; returns (reply, offline).
         ``writes``: the keys the call changes (journaled when it bypasses Redis)."""
         state = self.machine.state
         if state is not _READY:  # the rare path; the hot one is two loads and a compare
@@ -149,12 +150,12 @@ class Adapter:
         failure: CacheUnavailableError | None = None
         if state is _READY:
             try:
-                return (yield (self.primary, method, *args)), False
+                return (yield (self.primary, asked)), False
             except CacheUnavailableError as exc:
                 if not self.trips(exc):
                     raise
                 failure = exc
-        return (yield from self._offline(method, args, writes, failure))
+        return (yield from self._offline(asked, writes, failure))
 
     def _route_while_away(self, writes: Sequence[bytes] | None) -> Generator[Call, Any, State]:
         """READY if the call may go to Redis after all, else the state it met."""
@@ -180,7 +181,10 @@ class Adapter:
             def settled() -> bool:
                 return machine.state is not State.STARTING
 
-            yield (self.supervisor, "wait_until", settled, self.first_connect_timeout)
+            yield (
+                self.supervisor,
+                request(Supervisor.wait_until, settled, self.first_connect_timeout),
+            )
 
     def _wait_for_first_attempt(self) -> Generator[Call, Any, None]:
         """Wait for the first connect attempt, at most ``op_timeout``: on a healthy network
@@ -192,39 +196,38 @@ class Adapter:
         def attempted() -> bool:
             return not machine.connecting
 
-        yield (self.supervisor, "wait_until", attempted, self.op_timeout)
+        yield self.supervisor, request(Supervisor.wait_until, attempted, self.op_timeout)
         if machine.connecting and machine.state is State.STARTING:
             machine.gave_up_waiting()
             self.supervisor.wake()  # the calls waiting since give up too, not each in turn
 
     def _offline(
         self,
-        method: str,
-        args: tuple[Any, ...],
+        asked: Request[R],
         writes: Sequence[bytes] | None,
         failure: CacheUnavailableError | None,
-    ) -> Routed:
+    ) -> Routed[R]:
         """Serve a call without Redis. The fallback is a sync store that never blocks, so it
         is called here directly; a write is journaled and applied to it under the state lock,
         so it cannot land after recovery emptied the fallback."""
         machine = self.machine
         fallback = self._serving()
         served: list[Any] = []
-        if method == "add":  # only Redis knows who holds the key (add is often a lock)
+        if asked.method == "add":  # only Redis knows who holds the key (add is often a lock)
             served.append(False)  # and the fallback must not hold a value it said it refused
         elif writes is None:
             if fallback is not None:
-                served.append(getattr(fallback, method)(*args))
+                served.append(getattr(fallback, asked.method)(*asked.args))
         else:
 
             def record() -> None:
                 self._journal(writes)
                 if fallback is not None:
-                    served.append(getattr(fallback, method)(*args))
+                    served.append(getattr(fallback, asked.method)(*asked.args))
 
             if not machine.unless_ready(record):
                 # Recovery finished since we looked: Redis takes the write after all.
-                return (yield (self.primary, method, *args)), False
+                return (yield (self.primary, asked)), False
         if not served:
             raise failure or self._unavailable()
         if failure is not None:
@@ -313,10 +316,13 @@ class Adapter:
         change: StateChange | None = None
         failure: Exception | None = None
         try:
-            yield (self.primary, "ping")
+            yield self.primary, request(Probeable.ping)
             if machine.closed():  # close() came while we waited: leave the store alone
                 return OK
-            yield (self.primary, "reset")  # pooled connections from before the outage go
+            yield (
+                self.primary,
+                request(Probeable.reset),
+            )  # pooled connections from before the outage go
             machine.start_draining()  # from now on writes go to Redis: the journal only shrinks
             while not machine.closed():
                 keys, clear_all = self.journal.take()
@@ -357,8 +363,8 @@ class Adapter:
 
     def _delete_on_primary(self, keys: list[bytes], clear_all: bool) -> Generator[Call, Any, int]:
         if clear_all:
-            return (yield (self.primary, "clear", self.prefix))  # type: ignore[no-any-return]
-        return (yield (self.primary, "delete_many", keys))  # type: ignore[no-any-return]
+            return (yield self.primary, request(Store.clear, self.prefix))  # type: ignore[no-any-return]
+        return (yield self.primary, request(Store.delete_many, keys))  # type: ignore[no-any-return]
 
     def _settle(self) -> None:
         """Runs as the state turns READY, atomically with it."""

@@ -1,7 +1,7 @@
 """The two drivers: the only code that carries out the calls the pure core yields.
 
 Operations (``operations/``) and the adapter (``breaker.py``) are generators that
-``yield`` calls ``(target, method, *args)`` and get each result sent back (or a
+``yield`` calls ``(target, request)`` (``types.py``) and get each result sent back (or a
 ``KVCacheError`` thrown in).
 ``run`` performs them on sync targets; ``arun`` also awaits the targets that are async.
 A target may answer with a generator of its own (a sub-operation: the cluster router's
@@ -27,7 +27,8 @@ def run(op: Op[T]) -> T:
         call = next(op)
         while True:
             try:
-                result = getattr(call[0], call[1])(*call[2:])
+                target, asked = call
+                result = getattr(target, asked.method)(*asked.args)
                 if type(result) is GeneratorType:
                     result = run(result)
             except KVCacheError as exc:
@@ -46,8 +47,8 @@ async def arun(op: Op[T]) -> T:
         call = next(op)
         while True:
             try:
-                target = call[0]
-                result = getattr(target, call[1])(*call[2:])
+                target, asked = call
+                result = getattr(target, asked.method)(*asked.args)
                 if target.is_async:
                     result = await result
                 elif type(result) is GeneratorType:

@@ -124,6 +124,9 @@ class Probeable(Protocol):
 
     def ping(self) -> Any: ...
 
+    def reset(self) -> Any:
+        """Drop pooled connections (sync or async): on recovery, those from before the outage."""
+
 
 class Guarded(Protocol):
     """A store that tells its breaker of a failure before the failed call frees its
@@ -149,6 +152,9 @@ class Streaming(Protocol):
     """A store that can open the near cache listener's own connection."""
 
     def stream_reader(self, block: float) -> Any: ...
+
+    def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None:
+        """XADD an invalidation to the stream (a fallback's does nothing)."""
 
 
 class Viewable(Protocol):

@@ -7,19 +7,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, TypeVar
 
 from kvcache._core.events import Emitter
 from kvcache._core.state import State, StateMachine
 from kvcache._core.stats import Stats
-from kvcache._core.types import Call
+from kvcache._core.types import Call, Request
 
 if TYPE_CHECKING:
     from kvcache.errors import StoreError
 
-# returns (result, served offline?); for a cluster get_many that met a degraded shard, the
-# flag may be a list, one per key (_cluster/sharded.py)
-Routed = Generator[Call, Any, tuple[Any, Any]]
+R = TypeVar("R")
+
+Offline = bool | list[bool]
+"""Whether a call was served without Redis (by the fallback); for a cluster get_many that
+met a degraded shard, one flag per key (``_cluster/routing.py``)."""
+
+Routed = Generator[Call, Any, tuple[R, Offline]]
+"""A request carried out by the adapter: its reply, and whether it was served offline."""
 # applies a journal taken on recovery, (keys, clear the namespace?), in Redis; returns the
 # number of keys deleted
 Recovery = Callable[[list[bytes], bool], Generator[Call, Any, int]]
@@ -77,7 +82,7 @@ class ResilientAdapter(Protocol):
     @property
     def probe_timeout(self) -> float: ...
 
-    def call(self, method: str, *args: Any, writes: Sequence[bytes] | None = None) -> Routed: ...
+    def call(self, asked: Request[R], writes: Sequence[bytes] | None = None) -> Routed[R]: ...
 
     def trips(self, error: StoreError) -> bool: ...
 

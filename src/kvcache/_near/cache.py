@@ -22,10 +22,10 @@ import time
 import uuid
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from kvcache._core import forks
-from kvcache._core.types import MISSING, Call
+from kvcache._core.types import MISSING, Call, request
 from kvcache.errors import ConfigurationError
 
 ALL: Final = b"*"  # an entry's key list meaning "the whole namespace" (clear)
@@ -193,6 +193,27 @@ def keys_of(fields: dict[bytes, bytes]) -> list[bytes]:
     return [fields[str(index).encode()] for index in range(count)]
 
 
+Entry = tuple[bytes, dict[bytes, bytes]]  # (id, fields) of one stream entry
+
+
+class Reader(Protocol):
+    """The listener's own connection to the stream (``_redis/stream.py``)."""
+
+    def position(self, stream: bytes) -> tuple[bytes, int] | None:
+        """(last id, entries-added) now; None when the stream does not exist."""
+
+    def snapshot(
+        self, stream: bytes, after: bytes, count: int
+    ) -> tuple[list[Entry], int, int] | None:
+        """At one instant: up to ``count`` entries after ``after``, and the stream's
+        entries-added and length; None when the stream does not exist."""
+
+    def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None: ...
+
+    def wait(self, stream: bytes, after: bytes, block_ms: int) -> None:
+        """Until an entry after ``after`` exists, or ``block_ms`` passed."""
+
+
 class Feed:
     """The listener's state across reconnects: the last entry applied (id and ordinal)."""
 
@@ -209,7 +230,7 @@ class Feed:
         near = self.near
         try:
             if not self.positioned:
-                position = yield (self.reader, "position", near.stream)
+                position = yield self.reader, request(Reader.position, near.stream)
                 if position is not None:
                     self.last_id, self.ordinal = position
                 self.positioned = True  # before ready: what is written from now on is read
@@ -221,14 +242,16 @@ class Feed:
                     block_ms = max(1, int(near.config.block * 1000))
                     # A wake-up only: the entries are read again by the next snapshot, which
                     # checks for a gap; applying them here could skip one.
-                    yield (self.reader, "wait", near.stream, self.last_id, block_ms)
+                    wait = request(Reader.wait, near.stream, self.last_id, block_ms)
+                    yield self.reader, wait
         except BaseException:
             near.ready = False  # disconnected: bypass until caught up again
             raise
 
     def _catch_up(self) -> Generator[Call, Any, bool]:
         """One snapshot read; True when nothing more is pending."""
-        snapshot = yield (self.reader, "snapshot", self.near.stream, self.last_id, READ_COUNT)
+        read = request(Reader.snapshot, self.near.stream, self.last_id, READ_COUNT)
+        snapshot = yield self.reader, read
         if snapshot is None:  # no stream: never written, or deleted (flushed, evicted)
             if self.ordinal:
                 self._gap()
@@ -263,7 +286,8 @@ class Feed:
             return
         near = self.near
         try:
-            yield (self.reader, "publish", near.stream, near.entry(keys), near.config.stream_maxlen)
+            fields, maxlen = near.entry(keys), near.config.stream_maxlen
+            yield self.reader, request(Reader.publish, near.stream, fields, maxlen)
         except BaseException:
             near.unannounced(keys)
             raise

@@ -44,7 +44,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from kvcache._core.drivers import arun, run
 from kvcache._core.ttl import FOREVER, MAX_TTL
-from kvcache._core.types import Op
+from kvcache._core.types import Op, request
 from kvcache._shells.async_cache import AsyncCache
 from kvcache._shells.cache import Cache
 from kvcache.errors import SerializationError
@@ -186,7 +186,7 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
 
     # -- one body per operation, run by kvcache's two drivers -------------------------------
     # Each operation is written once, as a generator that yields the calls it needs,
-    # ``(cache, "method", *args)``; ``drivers.run`` carries them out on the Cache,
+    # ``(cache, request(Cache.method, *args))``; ``drivers.run`` carries them out on the Cache,
     # ``drivers.arun`` awaits them on the AsyncCache, as for kvcache's own core.
 
     def _run(self, operation: Callable[..., Op[T]], *args: Any) -> T:
@@ -204,39 +204,54 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
     def _add(self, cache: Any, key: Any, value: Any, timeout: Any, version: Any) -> Op[bool]:
         name, ttl = self._name(key, version), self._ttl(timeout)
         if ttl != 0:
-            return bool((yield (cache, "add", name, value, ttl)))
-        added = yield (cache, "add", name, value)  # "would it have been added?"; nothing stays
+            return bool((yield (cache, request(Cache.add, name, value, ttl))))
+        added = yield (
+            cache,
+            request(Cache.add, name, value),
+        )  # "would it have been added?"; nothing stays
         if added:
-            yield (cache, "delete", name)
+            yield (cache, request(Cache.delete, name))
         return bool(added)
 
     def _get(self, cache: Any, key: Any, default: Any, version: Any) -> Op[Any]:
-        return (yield (cache, "get", self._name(key, version), default))
+        return (yield (cache, request(Cache.get, self._name(key, version), default)))
 
     def _set(self, cache: Any, key: Any, value: Any, timeout: Any, version: Any) -> Op[None]:
         name, ttl = self._name(key, version), self._ttl(timeout)
-        yield (cache, "set", name, value, ttl) if ttl != 0 else (cache, "delete", name)
+        yield (
+            (cache, request(Cache.set, name, value, ttl))
+            if ttl != 0
+            else (cache, request(Cache.delete, name))
+        )
 
     def _touch(self, cache: Any, key: Any, timeout: Any, version: Any) -> Op[bool]:
         name, ttl = self._name(key, version), self._ttl(timeout)
-        return bool((yield (cache, "touch", name, ttl) if ttl != 0 else (cache, "delete", name)))
+        return bool(
+            (
+                yield (cache, request(Cache.touch, name, ttl))
+                if ttl != 0
+                else (cache, request(Cache.delete, name))
+            )
+        )
 
     def _delete(self, cache: Any, key: Any, version: Any) -> Op[bool]:
-        return bool((yield (cache, "delete", self._name(key, version))))
+        return bool((yield (cache, request(Cache.delete, self._name(key, version)))))
 
     def _get_many(self, cache: Any, keys: Iterable[Any], version: Any) -> Op[dict[Any, Any]]:
         names = {self._name(key, version): key for key in keys}
-        found = yield (cache, "get_many", names)
+        found = yield (cache, request(Cache.get_many, names))
         return {names[name]: value for name, value in found.items()}
 
     def _has_key(self, cache: Any, key: Any, version: Any) -> Op[bool]:
-        return bool((yield (cache, "has", self._name(key, version))))
+        return bool((yield (cache, request(Cache.has, self._name(key, version)))))
 
     def _incr(self, cache: Any, key: Any, delta: int, version: Any) -> Op[int]:
         name = self._name(key, version)
-        if not (yield (cache, "has", name)):  # as Django's RedisCache: missing is an error, not 0
+        if not (
+            yield (cache, request(Cache.has, name))
+        ):  # as Django's RedisCache: missing is an error, not 0
             raise ValueError(f"Key '{key}' not found")
-        value = yield (cache, "incr", name, delta)
+        value = yield (cache, request(Cache.incr, name, delta))
         if value is None:  # kvcache answered "failed" (no fallback, throw_on_errors off)
             raise ValueError(f"Key '{key}' could not be incremented")
         return int(value)
@@ -249,17 +264,17 @@ class KVCache(BaseCache):  # type: ignore[misc]  # (Django has no type hints)
         named = {self._name(key, version): value for key, value in data.items()}
         ttl = self._ttl(timeout)
         if ttl == 0:
-            yield (cache, "delete_many", named)
+            yield (cache, request(Cache.delete_many, named))
             return []
-        return [] if (yield (cache, "set_many", named, ttl)) else list(data)
+        return [] if (yield (cache, request(Cache.set_many, named, ttl))) else list(data)
 
     def _delete_many(self, cache: Any, keys: Iterable[Any], version: Any) -> Op[None]:
         names = [self._name(key, version) for key in keys]
         if names:
-            yield (cache, "delete_many", names)
+            yield (cache, request(Cache.delete_many, names))
 
     def _clear(self, cache: Any) -> Op[bool]:
-        yield (cache, "clear")
+        yield (cache, request(Cache.clear))
         return True
 
     # -- the BaseCache API -----------------------------------------------------------------

@@ -18,7 +18,8 @@ from kvcache._core.codec import Codec
 from kvcache._core.events import Emitter, ErrorEvent
 from kvcache._core.instruments import UNOBSERVED, Instruments
 from kvcache._core.keys import K, Key, KeySpace
-from kvcache._core.resilience import ResilientAdapter
+from kvcache._core.protocols import Streaming
+from kvcache._core.resilience import Offline, ResilientAdapter
 from kvcache._core.stats import Stats
 from kvcache._core.ttl import check_ttl, to_millis
 from kvcache._core.types import (
@@ -28,6 +29,7 @@ from kvcache._core.types import (
     Call,
     Op,
     Outcome,
+    request,
 )
 from kvcache._near.cache import ALL, NearCache
 from kvcache.errors import (
@@ -163,7 +165,7 @@ class OperationsBase:
         log.debug("kvcache %s failed: %s", operation, type(error).__name__)
         self.events.emit("error", ErrorEvent(operation, error, key))
 
-    def announce(self, fulls: Sequence[bytes], offline: bool) -> Op[None]:
+    def announce(self, fulls: Sequence[bytes], offline: Offline) -> Op[None]:
         """``fulls`` were written (``[ALL]``: the namespace cleared): drop the near cache's
         copies here, after the write (a read in flight then cannot fill an old value), and,
         if the write reached Redis, through the stream in every other process too. (Offline,
@@ -177,7 +179,9 @@ class OperationsBase:
             return
         try:
             _, away = yield from self.adapter.call(
-                "publish", near.stream, near.entry(fulls), near.config.stream_maxlen
+                request(
+                    Streaming.publish, near.stream, near.entry(fulls), near.config.stream_maxlen
+                )
             )
         except KVCacheError as exc:  # refused (OOM), or the cache closed meanwhile
             self.report("publish", exc, None)
@@ -208,7 +212,7 @@ class OperationsBase:
             return
         try:
             _, away = yield from self.adapter.call(
-                "publish", near.stream, near.entry(keys), near.config.stream_maxlen
+                request(Streaming.publish, near.stream, near.entry(keys), near.config.stream_maxlen)
             )
         except Exception as exc:
             log.debug("kvcache: last announcement failed: %s", type(exc).__name__)

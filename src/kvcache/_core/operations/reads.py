@@ -8,6 +8,8 @@ from typing import Any
 from kvcache._core.codec import fresh_until, is_stale
 from kvcache._core.keys import K, Key
 from kvcache._core.operations.base import UNREACHED, Body, OperationsBase, Stale, observed, wall_ms
+from kvcache._core.protocols import Store
+from kvcache._core.resilience import Offline
 from kvcache._core.ttl import from_pttl
 from kvcache._core.types import (
     FALLBACK,
@@ -19,6 +21,7 @@ from kvcache._core.types import (
     NEAR_HIT,
     OK,
     STALE_HIT,
+    request,
 )
 from kvcache._near.cache import NearCache
 from kvcache.errors import (
@@ -33,7 +36,7 @@ class Reads(OperationsBase):
         raw: bytes | None,
         key: Key,
         default: Any,
-        offline: bool,
+        offline: Offline,
         operation: str = "get",
         keep_stale: bool = False,
     ) -> tuple[Any, str]:
@@ -69,7 +72,7 @@ class Reads(OperationsBase):
             value, outcome = yield from self._get_near(self.near, key, full, default, keep_stale)
         else:
             try:
-                raw, offline = yield from self.adapter.call("get", full)
+                raw, offline = yield from self.adapter.call(request(Store.get, full))
             except StoreError as exc:
                 value, outcome = self.failed("get", exc, key, default)
             else:
@@ -99,11 +102,11 @@ class Reads(OperationsBase):
             return value, NEAR_HIT
         ticket = near.ticket()  # a fill is dropped if anything was evicted meanwhile
         try:
-            (raw, pttl), offline = yield from self.adapter.call("get_with_ttl", full)
+            (raw, pttl), offline = yield from self.adapter.call(request(Store.get_with_ttl, full))
         except StoreError as exc:
             return self.failed("get", exc, key, default)
         value, outcome = self.read(raw, key, default, offline, "get", keep_stale)
-        if outcome is HIT:
+        if outcome is HIT and raw is not None:  # (a hit always has its bytes)
             expiry = fresh_until(raw)
             near.fill(full, value, pttl, ticket, None if expiry is None else expiry - wall_ms())
         return value, outcome
@@ -133,7 +136,7 @@ class Reads(OperationsBase):
             if not full:
                 return found, OK
         try:
-            raws, offline = yield from self.adapter.call("get_many", full)
+            raws, offline = yield from self.adapter.call(request(Store.get_many, full))
         except StoreError as exc:
             return self.failed("get_many", exc, None, {})
         outcomes: dict[str, int] = {}
@@ -173,9 +176,9 @@ class Reads(OperationsBase):
         found: bool
         try:
             if self.stale_ms is None:
-                found, offline = yield from self.adapter.call("exists", full)
+                found, offline = yield from self.adapter.call(request(Store.exists, full))
             else:  # a stale value is stored, yet absent
-                raw, offline = yield from self.adapter.call("get", full)
+                raw, offline = yield from self.adapter.call(request(Store.get, full))
                 found = raw is not None and not is_stale(raw, wall_ms())
         except StoreError as exc:
             return self.failed("has", exc, key, False)
@@ -186,9 +189,11 @@ class Reads(OperationsBase):
         full = self.keys.build(key)
         try:
             if self.stale_ms is None:
-                pttl, offline = yield from self.adapter.call("pttl", full)
+                pttl, offline = yield from self.adapter.call(request(Store.pttl, full))
             else:  # a wrapped value's TTL is its logical one
-                (raw, pttl), offline = yield from self.adapter.call("get_with_ttl", full)
+                (raw, pttl), offline = yield from self.adapter.call(
+                    request(Store.get_with_ttl, full)
+                )
                 expiry = None if raw is None else fresh_until(raw)
                 if expiry is not None:
                     left = expiry - wall_ms()

@@ -9,11 +9,13 @@ from typing import Any
 from kvcache._core.codec import fresh_until, is_stale, retime
 from kvcache._core.keys import K, Key
 from kvcache._core.operations.base import Body, OperationsBase, check_amount, observed, wall_ms
-from kvcache._core.resilience import ALL_KEYS, UNJOURNALED
+from kvcache._core.protocols import Store
+from kvcache._core.resilience import ALL_KEYS, UNJOURNALED, Offline
 from kvcache._core.types import (
     FALLBACK,
     OK,
     Op,
+    request,
 )
 from kvcache._near.cache import ALL
 from kvcache.errors import (
@@ -29,7 +31,9 @@ class Writes(OperationsBase):
         payload, ttl_ms = self.pack(value, self.ttl_ms(ttl))
         writes = UNJOURNALED if fill else (full,)
         try:
-            _, offline = yield from self.adapter.call("set", full, payload, ttl_ms, writes=writes)
+            _, offline = yield from self.adapter.call(
+                request(Store.set, full, payload, ttl_ms), writes=writes
+            )
         except BaseException as exc:  # it may have landed all the same
             return self.failed_write("set", exc, key, False, (full,))
         self.stats.sets += 1
@@ -45,7 +49,7 @@ class Writes(OperationsBase):
         try:
             # Not journaled, and False while Redis is away: only Redis knows whether another
             # process holds the key (add is often a lock), and recovery must not delete it.
-            added, offline = yield from self.adapter.call("add", full, payload, ttl_ms)
+            added, offline = yield from self.adapter.call(request(Store.add, full, payload, ttl_ms))
             if not added and not offline and self.stale_ms is not None:
                 added, offline = yield from self._add_over_stale(full, payload, ttl_ms)
         except BaseException as exc:  # it may have landed all the same
@@ -61,14 +65,14 @@ class Writes(OperationsBase):
     def _add_over_stale(self, full: bytes, payload: bytes, ttl_ms: int | None) -> Op[Any]:
         """The key is there, but perhaps only as a stale value, which ``add`` must treat as
         absent: replaced if it still holds that same value (compare-and-set)."""
-        raw, offline = yield from self.adapter.call("get", full)
+        raw, offline = yield from self.adapter.call(request(Store.get, full))
         if offline:
             return False, True
         if raw is None:  # expired meanwhile
-            return (yield from self.adapter.call("add", full, payload, ttl_ms))
+            return (yield from self.adapter.call(request(Store.add, full, payload, ttl_ms)))
         if not is_stale(raw, wall_ms()):
             return False, False
-        return (yield from self.adapter.call("replace", full, raw, payload, ttl_ms))
+        return (yield from self.adapter.call(request(Store.replace, full, raw, payload, ttl_ms)))
 
     @observed("set_many", many=True)
     def set_many(self, mapping: Mapping[K, Any], ttl: float | None) -> Body[bool]:
@@ -83,11 +87,11 @@ class Writes(OperationsBase):
         for full, (payload, kept_ms) in packed.items():
             batches.setdefault(kept_ms, []).append((full, payload))
         written = list(packed)
-        offline = False
+        offline: Offline = False
         try:
             for kept_ms, items in batches.items():
                 _, away = yield from self.adapter.call(
-                    "set_many", items, kept_ms, writes=[full for full, _ in items]
+                    request(Store.set_many, items, kept_ms), writes=[full for full, _ in items]
                 )
                 offline = offline or away
         except BaseException as exc:  # it may have landed all the same
@@ -104,7 +108,9 @@ class Writes(OperationsBase):
             return 0, OK
         removed: int
         try:
-            removed, offline = yield from self.adapter.call("delete_many", full, writes=full)
+            removed, offline = yield from self.adapter.call(
+                request(Store.delete_many, full), writes=full
+            )
         except BaseException as exc:  # it may have landed all the same
             return self.failed_write("delete_many", exc, None, 0, full)
         self.stats.deletes += removed
@@ -117,7 +123,9 @@ class Writes(OperationsBase):
         full = self.keys.build(key)
         removed: int
         try:
-            removed, offline = yield from self.adapter.call("delete_many", [full], writes=(full,))
+            removed, offline = yield from self.adapter.call(
+                request(Store.delete_many, [full]), writes=(full,)
+            )
         except BaseException as exc:  # it may have landed all the same
             return self.failed_write("delete", exc, key, False, (full,))
         self.stats.deletes += removed
@@ -138,7 +146,7 @@ class Writes(OperationsBase):
         value: int
         try:
             value, offline = yield from self.adapter.call(
-                "incr", full, amount, self.ttl_ms(None), writes=(full,)
+                request(Store.incr, full, amount, self.ttl_ms(None)), writes=(full,)
             )
         except BaseException as exc:  # it may have landed all the same
             return self.failed_write("incr", exc, key, None, (full,))
@@ -153,7 +161,7 @@ class Writes(OperationsBase):
         try:
             # Not journaled: a TTL changed in the fallback leaves nothing stale in Redis.
             if self.stale_ms is None:
-                touched, offline = yield from self.adapter.call("expire", full, ttl_ms)
+                touched, offline = yield from self.adapter.call(request(Store.expire, full, ttl_ms))
             else:
                 touched, offline = yield from self._touch_wrapped(full, ttl_ms, self.stale_ms)
         except BaseException as exc:  # it may have landed all the same
@@ -166,17 +174,19 @@ class Writes(OperationsBase):
         """Fail-safe's touch: a wrapped value's logical expiry is in the value, so the value
         is rewritten (compare-and-set: a concurrent write wins, with its own TTL). Others
         (ints, add's values, values stored without a TTL) keep their kind: only the TTL moves."""
-        raw, offline = yield from self.adapter.call("get", full)
+        raw, offline = yield from self.adapter.call(request(Store.get, full))
         now = wall_ms()
         if raw is None or is_stale(raw, now):
             return False, offline
         if fresh_until(raw) is None:
-            return (yield from self.adapter.call("expire", full, ttl_ms))
+            return (yield from self.adapter.call(request(Store.expire, full, ttl_ms)))
         rewrapped = retime(raw, None if ttl_ms is None else now + ttl_ms)
         kept_ms = None if ttl_ms is None else ttl_ms + stale_ms
-        touched, offline = yield from self.adapter.call("replace", full, raw, rewrapped, kept_ms)
+        touched, offline = yield from self.adapter.call(
+            request(Store.replace, full, raw, rewrapped, kept_ms)
+        )
         if not touched:  # written meanwhile (it stands, with its own TTL), or deleted
-            return (yield from self.adapter.call("exists", full))
+            return (yield from self.adapter.call(request(Store.exists, full)))
         return True, offline
 
     @observed("clear")
@@ -184,7 +194,7 @@ class Writes(OperationsBase):
         removed: int
         try:
             removed, offline = yield from self.adapter.call(
-                "clear", self.keys.prefix, writes=ALL_KEYS
+                request(Store.clear, self.keys.prefix), writes=ALL_KEYS
             )
         except BaseException as exc:  # it may have landed all the same
             return self.failed_write("clear", exc, None, 0, (ALL,))
