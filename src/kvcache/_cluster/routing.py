@@ -14,7 +14,7 @@ from kvcache._core.breaker import Adapter
 from kvcache._core.resilience import ALL_KEYS, UNJOURNALED, Offline, Routed
 from kvcache._core.state import State
 from kvcache._core.types import Call, Request, request
-from kvcache._redis.commands import ask_commands
+from kvcache._redis.plans import ask_commands
 from kvcache._redis.store import RedisStore
 from kvcache.errors import (
     CacheClosedError,

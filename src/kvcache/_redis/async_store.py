@@ -18,21 +18,13 @@ import redis.asyncio.retry
 from kvcache._core import forks
 from kvcache._core.keys import scan_pattern
 from kvcache._core.protocols import Breaker, Closeable
+from kvcache._redis import plans
 from kvcache._redis.commands import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_WAIT_TIMEOUT,
     SCAN_COUNT,
     UNLINK_BATCH,
-    merge_get_many,
-    one_unlink,
     queue_asking,
-    queue_get_many,
-    queue_incr,
-    queue_set_many,
-    queue_unlink,
-    replace_command,
-    set_command,
-    xadd_command,
 )
 from kvcache._redis.errors import (
     FAILURES,
@@ -42,8 +34,8 @@ from kvcache._redis.errors import (
     no_free_connection,
     translate,
 )
+from kvcache._redis.plans import Plan
 from kvcache._redis.probe import Probing, address_of, describe, step_timeout
-from kvcache._redis.slots import slot_groups
 from kvcache._redis.stream import StreamReader
 from kvcache.errors import ConfigurationError
 
@@ -190,38 +182,47 @@ class AsyncRedisStore:
             self._current = current
         return current
 
+    # The store calls: each one's commands and replies are planned in plans.py, once for
+    # this store and RedisStore.
+
     async def get(self, key: bytes) -> bytes | None:
-        here = self._here()
-        return await here.run(here.client.get, key)
+        return await self._here().execute(plans.get(key))
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        here = self._here()
-        groups = slot_groups(keys) if self.cluster else [keys]
-        if len(groups) == 1:
-            return await here.run(here.client.mget, keys)
-        pipe = here.client.pipeline(transaction=False)
-        queue_get_many(pipe, groups)
-        return merge_get_many(keys, groups, await here.run(pipe.execute))
+        return await self._here().execute(plans.get_many(keys, self.cluster))
 
     async def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
-        here = self._here()
-        await here.run(here.client.execute_command, *set_command(key, value, ttl_ms))
+        await self._here().execute(plans.set(key, value, ttl_ms))
 
     async def get_with_ttl(self, key: bytes) -> tuple[bytes | None, int]:
-        here = self._here()
-        pipe = here.client.pipeline(transaction=False)
-        pipe.get(key).pttl(key)
-        value, pttl = await here.run(pipe.execute)
-        return value, int(pttl)
+        return await self._here().execute(plans.get_with_ttl(key))
 
     async def replace(self, key: bytes, old: bytes, new: bytes, ttl_ms: int | None) -> bool:
-        here = self._here()
-        command = replace_command(key, old, new, ttl_ms)
-        return bool(await here.run(here.client.execute_command, *command))
+        return await self._here().execute(plans.replace(key, old, new, ttl_ms))
 
     async def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None:
-        here = self._here()
-        await here.run(here.client.execute_command, *xadd_command(stream, fields, maxlen))
+        await self._here().execute(plans.publish(stream, fields, maxlen))
+
+    async def add(self, key: bytes, value: bytes, ttl_ms: int | None) -> bool:
+        return await self._here().execute(plans.add(key, value, ttl_ms))
+
+    async def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
+        await self._here().execute(plans.set_many(items, ttl_ms, self.cluster))
+
+    async def delete_many(self, keys: Sequence[bytes]) -> int:
+        return await self._here().execute(plans.delete_many(keys, self.cluster))
+
+    async def exists(self, key: bytes) -> bool:
+        return await self._here().execute(plans.exists(key))
+
+    async def incr(self, key: bytes, amount: int, ttl_ms: int | None) -> int:
+        return await self._here().execute(plans.incr(key, amount, ttl_ms))
+
+    async def pttl(self, key: bytes) -> int:
+        return await self._here().execute(plans.pttl(key))
+
+    async def expire(self, key: bytes, ttl_ms: int | None) -> bool:
+        return await self._here().execute(plans.expire(key, ttl_ms))
 
     def stream_reader(self, block: float) -> StreamReader:
         """The near cache listener's connection: a sync one (the listener is a thread, for
@@ -232,49 +233,6 @@ class AsyncRedisStore:
                 "reader factory"
             )
         return self._reader(block)
-
-    async def add(self, key: bytes, value: bytes, ttl_ms: int | None) -> bool:
-        here = self._here()
-        command = set_command(key, value, ttl_ms, nx=True)
-        return bool(await here.run(here.client.execute_command, *command))
-
-    async def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
-        here = self._here()
-        pipe = here.client.pipeline(transaction=False)
-        queue_set_many(pipe, items, ttl_ms, self.cluster)
-        await here.run(pipe.execute)
-
-    async def delete_many(self, keys: Sequence[bytes]) -> int:
-        here = self._here()
-        if one_unlink(keys, self.cluster):
-            return await here.run(here.client.unlink, *keys) if keys else 0
-        pipe = here.client.pipeline(transaction=False)
-        queue_unlink(pipe, keys, self.cluster)
-        return sum(await here.run(pipe.execute))
-
-    async def exists(self, key: bytes) -> bool:
-        here = self._here()
-        return await here.run(here.client.exists, key) == 1
-
-    async def incr(self, key: bytes, amount: int, ttl_ms: int | None) -> int:
-        here = self._here()
-        if ttl_ms is None:
-            return await here.run(here.client.incrby, key, amount)
-        pipe = here.client.pipeline(transaction=True)
-        queue_incr(pipe, key, amount, ttl_ms)
-        return (await here.run(pipe.execute))[1]
-
-    async def pttl(self, key: bytes) -> int:
-        here = self._here()
-        return await here.run(here.client.pttl, key)
-
-    async def expire(self, key: bytes, ttl_ms: int | None) -> bool:
-        here = self._here()
-        if ttl_ms is not None:
-            return bool(await here.run(here.client.pexpire, key, ttl_ms))
-        pipe = here.client.pipeline(transaction=False)
-        pipe.persist(key).exists(key)
-        return (await here.run(pipe.execute))[1] == 1
 
     async def scan(self, prefix: bytes) -> AsyncIterator[bytes]:
         here = self._here()
@@ -324,6 +282,18 @@ class _LoopClient:
         self.client: Any = client
         self._store = store  # for its wait timeout and its admit check
         self._slots = asyncio.Semaphore(max_in_flight)
+
+    async def execute(self, plan: Plan[T]) -> T:
+        """As ``RedisStore._run``: one command alone, more in one pipeline, none not sent."""
+        commands = plan.commands
+        if len(commands) == 1 and not plan.transaction:
+            return plan.finish([await self.run(self.client.execute_command, *commands[0])])
+        if not commands:
+            return plan.finish([])
+        pipe = self.client.pipeline(transaction=plan.transaction)
+        for command in commands:
+            pipe.execute_command(*command)
+        return plan.finish(await self.run(pipe.execute))
 
     async def run(self, command: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         if self._slots.locked():  # every slot busy: wait for one, bounded, then ask the breaker

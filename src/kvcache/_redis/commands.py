@@ -1,10 +1,10 @@
-"""Raw commands and pipeline queuing, shared by the sync and async stores: SET with its
-options, the compare-and-set script, XADD, INCR with a TTL, UNLINK and MSET in batches and per
-slot on a cluster node, ASKING before each command."""
+"""Raw commands, shared by the sync and async stores and their plans (``plans.py``): SET with
+its options, the compare-and-set script, XADD, UNLINK batches, ASKING before each command;
+and the bounds the two stores share."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from kvcache._redis.slots import slot_groups
@@ -27,43 +27,9 @@ def batches(keys: Iterator[bytes]) -> Iterator[list[bytes]]:
         yield batch
 
 
-def queue_incr(pipe: Any, key: bytes, amount: int, ttl_ms: int) -> None:
-    # MULTI / SET NX PX / INCRBY / EXEC: a *new* counter gets the TTL, an existing one keeps
-    # its own, atomically, in one round trip. (Not Lua: it turns replies into doubles, and
-    # counters past 2**53 would come back rounded.)
-    pipe.set(key, b"0", nx=True, px=ttl_ms).incrby(key, amount)
-
-
-def queue_unlink(pipe: Any, keys: Sequence[bytes], cluster: bool = False) -> None:
-    # Many keys: UNLINK in batches (no one huge command), all in one round trip; on a
-    # cluster node, one slot per UNLINK.
-    for group in slot_groups(keys) if cluster else [keys]:
-        for batch in batches(iter(group)):
-            pipe.unlink(*batch)
-
-
 def one_unlink(keys: Sequence[bytes], cluster: bool) -> bool:
     """Can one UNLINK carry ``keys``?"""
     return len(keys) <= UNLINK_BATCH and (not cluster or len(slot_groups(keys)) == 1)
-
-
-def queue_set_many(
-    pipe: Any, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None, cluster: bool
-) -> None:
-    if ttl_ms is not None:
-        for key, value in items:
-            pipe.execute_command(*set_command(key, value, ttl_ms))
-    elif not cluster:
-        pipe.mset(dict(items))
-    else:  # a cluster node takes MSET only within one slot
-        values = dict(items)
-        for group in slot_groups(list(values)):
-            pipe.mset({key: values[key] for key in group})
-
-
-def queue_get_many(pipe: Any, groups: Sequence[Sequence[bytes]]) -> None:
-    for group in groups:  # one MGET per slot: a cluster node refuses cross-slot MGET
-        pipe.mget(group)
 
 
 def merge_get_many(
@@ -117,45 +83,3 @@ def set_command(
     if ttl_ms is not None:
         command += ("PX", ttl_ms)
     return (*command, "NX") if nx else command
-
-
-# -- ASK: the slot is being migrated, and this key already lives on the importing node, which
-# serves it only right after ASKING. A call is re-sent there as raw commands, one key at a time.
-
-Finish = Callable[[list[Any]], Any]
-
-
-def ask_commands(method: str, args: tuple[Any, ...]) -> tuple[list[tuple[Any, ...]], Finish]:
-    """The raw commands that carry out a one-key store call, and how to read their replies."""
-    if method == "get":
-        return [("GET", args[0])], lambda r: r[0]
-    if method == "get_many":
-        return [("GET", key) for key in args[0]], list
-    if method == "exists":
-        return [("EXISTS", args[0])], lambda r: r[0] == 1
-    if method == "pttl":
-        return [("PTTL", args[0])], lambda r: r[0]
-    if method == "set":
-        return [set_command(args[0], args[1], args[2])], lambda r: None
-    if method == "add":
-        return [set_command(args[0], args[1], args[2], nx=True)], lambda r: r[0] is not None
-    if method == "set_many":
-        return [set_command(key, value, args[1]) for key, value in args[0]], lambda r: None
-    if method == "delete_many":
-        return [("UNLINK", key) for key in args[0]], sum
-    if method == "incr":
-        key, amount, ttl_ms = args
-        start = [] if ttl_ms is None else [("SET", key, b"0", "NX", "PX", ttl_ms)]
-        return [*start, ("INCRBY", key, amount)], lambda r: r[-1]
-    if method == "get_with_ttl":
-        return [("GET", args[0]), ("PTTL", args[0])], lambda r: (r[0], int(r[1]))
-    if method == "replace":
-        return [replace_command(*args)], lambda r: bool(r[0])
-    if method == "publish":
-        return [xadd_command(*args)], lambda r: None
-    if method == "expire":
-        key, ttl_ms = args
-        if ttl_ms is None:
-            return [("PERSIST", key), ("EXISTS", key)], lambda r: r[1] == 1
-        return [("PEXPIRE", key, ttl_ms)], lambda r: bool(r[0])
-    raise ValueError(f"no ASK form for {method}")

@@ -16,21 +16,13 @@ import redis.asyncio.retry
 from kvcache._core import forks
 from kvcache._core.keys import scan_pattern
 from kvcache._core.protocols import Breaker, Closeable
+from kvcache._redis import plans
 from kvcache._redis.commands import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_WAIT_TIMEOUT,
     SCAN_COUNT,
     batches,
-    merge_get_many,
-    one_unlink,
     queue_asking,
-    queue_get_many,
-    queue_incr,
-    queue_set_many,
-    queue_unlink,
-    replace_command,
-    set_command,
-    xadd_command,
 )
 from kvcache._redis.errors import (
     FAILURES,
@@ -40,8 +32,8 @@ from kvcache._redis.errors import (
     no_free_connection,
     translate,
 )
+from kvcache._redis.plans import Plan
 from kvcache._redis.probe import Probing, address_of, describe, step_timeout
-from kvcache._redis.slots import slot_groups
 from kvcache._redis.stream import StreamReader
 
 T = TypeVar("T")
@@ -179,74 +171,62 @@ class RedisStore:
         finally:
             self._slots.put(None)
 
+    def _run(self, plan: Plan[T]) -> T:
+        commands = plan.commands
+        if len(commands) == 1 and not plan.transaction:
+            return plan.finish([self._call(self._client.execute_command, *commands[0])])
+        if not commands:
+            return plan.finish([])
+        pipe = self._client.pipeline(transaction=plan.transaction)
+        for command in commands:
+            pipe.execute_command(*command)
+        return plan.finish(self._call(pipe.execute))
+
+    # The store calls: each one's commands and replies are planned in plans.py, once for
+    # this store and AsyncRedisStore.
+
     def get(self, key: bytes) -> bytes | None:
-        return self._call(self._client.get, key)
+        return self._run(plans.get(key))
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        groups = slot_groups(keys) if self.cluster else [keys]
-        if len(groups) == 1:
-            return self._call(self._client.mget, keys)
-        pipe = self._client.pipeline(transaction=False)
-        queue_get_many(pipe, groups)
-        return merge_get_many(keys, groups, self._call(pipe.execute))
+        return self._run(plans.get_many(keys, self.cluster))
 
     def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
-        self._call(self._client.execute_command, *set_command(key, value, ttl_ms))
+        self._run(plans.set(key, value, ttl_ms))
 
     def get_with_ttl(self, key: bytes) -> tuple[bytes | None, int]:
-        """GET and PTTL in one round trip (the near cache keeps a copy no longer than Redis)."""
-        pipe = self._client.pipeline(transaction=False)
-        pipe.get(key).pttl(key)
-        value, pttl = self._call(pipe.execute)
-        return value, int(pttl)
+        return self._run(plans.get_with_ttl(key))
 
     def replace(self, key: bytes, old: bytes, new: bytes, ttl_ms: int | None) -> bool:
-        command = replace_command(key, old, new, ttl_ms)
-        return bool(self._call(self._client.execute_command, *command))
+        return self._run(plans.replace(key, old, new, ttl_ms))
 
     def publish(self, stream: bytes, fields: dict[bytes, bytes], maxlen: int) -> None:
-        """XADD an invalidation, trimming the stream to about ``maxlen`` entries."""
-        self._call(self._client.execute_command, *xadd_command(stream, fields, maxlen))
+        self._run(plans.publish(stream, fields, maxlen))
+
+    def add(self, key: bytes, value: bytes, ttl_ms: int | None) -> bool:
+        return self._run(plans.add(key, value, ttl_ms))
+
+    def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
+        self._run(plans.set_many(items, ttl_ms, self.cluster))
+
+    def delete_many(self, keys: Sequence[bytes]) -> int:
+        return self._run(plans.delete_many(keys, self.cluster))
+
+    def exists(self, key: bytes) -> bool:
+        return self._run(plans.exists(key))
+
+    def incr(self, key: bytes, amount: int, ttl_ms: int | None) -> int:
+        return self._run(plans.incr(key, amount, ttl_ms))
+
+    def pttl(self, key: bytes) -> int:
+        return self._run(plans.pttl(key))
+
+    def expire(self, key: bytes, ttl_ms: int | None) -> bool:
+        return self._run(plans.expire(key, ttl_ms))
 
     def stream_reader(self, block: float) -> StreamReader:
         """A connection of its own for the near cache's listener (see ``StreamReader``)."""
         return StreamReader(self._client.connection_pool, self._step, block)
-
-    def add(self, key: bytes, value: bytes, ttl_ms: int | None) -> bool:
-        command = set_command(key, value, ttl_ms, nx=True)
-        return bool(self._call(self._client.execute_command, *command))
-
-    def set_many(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        queue_set_many(pipe, items, ttl_ms, self.cluster)
-        self._call(pipe.execute)
-
-    def delete_many(self, keys: Sequence[bytes]) -> int:
-        if one_unlink(keys, self.cluster):
-            return self._call(self._client.unlink, *keys) if keys else 0
-        pipe = self._client.pipeline(transaction=False)
-        queue_unlink(pipe, keys, self.cluster)
-        return sum(self._call(pipe.execute))
-
-    def exists(self, key: bytes) -> bool:
-        return self._call(self._client.exists, key) == 1
-
-    def incr(self, key: bytes, amount: int, ttl_ms: int | None) -> int:
-        if ttl_ms is None:
-            return self._call(self._client.incrby, key, amount)
-        pipe = self._client.pipeline(transaction=True)
-        queue_incr(pipe, key, amount, ttl_ms)
-        return self._call(pipe.execute)[1]
-
-    def pttl(self, key: bytes) -> int:
-        return self._call(self._client.pttl, key)
-
-    def expire(self, key: bytes, ttl_ms: int | None) -> bool:
-        if ttl_ms is not None:
-            return bool(self._call(self._client.pexpire, key, ttl_ms))
-        pipe = self._client.pipeline(transaction=False)
-        pipe.persist(key).exists(key)
-        return self._call(pipe.execute)[1] == 1
 
     def scan(self, prefix: bytes) -> Iterator[bytes]:
         keys = self._client.scan_iter(match=scan_pattern(prefix), count=SCAN_COUNT)
