@@ -6,7 +6,7 @@ from redis.crc import key_slot
 
 from kvcache._cluster.refresh import RefreshSchedule
 from kvcache._cluster.topology import Topology
-from kvcache._redis.commands import ask_commands
+from kvcache._redis.plans import ask_commands
 from kvcache._redis.slots import SLOTS, slot_groups
 
 REPLY = [
