@@ -30,9 +30,11 @@ from kvcache._core.drivers import arun, run
 from kvcache._core.events import Emitter
 from kvcache._core.journal import Journal
 from kvcache._core.keys import KeySpace
+from kvcache._core.protocols import Store
 from kvcache._core.resilience import ALL_KEYS, UNJOURNALED
 from kvcache._core.state import StateMachine
 from kvcache._core.stats import Stats
+from kvcache._core.types import request
 
 DOWN = CacheUnavailableError("ConnectionError: refused")
 
@@ -405,11 +407,13 @@ def test_starting_serves_from_the_fallback_and_journals_writes(drive: Any) -> No
     made, primary, shell = adapter()
     attempt_failed(made, drive)
     assert made.machine.state is State.STARTING
-    assert drive(made.call("set", PREFIX + b"k", b"v", None, writes=(PREFIX + b"k",))) == (
+    assert drive(
+        made.call(request(Store.set, PREFIX + b"k", b"v", None), writes=(PREFIX + b"k",))
+    ) == (
         None,
         True,
     )
-    assert drive(made.call("get", PREFIX + b"k")) == (b"v", True)
+    assert drive(made.call(request(Store.get, PREFIX + b"k"))) == (b"v", True)
     assert primary.calls == []  # no I/O at all
     assert shell.waits == []  # the first attempt failed: nobody waits any more
     assert shell.asked == 2  # each offline call made sure a prober runs
@@ -422,7 +426,7 @@ def test_a_starting_call_waits_for_the_first_attempt_and_then_uses_redis(drive: 
     primary.op_timeout = 0.3  # type: ignore[attr-defined]
     shell.while_waiting = lambda: run(made.probe())
     key = PREFIX + b"k"
-    assert drive(made.call("set", key, b"v", None, writes=(key,))) == (None, False)
+    assert drive(made.call(request(Store.set, key, b"v", None), writes=(key,))) == (None, False)
     assert shell.waits == [0.3]  # bounded by the store's op_timeout
     assert made.machine.state is State.READY
     assert primary.get(key) == b"v"  # Redis took the write
@@ -432,8 +436,11 @@ def test_a_starting_call_waits_for_the_first_attempt_and_then_uses_redis(drive: 
 def test_a_wait_for_the_first_attempt_that_runs_out_ends_the_waiting(drive: Any) -> None:
     made, primary, shell = adapter()
     key = PREFIX + b"k"
-    assert drive(made.call("get", key)) == (None, True)  # the attempt is still in flight
-    assert drive(made.call("set", key, b"v", None, writes=(key,))) == (None, True)
+    assert drive(made.call(request(Store.get, key))) == (
+        None,
+        True,
+    )  # the attempt is still in flight
+    assert drive(made.call(request(Store.set, key, b"v", None), writes=(key,))) == (None, True)
     assert shell.waits == [0.25]  # only the first call waited (the default op_timeout)
     assert primary.calls == []
     assert made.journal.take()[0] == [key]  # the write really bypassed Redis
@@ -444,9 +451,11 @@ def test_a_read_that_misses_while_starting_journals_nothing(drive: Any) -> None:
     attempt_failed(made, drive)
     key = PREFIX + b"shared"
     primary.set(key, b"42", None)  # another process wrote it
-    assert drive(made.call("get", key)) == (None, True)  # the fallback misses
-    drive(made.call("set", key, b"computed", None, writes=UNJOURNALED))  # a get_or_set fill
-    assert drive(made.call("get", key)) == (b"computed", True)
+    assert drive(made.call(request(Store.get, key))) == (None, True)  # the fallback misses
+    drive(
+        made.call(request(Store.set, key, b"computed", None), writes=UNJOURNALED)
+    )  # a get_or_set fill
+    assert drive(made.call(request(Store.get, key))) == (b"computed", True)
     assert not made.journal.pending()
     probe_now(made, drive)
     assert made.machine.state is State.READY
@@ -482,7 +491,7 @@ def test_probe_success_applies_the_journal_then_ready_then_empties_the_fallback(
 ) -> None:
     made, primary, shell = adapter()
     primary.set(PREFIX + b"old", b"stale", None)
-    drive(made.call("set", PREFIX + b"old", b"new", None, writes=(PREFIX + b"old",)))
+    drive(made.call(request(Store.set, PREFIX + b"old", b"new", None), writes=(PREFIX + b"old",)))
     probe_now(made, drive)
     assert made.machine.state is State.READY
     assert primary.calls[:3] == ["set", "ping", "reset"]
@@ -490,7 +499,10 @@ def test_probe_success_applies_the_journal_then_ready_then_empties_the_fallback(
     assert primary.get(PREFIX + b"old") is None  # the pre-outage value is gone
     assert made.fallback.get(PREFIX + b"old") is None  # and the outage-era one too
     assert [(c.previous, c.current) for c in shell.changes] == [(State.STARTING, State.READY)]
-    assert drive(made.call("get", PREFIX + b"old")) == (None, False)  # Redis answers now
+    assert drive(made.call(request(Store.get, PREFIX + b"old"))) == (
+        None,
+        False,
+    )  # Redis answers now
 
 
 def test_a_failed_command_opens_the_breaker_and_the_fallback_answers(drive: Any) -> None:
@@ -498,11 +510,11 @@ def test_a_failed_command_opens_the_breaker_and_the_fallback_answers(drive: Any)
     probe_now(made, drive)
     primary.down = True
     key = PREFIX + b"k"
-    assert drive(made.call("set", key, b"v", None, writes=(key,))) == (None, True)
+    assert drive(made.call(request(Store.set, key, b"v", None), writes=(key,))) == (None, True)
     assert made.machine.state is State.DEGRADED
     assert made.stats.errors == 1  # the failed command is counted, not raised
     calls = len(primary.calls)
-    assert drive(made.call("get", key)) == (b"v", True)
+    assert drive(made.call(request(Store.get, key))) == (b"v", True)
     assert len(primary.calls) == calls  # breaker open: the network is not touched
     assert made.journal.pending()
     assert [c.current for c in shell.changes] == [State.READY, State.DEGRADED]
@@ -511,7 +523,7 @@ def test_a_failed_command_opens_the_breaker_and_the_fallback_answers(drive: Any)
 def test_a_probe_that_fails_while_applying_the_journal_keeps_it(drive: Any) -> None:
     made, primary, _ = adapter()
     key = PREFIX + b"k"
-    drive(made.call("delete_many", [key], writes=[key]))
+    drive(made.call(request(Store.delete_many, [key]), writes=[key]))
     original_delete = primary.delete_many
 
     def failing_delete(keys: Any) -> int:
@@ -548,7 +560,7 @@ def test_a_clear_during_the_outage_clears_the_namespace_on_recovery(drive: Any) 
     made, primary, _ = adapter()
     primary.set(PREFIX + b"a", b"1", None)
     primary.set(b"other:a", b"1", None)
-    assert drive(made.call("clear", PREFIX, writes=ALL_KEYS)) == (0, True)
+    assert drive(made.call(request(Store.clear, PREFIX), writes=ALL_KEYS)) == (0, True)
     probe_now(made, drive)
     assert primary.get(PREFIX + b"a") is None
     assert primary.get(b"other:a") == b"1"  # other namespaces are left alone
@@ -563,7 +575,7 @@ def test_without_a_fallback_to_serve_calls_fail_fast_but_writes_are_journaled(
     made, primary, _ = adapter(**options)
     key = PREFIX + b"k"
     with pytest.raises(CacheUnavailableError, match="starting"):
-        drive(made.call("set", key, b"v", None, writes=(key,)))
+        drive(made.call(request(Store.set, key, b"v", None), writes=(key,)))
     assert primary.calls == []
     assert made.journal.take()[0] == [key]  # deleting it on recovery is always safe
 
@@ -584,7 +596,7 @@ def test_failures_that_are_not_outages_do_not_open_the_breaker(
 
     primary.get = failing  # type: ignore[method-assign]
     with pytest.raises(type(error)):
-        drive(made.call("get", PREFIX + b"k"))
+        drive(made.call(request(Store.get, PREFIX + b"k")))
     assert made.machine.state is State.READY
     assert made.stats.errors == 0  # the operation reports it, not the adapter
 
@@ -600,7 +612,7 @@ def test_a_store_that_cannot_be_probed_is_always_ready_and_passes_errors_through
     assert made.machine.state is State.READY
     assert made.fallback is None
     with pytest.raises(CacheUnavailableError):
-        drive(made.call("get", PREFIX + b"k"))
+        drive(made.call(request(Store.get, PREFIX + b"k")))
     assert made.machine.state is State.READY
     assert shell.changes == []
 
@@ -609,7 +621,7 @@ def test_a_closed_adapter_refuses_calls(drive: Any) -> None:
     made, primary, shell = adapter()
     made.close()
     with pytest.raises(CacheClosedError):
-        drive(made.call("get", PREFIX + b"k"))
+        drive(made.call(request(Store.get, PREFIX + b"k")))
     with pytest.raises(CacheClosedError):
         drive(made.scan_store())
     assert primary.calls == []
@@ -640,7 +652,7 @@ def test_one_event_per_transition_and_connect_error_once(drive: Any) -> None:
     primary.down = True
     for _ in range(5):
         probe_now(made, drive)
-        drive(made.call("get", PREFIX + b"k"))  # calls while degraded emit nothing
+        drive(made.call(request(Store.get, PREFIX + b"k")))  # calls while degraded emit nothing
     assert [c.current for c in states] == [State.DEGRADED]
     assert len(connect_errors) == 1
     primary.down = False
@@ -667,7 +679,9 @@ def test_locks_held_by_another_thread_at_fork_time_are_renewed_in_the_child() ->
     if pid == 0:  # the child: the holder thread does not exist here
         signal.alarm(5)  # a deadlock would otherwise hang the test run
         key = PREFIX + b"k"
-        run(made.call("set", key, b"v", None, writes=(key,)))  # journal, fallback, state lock
+        run(
+            made.call(request(Store.set, key, b"v", None), writes=(key,))
+        )  # journal, fallback, state lock
         made.close()
         os._exit(0 if made.machine.state is State.CLOSED else 1)
     release.set()
