@@ -17,7 +17,7 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, Protocol
 
 import redis
@@ -85,59 +85,65 @@ class ConnectionPolicy:
         if self.max_age is not None:
             self._expires[connection] = self._clock() + self.max_age * random.uniform(0.9, 1.0)
 
-    # The handshake hooks (redis-py's ``redis_connect_func``). A refused AUTH may have
-    # closed the socket (redis-py does on WRONGPASS), so the retry is a whole new connect,
-    # which runs the hook again: ``_retrying`` makes that second run the last. redis-py
-    # closes the socket after a RedisError only; anything else (a credential provider's own
-    # error, a cancellation) must not leave an unauthenticated socket in the pool.
+    # The handshake hooks (redis-py's ``redis_connect_func``), written once: ``_handshake``
+    # names the connection's methods to call, and the sync hook calls them, the async one
+    # awaits them (each outcome sent or thrown back). A refused AUTH may have closed the
+    # socket (redis-py does on WRONGPASS), so the retry is a whole new connect, which runs
+    # the hook again: ``_retrying`` makes that second run the last. redis-py closes the
+    # socket after a RedisError only; anything else (a credential provider's own error, a
+    # cancellation) must not leave an unauthenticated socket in the pool.
+
+    def _handshake(self, connection: Any) -> Generator[str, None, None]:
+        try:
+            try:
+                yield "on_connect"
+            except (AuthenticationError, ResponseError) as exc:
+                if connection in self._retrying or not self._retry_after(exc):
+                    raise
+                self._retrying.add(connection)
+                try:
+                    yield "disconnect"
+                    yield "connect"
+                finally:
+                    self._retrying.discard(connection)
+                return
+        except RedisError:
+            raise
+        except Exception as exc:
+            yield "disconnect"
+            raise AuthenticationError(f"credentials unavailable ({type(exc).__name__})") from exc
+        except BaseException:  # a cancellation: no half-open socket either
+            yield "disconnect"
+            raise
+        self._connected(connection)
 
     def _connect(self, connection: Any) -> None:
+        steps = self._handshake(connection)
         try:
-            try:
-                connection.on_connect()
-            except (AuthenticationError, ResponseError) as exc:
-                if connection in self._retrying or not self._retry_after(exc):
-                    raise
-                self._retrying.add(connection)
+            step = next(steps)
+            while True:
                 try:
-                    connection.disconnect()
-                    connection.connect()
-                finally:
-                    self._retrying.discard(connection)
-                return
-        except RedisError:
-            raise
-        except Exception as exc:
-            connection.disconnect()
-            raise AuthenticationError(f"credentials unavailable ({type(exc).__name__})") from exc
-        except BaseException:  # a cancellation: no half-open socket either
-            connection.disconnect()
-            raise
-        self._connected(connection)
+                    getattr(connection, step)()
+                except BaseException as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = next(steps)
+        except StopIteration:
+            pass
 
     async def _connect_async(self, connection: Any) -> None:
+        steps = self._handshake(connection)
         try:
-            try:
-                await connection.on_connect()
-            except (AuthenticationError, ResponseError) as exc:
-                if connection in self._retrying or not self._retry_after(exc):
-                    raise
-                self._retrying.add(connection)
+            step = next(steps)
+            while True:
                 try:
-                    await connection.disconnect()
-                    await connection.connect()
-                finally:
-                    self._retrying.discard(connection)
-                return
-        except RedisError:
-            raise
-        except Exception as exc:
-            await connection.disconnect()
-            raise AuthenticationError(f"credentials unavailable ({type(exc).__name__})") from exc
-        except BaseException:  # a cancellation: no half-open socket either
-            await connection.disconnect()
-            raise
-        self._connected(connection)
+                    await getattr(connection, step)()
+                except BaseException as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = next(steps)
+        except StopIteration:
+            pass
 
     def _retry_after(self, exc: Exception) -> bool:
         """After a refused token: drop it (the provider signs a new one) and say to retry."""
