@@ -478,3 +478,27 @@ def test_idle_connections_that_do_not_close_in_time_do_not_fail_a_passed_probe(
                 await store.close()
 
         asyncio.run(main())
+
+
+def test_a_read_names_its_keys_as_redis_py_helpers_do() -> None:
+    """redis-py's client-side cache (a user's client with ``cache_config``) refuses a
+    cacheable command sent without its keys ("Cannot create cache key"): the stores send one
+    command with ``keys=``, as ``client.get`` does (the test server, 7.0, is older than the
+    7.4 that redis-py's client-side cache needs, so it is checked at the plans)."""
+    from redis.cache import CacheConfig
+
+    from kvcache._redis import plans
+
+    config = CacheConfig()
+    reads = {
+        "GET": plans.get(b"k"),
+        "MGET": plans.get_many([b"a", b"b"]),
+        "EXISTS": plans.exists(b"k"),
+        "PTTL": plans.pttl(b"k"),
+    }
+    for name, plan in reads.items():
+        (command,) = plan.commands
+        assert command[0] == name
+        assert plan.keys is not None and list(plan.keys) == list(command[1:])
+    assert all(config.is_allowed_to_cache(name) for name in ("GET", "MGET", "EXISTS"))
+    assert plans.set(b"k", b"v", None).keys is None  # a write is never cached

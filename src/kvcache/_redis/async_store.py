@@ -287,7 +287,9 @@ class _LoopClient:
         """As ``RedisStore._run``: one command alone, more in one pipeline, none not sent."""
         commands = plan.commands
         if len(commands) == 1 and not plan.transaction:
-            return plan.finish([await self.run(self.client.execute_command, *commands[0])])
+            return plan.finish(
+                [await self.run(self.client.execute_command, *commands[0], keys=plan.keys)]
+            )
         if not commands:
             return plan.finish([])
         pipe = self.client.pipeline(transaction=plan.transaction)

@@ -27,14 +27,22 @@ Finish = Callable[[list[Any]], Any]
 
 
 class Plan(Generic[R]):
-    __slots__ = ("commands", "finish", "transaction")
+    __slots__ = ("commands", "finish", "keys", "transaction")
 
     def __init__(
-        self, commands: list[Command], finish: Callable[[list[Any]], R], transaction: bool = False
+        self,
+        commands: list[Command],
+        finish: Callable[[list[Any]], R],
+        transaction: bool = False,
+        keys: Sequence[bytes] | None = None,
     ) -> None:
         self.commands = commands
         self.finish = finish  # the replies (redis-py's response callbacks applied) -> result
         self.transaction = transaction
+        # The keys a read of one command names, as redis-py's own helpers pass them: a
+        # client with redis-py's client-side cache (cache_config) refuses a cacheable
+        # command without them ("Cannot create cache key"); others ignore them.
+        self.keys = keys
 
 
 def _first(replies: list[Any]) -> Any:
@@ -62,13 +70,13 @@ def _with_ttl(replies: list[Any]) -> tuple[bytes | None, int]:
 
 
 def get(key: bytes) -> Plan[bytes | None]:
-    return Plan([("GET", key)], _first)
+    return Plan([("GET", key)], _first, keys=(key,))
 
 
 def get_many(keys: Sequence[bytes], cluster: bool = False) -> Plan[list[bytes | None]]:
     groups = slot_groups(keys) if cluster else [keys]
     if len(groups) == 1:
-        return Plan([("MGET", *keys)] if keys else [], _first if keys else list)
+        return Plan([("MGET", *keys)] if keys else [], _first if keys else list, keys=keys)
     # One MGET per slot: a cluster node refuses a cross-slot MGET.
     return Plan(
         [("MGET", *group) for group in groups],
@@ -114,7 +122,7 @@ def delete_many(keys: Sequence[bytes], cluster: bool = False) -> Plan[int]:
 
 
 def exists(key: bytes) -> Plan[bool]:
-    return Plan([("EXISTS", key)], _one)
+    return Plan([("EXISTS", key)], _one, keys=(key,))
 
 
 def incr(key: bytes, amount: int, ttl_ms: int | None) -> Plan[int]:
@@ -128,7 +136,7 @@ def incr(key: bytes, amount: int, ttl_ms: int | None) -> Plan[int]:
 
 
 def pttl(key: bytes) -> Plan[int]:
-    return Plan([("PTTL", key)], _first)
+    return Plan([("PTTL", key)], _first, keys=(key,))
 
 
 def expire(key: bytes, ttl_ms: int | None) -> Plan[bool]:

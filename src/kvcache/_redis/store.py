@@ -174,7 +174,9 @@ class RedisStore:
     def _run(self, plan: Plan[T]) -> T:
         commands = plan.commands
         if len(commands) == 1 and not plan.transaction:
-            return plan.finish([self._call(self._client.execute_command, *commands[0])])
+            return plan.finish(
+                [self._call(self._client.execute_command, *commands[0], keys=plan.keys)]
+            )
         if not commands:
             return plan.finish([])
         pipe = self._client.pipeline(transaction=plan.transaction)
