@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from kvcache.testing import ChaosProxy, RedisServer
+from kvcache.testing.chaos import _Child
 from kvcache.testing.server import free_port
 
 PING = b"*1\r\n$4\r\nPING\r\n"
@@ -318,8 +319,8 @@ def test_process_mode_runs_in_a_child_that_stop_ends(redis_server: RedisServer) 
             sock.sendall(PING)
             assert sock.recv(100) == PONG
         assert proxy.accepted == 1
-        child = proxy._child
-        assert child is not None
+        child = proxy._relay
+        assert isinstance(child, _Child)
     assert child._process.poll() is not None  # exited
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((proxy.host, proxy.port), timeout=1).close()

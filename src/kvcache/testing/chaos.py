@@ -6,82 +6,56 @@
         proxy.up()         # healed: pending bytes are delivered
 
 Real sockets fail the way production does (refused connects, resets, silent partitions), which
-a mock cannot. One selector thread owns every socket, so a mode switch never races a pump; the
-switching call returns once the new mode is in force.
-
-``ChaosProxy(..., process=True)`` runs that thread in a child process of its own, with the same
-API (each call a line over a pipe): a process under test that keeps its CPU busy (hundreds of
-asyncio tasks) starves a proxy thread that shares its GIL, and then measures the proxy.
+a mock cannot. The forwarding is ``relay.Relay``'s: a selector thread in this process, or
+(``process=True``) in a child process of its own, with the same API (each call a line over a
+pipe): a process under test that keeps its CPU busy (hundreds of asyncio tasks) starves a
+proxy thread that shares its GIL, and then measures the proxy. A mode switch returns once the
+new mode is in force.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
-import selectors
-import socket
-import struct
 import subprocess
 import sys
 import threading
-import time
-from collections import deque
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-SWITCH_TIMEOUT = 5.0  # seconds a mode switch or stop() waits for the proxy thread
-REBIND_TIMEOUT = 1.0  # seconds to get the port back after refuse()
-CHUNK = 65536
-MAX_PENDING = 1 << 20  # bytes buffered per direction before reading that side pauses
-
-_WAKE = object()
-_LISTEN = object()
-
-
-class _Link:
-    """One proxied connection. Queues hold ``(due, bytes)``: nothing is sent before ``due``."""
-
-    def __init__(self, client: socket.socket) -> None:
-        self.client = client
-        self.upstream: socket.socket | None = None
-        self.connected = False
-        self.closed = False
-        self.to_upstream: deque[tuple[float, bytes]] = deque()
-        self.to_client: deque[tuple[float, bytes]] = deque()
-        self.pending = {"client": 0, "upstream": 0}  # queued bytes, keyed by reading side
-        self.eof = {"client": False, "upstream": False}  # that side sent FIN
-        self.shut = {"client": False, "upstream": False}  # we sent FIN to that side
-
-
-def _abort(sock: socket.socket) -> None:
-    """Close with a TCP RST instead of a FIN."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-def _tune(sock: socket.socket) -> None:
-    sock.setblocking(False)
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle: honest timings
+from kvcache.testing import relay
+from kvcache.testing.relay import SWITCH_TIMEOUT, Relay
 
 
 class _Child:
-    """A ChaosProxy running in a child process: one JSON line per request and per reply."""
+    """A relay running in a child process: one JSON line per request and per reply."""
 
     def __init__(self, host: str, port: int, mode: str, delay: float) -> None:
-        # This file run as a script: it needs only the standard library, so the child starts
+        # relay.py run as a script: it needs only the standard library, so the child starts
         # in ~30 ms instead of importing kvcache (~300 ms).
-        command = [sys.executable, "-I", __file__, host, str(port), mode, str(delay)]
+        command = [sys.executable, "-I", relay.__file__, host, str(port), mode, str(delay)]
         self._process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         self._lock = threading.Lock()
         self.port = int(self._reply()["port"])
 
-    def ask(self, *request: Any) -> Any:
+    @property
+    def accepted(self) -> int:
+        return int(self._ask("accepted"))
+
+    @property
+    def active(self) -> int:
+        return int(self._ask("active"))
+
+    def reset_counters(self) -> None:
+        self._ask("reset_counters")
+
+    def switch(self, mode: str, delay: float = 0.0) -> None:
+        self._ask("switch", mode, delay)
+
+    def _ask(self, *request: Any) -> Any:
         with self._lock:
             assert self._process.stdin is not None
             try:
@@ -102,7 +76,7 @@ class _Child:
         return reply
 
     def stop(self) -> None:
-        """End of input: the child stops its proxy and exits."""
+        """End of input: the child stops its relay and exits."""
         with self._lock, contextlib.suppress(OSError):
             assert self._process.stdin is not None
             self._process.stdin.close()
@@ -129,29 +103,15 @@ class ChaosProxy:
         self.upstream_port = upstream_port
         self.password = password
         self.process = process
-        self._child: _Child | None = None
-        self._port = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._mode = "up"
         self._delay = 0.0
-        self._requested = 0  # generation of the last mode switch asked for ...
-        self._applied = 0  # ... and of the last one in force
-        self._error: OSError | None = None
-        self._stopping = False
-        self._accepted = 0
-        self._active = 0
-        self._thread: threading.Thread | None = None
-        self._wake_r: socket.socket | None = None
-        self._wake_w: socket.socket | None = None
-        self._listener: socket.socket | None = None
-        self._upstream_addr: tuple[socket.AddressFamily, tuple[str, int]] | None = None
-        self._selector: selectors.BaseSelector  # these belong to the proxy thread
-        self._links: list[_Link] = []
-        self._running = False
+        self._relay: Relay | _Child | None = None  # while started
+        self._port = 0
 
     @property
     def host(self) -> str:
-        return "127.0.0.1"
+        return Relay.host
 
     @property
     def port(self) -> int:
@@ -164,31 +124,25 @@ class ChaosProxy:
 
     @property
     def mode(self) -> str:
-        with self._cond:
+        with self._lock:
             return self._mode
 
     @property
     def accepted(self) -> int:
         """Connections accepted since start (or ``reset_counters()``): spots reconnect storms."""
-        if self._child is not None:
-            return int(self._child.ask("accepted"))
-        with self._cond:
-            return self._accepted
+        started = self._relay
+        return started.accepted if started is not None else 0
 
     @property
     def active(self) -> int:
         """Client connections open now, including those a blackhole holds."""
-        if self._child is not None:
-            return int(self._child.ask("active"))
-        with self._cond:
-            return self._active
+        started = self._relay
+        return started.active if started is not None else 0
 
     def reset_counters(self) -> None:
-        if self._child is not None:
-            self._child.ask("reset_counters")
-            return
-        with self._cond:
-            self._accepted = 0
+        started = self._relay
+        if started is not None:
+            started.reset_counters()
 
     def __repr__(self) -> str:  # no password
         return (
@@ -224,84 +178,34 @@ class ChaosProxy:
         self._switch("latency", ms / 1000)
 
     def _switch(self, mode: str, delay: float = 0.0) -> None:
-        with self._cond:
+        with self._lock:
             self._mode, self._delay = mode, delay
-            self._requested += 1
-            child, started = self._child, self._thread is not None
-        if child is not None:
-            child.ask("switch", mode, delay)
-        elif started:  # (not started: start() applies it)
-            self._wait_applied()
-
-    def _wait_applied(self) -> None:
-        self._wake()
-        with self._cond:
-            generation = self._requested
-            done = self._cond.wait_for(
-                lambda: self._applied >= generation or not self._running, SWITCH_TIMEOUT
-            )
-            error, self._error = self._error, None
-            died = self._applied < generation and not self._stopping
-        if error is not None:
-            raise RuntimeError(f"{self!r} could not re-open its port") from error
-        if not done or died:
-            raise RuntimeError(f"{self!r} did not switch mode: its thread is stuck or dead")
-
-    def _wake(self) -> None:
-        if self._wake_w is not None:
-            with contextlib.suppress(OSError):  # full: a wake-up is pending; closed: stopped
-                self._wake_w.send(b"\0")
+            started = self._relay
+        if started is not None:  # (not started: start() applies it)
+            started.switch(mode, delay)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> ChaosProxy:
-        if self._thread is not None or self._child is not None:
-            raise RuntimeError(f"{self!r} is already started")
+        with self._lock:
+            if self._relay is not None:
+                raise RuntimeError(f"ChaosProxy(port={self._port}) is already started")
+            mode, delay = self._mode, self._delay
+        up = self.upstream_host, self.upstream_port
         if self.process:
-            with self._cond:
-                mode, delay = self._mode, self._delay
-            self._child = _Child(self.upstream_host, self.upstream_port, mode, delay)
-            self._port = self._child.port
-            return self
-        family, _, _, _, address = socket.getaddrinfo(
-            self.upstream_host, self.upstream_port, type=socket.SOCK_STREAM
-        )[0]
-        self._upstream_addr = (family, (str(address[0]), int(address[1])))
-        self._listener = self._bind(0)
-        self._port = int(self._listener.getsockname()[1])
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._selector = selectors.DefaultSelector()
-        self._links = []
-        with self._cond:
-            self._stopping = False
-            self._running = True
-            self._accepted = self._active = 0
-            self._requested += 1  # apply the current mode (it may be set before start)
-            self._thread = threading.Thread(
-                target=self._run, name=f"kvcache-chaos-{self._port}", daemon=True
-            )
-            self._thread.start()
-        self._wait_applied()
+            started: Relay | _Child = _Child(*up, mode, delay)
+        else:
+            started = Relay(*up, mode, delay).start()
+        self._port = started.port
+        with self._lock:
+            self._relay = started
         return self
 
     def stop(self) -> None:
-        child, self._child = self._child, None
-        if child is not None:
-            child.stop()
-            return
-        with self._cond:
-            thread, self._stopping = self._thread, True
-        if thread is None:
-            return
-        self._wake()
-        thread.join(SWITCH_TIMEOUT)
-        with self._cond:
-            self._thread = None
-        if self._wake_w is not None:
-            self._wake_w.close()
-            self._wake_w = None
+        with self._lock:
+            started, self._relay = self._relay, None
+        if started is not None:
+            started.stop()
 
     def __enter__(self) -> ChaosProxy:
         return self.start()
@@ -313,293 +217,3 @@ class ChaosProxy:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-    # -- the proxy thread: owns the listener and every connection ----------------------------
-
-    def _bind(self, port: int) -> socket.socket:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((self.host, port))
-            listener.listen(128)
-            listener.setblocking(False)
-        except OSError:
-            listener.close()
-            raise
-        return listener
-
-    def _run(self) -> None:
-        assert self._wake_r is not None
-        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
-        try:
-            while True:
-                with self._cond:
-                    mode, delay, generation = self._mode, self._delay, self._requested
-                    stopping = self._stopping
-                if stopping:
-                    break
-                if generation != self._applied:
-                    error = self._apply(mode)
-                    with self._cond:
-                        self._applied, self._error = generation, error
-                        self._cond.notify_all()
-                timeout = self._arm(mode)
-                for key, events in self._selector.select(timeout):
-                    self._dispatch(key.data, events, mode, delay)
-        finally:
-            for link in list(self._links):
-                self._close(link)
-            self._close_listener()
-            self._selector.close()
-            self._wake_r.close()
-            with self._cond:
-                self._running = False
-                self._cond.notify_all()
-
-    def _apply(self, mode: str) -> OSError | None:
-        if mode == "refuse":
-            for link in list(self._links):
-                self._close(link)
-            self._close_listener()
-            return None
-        if mode == "reset":
-            for link in list(self._links):
-                self._close(link, abort=True)
-        elif mode in ("up", "latency"):
-            for link in list(self._links):
-                if link.upstream is None:
-                    self._connect(link)
-        if self._listener is None:
-            deadline = time.monotonic() + REBIND_TIMEOUT
-            while True:
-                try:
-                    self._listener = self._bind(self._port)
-                    break
-                except OSError as error:
-                    if time.monotonic() > deadline:
-                        return error
-                    time.sleep(0.01)
-        return None
-
-    def _close_listener(self) -> None:
-        if self._listener is not None:
-            self._want(self._listener, 0, _LISTEN)
-            self._listener.close()
-            self._listener = None
-
-    def _want(self, sock: socket.socket, events: int, data: object) -> None:
-        """Make the selector watch ``sock`` for exactly ``events``."""
-        try:
-            key = self._selector.get_key(sock)
-        except KeyError:
-            if events:
-                self._selector.register(sock, events, data)
-            return
-        if not events:
-            self._selector.unregister(sock)
-        elif key.events != events:
-            self._selector.modify(sock, events, data)
-
-    def _arm(self, mode: str) -> float | None:
-        """Set what to watch for the next select, and return how long it may sleep."""
-        if self._listener is not None:
-            self._want(self._listener, selectors.EVENT_READ, _LISTEN)
-        forwarding = mode in ("up", "latency")
-        now = time.monotonic()
-        timeout: float | None = None
-        for link in list(self._links):
-            client_events = upstream_events = 0
-            if forwarding:
-                if link.connected:
-                    self._finish_half_closes(link)
-                    if link.closed:
-                        continue
-                if not link.eof["client"] and link.pending["client"] < MAX_PENDING:
-                    client_events |= selectors.EVENT_READ
-                if not link.connected:
-                    upstream_events |= selectors.EVENT_WRITE  # connect completion
-                else:
-                    if not link.eof["upstream"] and link.pending["upstream"] < MAX_PENDING:
-                        upstream_events |= selectors.EVENT_READ
-                    for queue, to_client in ((link.to_upstream, False), (link.to_client, True)):
-                        if not queue:
-                            continue
-                        due = queue[0][0]
-                        if due > now:
-                            timeout = due - now if timeout is None else min(timeout, due - now)
-                        elif to_client:
-                            client_events |= selectors.EVENT_WRITE
-                        else:
-                            upstream_events |= selectors.EVENT_WRITE
-            self._want(link.client, client_events, (link, "client"))
-            if link.upstream is not None:
-                self._want(link.upstream, upstream_events, (link, "upstream"))
-        return timeout
-
-    def _finish_half_closes(self, link: _Link) -> None:
-        """Pass a FIN on once everything before it is delivered; close when both sides are done."""
-        for side, other, queue in (
-            ("client", "upstream", link.to_upstream),
-            ("upstream", "client", link.to_client),
-        ):
-            if link.eof[side] and not queue and not link.shut[other]:
-                sock = link.upstream if other == "upstream" else link.client
-                assert sock is not None
-                try:
-                    sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    self._close(link)
-                    return
-                link.shut[other] = True
-        if link.shut["client"] and link.shut["upstream"]:
-            self._close(link)
-
-    def _dispatch(self, data: object, events: int, mode: str, delay: float) -> None:
-        if data is _WAKE:
-            assert self._wake_r is not None
-            try:
-                while self._wake_r.recv(CHUNK):
-                    pass
-            except BlockingIOError:
-                pass
-        elif data is _LISTEN:
-            self._accept(mode)
-        else:
-            assert isinstance(data, tuple)
-            link, side = data
-            if link.closed:  # closed earlier in this round
-                return
-            if side == "upstream" and not link.connected:
-                self._connected(link)
-                return
-            if events & selectors.EVENT_WRITE:
-                self._send(link, side)
-            if events & selectors.EVENT_READ and not link.closed:
-                self._recv(link, side, delay if mode == "latency" else 0.0)
-
-    def _accept(self, mode: str) -> None:
-        for _ in range(64):  # then give the connections a turn
-            if self._listener is None:
-                return
-            try:
-                sock, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # e.g. ECONNABORTED: the client gave up already
-                continue
-            with self._cond:
-                self._accepted += 1
-            if mode == "reset":
-                _abort(sock)
-                continue
-            _tune(sock)
-            link = _Link(sock)
-            self._links.append(link)
-            with self._cond:
-                self._active += 1
-            if mode in ("up", "latency"):
-                self._connect(link)
-
-    def _connect(self, link: _Link) -> None:
-        assert self._upstream_addr is not None
-        family, address = self._upstream_addr
-        upstream = socket.socket(family, socket.SOCK_STREAM)
-        _tune(upstream)
-        link.upstream = upstream
-        error = upstream.connect_ex(address)
-        if error == 0:
-            link.connected = True
-        elif error not in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EINTR):
-            self._close(link)
-
-    def _connected(self, link: _Link) -> None:
-        assert link.upstream is not None
-        if link.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-            self._close(link)  # upstream down: the client sees its connection closed
-        else:
-            link.connected = True
-
-    def _recv(self, link: _Link, side: str, delay: float) -> None:
-        sock = link.client if side == "client" else link.upstream
-        assert sock is not None
-        try:
-            chunk = sock.recv(CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(link)
-            return
-        if not chunk:
-            link.eof[side] = True
-            return
-        if side == "client":
-            link.to_upstream.append((time.monotonic(), chunk))
-        else:
-            link.to_client.append((time.monotonic() + delay, chunk))
-        link.pending[side] += len(chunk)
-
-    def _send(self, link: _Link, side: str) -> None:
-        """Send what is due to ``side``."""
-        sock = link.client if side == "client" else link.upstream
-        queue, source = (
-            (link.to_client, "upstream") if side == "client" else (link.to_upstream, "client")
-        )
-        assert sock is not None
-        now = time.monotonic()
-        while queue and queue[0][0] <= now:
-            due, chunk = queue[0]
-            try:
-                sent = sock.send(chunk)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self._close(link)
-                return
-            link.pending[source] -= sent
-            if sent < len(chunk):
-                queue[0] = (due, chunk[sent:])
-                return
-            queue.popleft()
-
-    def _close(self, link: _Link, *, abort: bool = False) -> None:
-        if link.closed:
-            return
-        link.closed = True
-        self._links.remove(link)
-        for sock in (link.client, link.upstream):
-            if sock is not None:
-                self._want(sock, 0, None)
-                if abort:
-                    _abort(sock)
-                else:
-                    sock.close()
-        with self._cond:
-            self._active -= 1
-
-
-def _serve_as_child(host: str, port: int, mode: str, delay: float) -> None:
-    """The child's side of ``process=True``: a proxy, driven by JSON lines on stdin."""
-    proxy = ChaosProxy(host, port)
-    proxy._switch(mode, delay)
-    with proxy:
-        print(json.dumps({"port": proxy.port}), flush=True)
-        for line in sys.stdin:
-            name, *args = json.loads(line)
-            value = None
-            try:
-                if name == "switch":
-                    proxy._switch(*args)
-                elif name == "reset_counters":
-                    proxy.reset_counters()
-                elif name in ("accepted", "active"):
-                    value = getattr(proxy, name)
-                else:
-                    raise ValueError(f"no such request: {name!r}")
-            except Exception as exc:
-                print(json.dumps({"error": repr(exc)}), flush=True)
-            else:
-                print(json.dumps({"value": value}), flush=True)
-
-
-if __name__ == "__main__":
-    _serve_as_child(sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]))
