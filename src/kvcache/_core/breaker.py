@@ -29,13 +29,14 @@ from typing import Any, Final, TypeVar
 
 from kvcache._core import forks
 from kvcache._core.events import Emitter
-from kvcache._core.instruments import Instruments, error_type
+from kvcache._core.instruments import Instruments
 from kvcache._core.journal import Journal
 from kvcache._core.keys import KeySpace
 from kvcache._core.protocols import Probeable, Store, is_guarded, is_probeable
 from kvcache._core.resilience import ALL_KEYS, Health, Recovery, Routed, Supervisor
 from kvcache._core.state import Policy, State, StateChange, StateMachine
 from kvcache._core.stats import Stats
+from kvcache._core.transitions import log_transition, reason
 from kvcache._core.types import OK, Call, Outcome, Request, request
 from kvcache.errors import (
     BreakerOpenError,
@@ -49,10 +50,6 @@ log = logging.getLogger("kvcache.adapter")
 DEFAULT_OP_TIMEOUT: Final = 0.25  # seconds: a probeable store that names no bound of its own
 _READY: Final = State.READY  # a module constant: the hot path's one comparison
 R = TypeVar("R")
-
-
-def _reason(error: BaseException | None) -> str:
-    return "" if error is None else f" ({error})"
 
 
 class Adapter:
@@ -285,7 +282,7 @@ class Adapter:
     def _unavailable(self) -> CacheUnavailableError:
         machine = self.machine
         return CacheUnavailableError(
-            f"Redis is unavailable ({machine.state.value}{_reason(machine.last_error)}); "
+            f"Redis is unavailable ({machine.state.value}{reason(machine.last_error)}); "
             "the call was not sent"
         )
 
@@ -383,43 +380,7 @@ class Adapter:
 
     def publish(self, change: StateChange, deleted: int = 0) -> None:
         """One log line, one telemetry signal, one event per transition; never per call."""
-        where = repr(self.primary)
-        # Structured fields for JSON formatters and OpenTelemetry's logging bridge.
-        fields = {
-            "kvcache_namespace": self.namespace,
-            "kvcache_state": change.current.value,
-            "kvcache_previous": change.previous.value,
-            "kvcache_shard": self.shard,
-            "kvcache_store": where,
-            "kvcache_error": None if change.error is None else error_type(change.error),
-            "kvcache_seconds": round(change.duration, 3),
-        }
-        if change.current is State.DEGRADED:
-            if change.first_connect_failed:
-                log.warning(
-                    "kvcache: cannot connect to %s%s; serving from memory, probing quietly",
-                    where,
-                    _reason(change.error),
-                    extra=fields,
-                )
-            else:
-                log.warning(
-                    "kvcache: lost %s%s; serving from memory until it answers",
-                    where,
-                    _reason(change.error),
-                    extra=fields,
-                )
-        elif change.current is State.READY:
-            log.info(
-                "kvcache: %s is ready (after %.3f s %s; %d journaled keys deleted)",
-                where,
-                change.duration,
-                change.previous.value,
-                deleted,
-                extra={**fields, "kvcache_journal_deleted": deleted},
-            )
-        else:
-            log.debug("kvcache: %s %s", where, change.current.value, extra=fields)
+        log_transition(change, repr(self.primary), self.namespace, self.shard, deleted)
         if self.shard is not None:
             change = replace(change, shard=self.shard)
         if self._on_change is not None:
