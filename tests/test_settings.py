@@ -434,9 +434,9 @@ def test_a_bad_environment_value_is_a_configuration_error(monkeypatch: pytest.Mo
 
 
 def test_an_unknown_kvcache_variable_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    import kvcache.settings
+    import kvcache._settings_messages
 
-    monkeypatch.setattr(kvcache.settings, "_warned", set())
+    monkeypatch.setattr(kvcache._settings_messages, "_warned", set())
     monkeypatch.setenv("KVCACHE_NAMESPCE", "app")
     monkeypatch.setenv("KVCACHE_NEAR_CACHE__ENABLED", "false")  # nested: a setting
     monkeypatch.setenv("KVCACHE_IAM__REGION", "eu-west-1")
