@@ -309,9 +309,9 @@ def test_add_while_redis_is_away_never_claims_a_key_another_process_holds(
 def test_a_forked_child_gets_fresh_connections_and_its_own_prober(
     proxy: ChaosProxy, admin: Any, state: State
 ) -> None:
-    cache = Cache.from_url(proxy.url, namespace="n", **FAST)
-    if state is State.DEGRADED:
+    if state is State.DEGRADED:  # before the cache exists: its first connect starts at once
         proxy.refuse()
+    cache = Cache.from_url(proxy.url, namespace="n", **FAST)
     assert cache.connect(timeout=1.0) is state
     cache.set("parent", 1)
     read, write = os.pipe()
