@@ -2,8 +2,8 @@
 backend, against a private redis-server, as Django runs it on its built-in RedisCache.
 
 Vendored from Django 5.2.19, tests/cache/tests.py (``f`` .. ``retry``, ``custom_key_func`` ..
-``BaseCacheTests``, and RedisCacheTests' ``test_get_backend_timeout_method``), unchanged but for the path of ``custom_key_func`` and the exclusions at the
-end. Django is BSD-licensed: Copyright (c) Django Software Foundation and individual
+``BaseCacheTests``, and RedisCacheTests' ``test_get_backend_timeout_method``), unchanged but for the path of ``custom_key_func``, the exclusions at the end, and one unused
+import (``cc_delim_re``, gone in Django 6). Django is BSD-licensed: Copyright (c) Django Software Foundation and individual
 contributors. All rights reserved. Redistribution and use in source and binary forms, with or
 without modification, are permitted provided that the conditions of Django's LICENSE (3-clause
 BSD, https://github.com/django/django/blob/main/LICENSE) are met.
@@ -72,7 +72,6 @@ from django.test.signals import setting_changed
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone, translation
 from django.utils.cache import (
-    cc_delim_re,
     get_cache_key,
     has_vary_header,
     learn_cache_key,
