@@ -31,6 +31,7 @@ from kvcache._redis.errors import (
     breaker_opened,
     cluster_disabled,
     failure,
+    lost_transport,
     no_free_connection,
     translate,
 )
@@ -51,6 +52,15 @@ async def _within(call: Coroutine[Any, Any, T], ceiling: float) -> T:
     task = asyncio.ensure_future(call)
     task.add_done_callback(_seen)
     return await asyncio.wait_for(task, ceiling)
+
+
+def _lost(exc: AttributeError | TypeError) -> ConnectionError:
+    """asyncio's error for a write on a connection lost meanwhile (``lost_transport``), as
+    the connection failure it is; any other such error is a bug, and goes on as it is."""
+    lost = lost_transport(exc)
+    if lost is None:
+        raise exc
+    return lost
 
 
 def _seen(task: asyncio.Future[Any]) -> None:
@@ -116,6 +126,8 @@ class AsyncRedisStore:
             reply, took = await _within(self._ping_on(connection, *command), probing.ceiling)
         except FAILURES as exc:
             raise translate(exc) from exc
+        except (AttributeError, TypeError) as exc:
+            raise translate(_lost(exc)) from exc
         finally:
             await connection.disconnect()
         probing.verdict(command, reply, took)
@@ -147,6 +159,8 @@ class AsyncRedisStore:
             if cluster_disabled(exc):
                 return None
             raise translate(exc) from exc
+        except (AttributeError, TypeError) as exc:
+            raise translate(_lost(exc)) from exc
         finally:
             await connection.disconnect()
 
@@ -314,5 +328,7 @@ class _LoopClient:
             return await command(*args, **kwargs)
         except FAILURES as exc:
             raise failure(exc, self._store.breaker) from exc
+        except (AttributeError, TypeError) as exc:
+            raise failure(_lost(exc), self._store.breaker) from exc
         finally:
             self._slots.release()

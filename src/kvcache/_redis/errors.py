@@ -5,6 +5,7 @@ one, or a server error for that call only."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import redis
 from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
@@ -56,6 +57,25 @@ def _translated(exc: BaseException) -> KVCacheError:
     ):
         return InvalidValueError(NOT_A_COUNTER)
     return StoreError(f"{type(exc).__name__}: {exc}")
+
+
+_TRANSPORTS = os.path.join("asyncio", "selector_events.py")
+
+
+def lost_transport(exc: BaseException) -> ConnectionError | None:
+    """A write on an asyncio connection the peer closed meanwhile, raised by asyncio itself
+    as a bug instead of a ConnectionError: Python 3.12 and 3.13's ``writelines`` (which
+    redis-py uses) dereferences the transport's loop, already cleared ("'NoneType' object
+    has no attribute '_add_writer'", CPython gh-136234). That error, told apart by where it
+    arose, as the connection failure it is; None for any other."""
+    if not isinstance(exc, AttributeError | TypeError):
+        return None
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None or not tb.tb_frame.f_code.co_filename.endswith(_TRANSPORTS):
+        return None
+    return ConnectionError(f"the connection was lost during a write ({exc})")
 
 
 def no_free_connection(waited: float) -> NoFreeConnectionError:
