@@ -190,6 +190,7 @@ class AsyncRedisStore:
             with self._lock:
                 current = self._clients.get(loop)
                 if current is None:
+                    self._forget_closed_loops()
                     client, self._spare = self._spare or self._connect(), None
                     current = _LoopClient(loop, client, self, self._max_in_flight)
                     self._clients[loop] = current
@@ -269,8 +270,19 @@ class AsyncRedisStore:
             removed += await self.delete_many(batch)
         return removed
 
+    def _forget_closed_loops(self) -> None:
+        """Drop the clients of loops closed since (under the lock). A client references its
+        loop (its connections, its semaphore), so the weak keys alone never let one go: an
+        AsyncCache used by one ``asyncio.run`` after another kept a client and its sockets per
+        loop, for as long as it lived. Their connections cannot be closed without their loop;
+        dropped, they are collected (redis-py warns of each, as of any client so left)."""
+        for loop in [loop for loop in self._clients if loop.is_closed()]:
+            del self._clients[loop]
+
     async def close(self) -> None:
-        """Close this loop's client; clients of loops that are gone go with their loops."""
+        """Close this loop's client, and forget those of loops closed since."""
+        with self._lock:
+            self._forget_closed_loops()
         current = self._clients.pop(asyncio.get_running_loop(), None)
         if self._current is current:
             self._current = None
