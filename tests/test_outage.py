@@ -370,6 +370,13 @@ def test_recovery_finishes_under_sustained_writes(
     wait_until(lambda: cache.state is State.DEGRADED, RECOVERY)
     stop = time.perf_counter() + 60
     written: list[int] = []
+    at_recovery: list[str | None] = []  # the fallback as the cache turned READY
+
+    def on_state(change: StateChange) -> None:
+        if change.current is State.READY and not at_recovery:
+            at_recovery.append(cache.health().fallback)
+
+    cache.on("state", on_state)
 
     def writer(n: int) -> None:
         i = 0
@@ -391,7 +398,9 @@ def test_recovery_finishes_under_sustained_writes(
     assert sum(written) > 100
     assert cache.get("k") != "old"
     assert admin.get("n:k") != b'\x00"old"'
-    assert "size=0" in str(cache.health().fallback)  # no outage-era write outlived recovery
+    # No outage-era write outlived recovery. (Judged at READY: under this load a call may
+    # time out afterwards, and a new outage's writes go to the fallback, as they should.)
+    assert "size=0" in str(at_recovery[0])
 
 
 def test_a_call_that_waited_for_a_connection_does_not_then_wait_on_a_dead_redis(
